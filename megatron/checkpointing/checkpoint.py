@@ -1,0 +1,159 @@
+"""Save and resume training state: GPT-NeoX layout, DeepSpeed formats, crash-safe `latest`.
+
+Layout of `save/`:
+    latest                      text: the tag of the newest complete checkpoint
+    global_stepN/
+        mp_rank_00_model_states.pt, *optim_states.pt   DeepSpeed's files (any ZeRO stage)
+        rng_state_rank{r}.pt    python/numpy/torch RNG states of every rank
+        config.yml              the resolved config of the run
+        manifest.json           written last: every file of the checkpoint with its size
+
+`latest` moves only after every rank's files are written and fsynced and the manifest is in
+place, so a process killed during a save leaves the previous checkpoint as `latest`. Loading
+checks the manifest first and refuses a checkpoint with a missing or truncated file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from megatron.checkpointing.atomic import atomic_write_bytes, atomic_write_text, fsync_dir, fsync_tree
+from megatron.parallel.distributed import barrier
+
+MANIFEST = "manifest.json"
+LATEST = "latest"
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def tag_for(iteration: int) -> str:
+    return f"global_step{iteration}"
+
+
+def _iteration_of(tag: str) -> Optional[int]:
+    m = re.fullmatch(r"global_step(\d+)", tag)
+    return int(m.group(1)) if m else None
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(engine, save_dir: str, iteration: int, *, client_state: dict, config_yaml: str,
+                    rank: int, keep_last_n: Optional[int] = None) -> Path:
+    """Collective: every rank calls it. Returns the checkpoint folder."""
+    save = Path(save_dir)
+    tag = tag_for(iteration)
+    folder = save / tag
+    if rank == 0:
+        save.mkdir(parents=True, exist_ok=True)
+        if folder.exists():  # leftover of a save that was killed, or a re-save of the same step
+            shutil.rmtree(folder)
+    barrier()
+    engine.save_checkpoint(str(save), tag=tag, client_state=client_state, save_latest=False)
+    import io
+
+    buf = io.BytesIO()
+    torch.save(_rng_state(), buf)
+    atomic_write_bytes(folder / f"rng_state_rank{rank}.pt", buf.getvalue())
+    barrier()
+    if rank == 0:
+        atomic_write_text(folder / "config.yml", config_yaml)
+        fsync_tree(folder)
+        files = {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}
+        manifest = {"iteration": iteration, "world_size": torch.distributed.get_world_size(), "files": files}
+        atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=1))
+        atomic_write_text(save / LATEST, tag)
+        fsync_dir(save)
+        if keep_last_n:
+            _prune(save, keep_last_n, keep=tag)
+    barrier()
+    return folder
+
+
+def _prune(save: Path, keep_last_n: int, keep: str) -> None:
+    complete = sorted(
+        (it, p) for p in save.iterdir()
+        if p.is_dir() and (it := _iteration_of(p.name)) is not None and (p / MANIFEST).exists()
+    )
+    for _, p in complete[:-keep_last_n]:
+        if p.name != keep:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def resolve_tag(load_dir: str, iteration: Optional[int] = None) -> Optional[str]:
+    """The tag to load: `iteration` when given, else the one named by `latest`; None when nothing was saved."""
+    load = Path(load_dir)
+    if iteration is not None:
+        return tag_for(iteration)
+    latest = load / LATEST
+    if not latest.exists():
+        return None
+    return latest.read_text().strip()
+
+
+def verify_checkpoint(folder: Path) -> dict:
+    """Check that every file of a checkpoint is present and complete; return its manifest."""
+    manifest_path = folder / MANIFEST
+    if not folder.is_dir():
+        raise CheckpointError(f"checkpoint folder {folder} does not exist; check `load` and `iteration`")
+    if not manifest_path.exists():
+        raise CheckpointError(
+            f"checkpoint {folder} is incomplete: {MANIFEST} is missing (the save was interrupted). "
+            f"Load an earlier checkpoint with `iteration: N`, or delete {folder}"
+        )
+    manifest = json.loads(manifest_path.read_text())
+    for name, size in manifest["files"].items():
+        path = folder / name
+        if not path.exists():
+            raise CheckpointError(f"checkpoint {folder} is damaged: file {name} is missing")
+        if path.stat().st_size != size:
+            raise CheckpointError(
+                f"checkpoint {folder} is damaged: file {name} has {path.stat().st_size} bytes, expected {size}"
+            )
+    return manifest
+
+
+def load_checkpoint(engine, load_dir: str, *, rank: int, iteration: Optional[int] = None,
+                    load_optimizer: bool = True, load_rng: bool = True, finetune: bool = False) -> Optional[dict]:
+    """Collective. Returns the client state saved with the checkpoint, or None when `load_dir` holds none."""
+    tag = resolve_tag(load_dir, iteration)
+    if tag is None:
+        return None
+    folder = Path(load_dir) / tag
+    manifest = verify_checkpoint(folder)
+    module_only = finetune or not load_optimizer
+    path, client_state = engine.load_checkpoint(
+        load_dir, tag=tag, load_optimizer_states=not module_only, load_lr_scheduler_states=not finetune,
+        load_module_only=module_only,
+    )
+    if path is None:
+        raise CheckpointError(f"DeepSpeed could not load checkpoint {folder}")
+    rng_file = folder / f"rng_state_rank{rank}.pt"
+    if load_rng and not finetune:
+        if rng_file.exists():
+            _set_rng_state(torch.load(rng_file, weights_only=False))
+        elif manifest.get("world_size") == torch.distributed.get_world_size():
+            raise CheckpointError(f"checkpoint {folder} is damaged: file {rng_file.name} is missing")
+    return client_state or {}

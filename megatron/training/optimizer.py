@@ -1,0 +1,34 @@
+"""Optimizer construction: parameter groups without weight decay on norms and biases."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Two groups: matrices with weight decay; biases, norm weights and other 1-d tensors without."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or name.endswith(".bias") else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def build_optimizer(model: torch.nn.Module, optimizer_cfg: dict, weight_decay: float) -> torch.optim.Optimizer:
+    """`optimizer_cfg` is GPT-NeoX's {"type": "Adam", "params": {"lr": ..., "betas": ..., "eps": ...}}.
+
+    GPT-NeoX's "Adam" applies decoupled weight decay (it maps to AdamW), so both names build AdamW.
+    """
+    kind = str(optimizer_cfg.get("type", "Adam")).lower()
+    params = dict(optimizer_cfg.get("params", {}))
+    params.pop("weight_decay", None)  # weight decay is set per parameter group
+    if kind not in ("adam", "adamw"):
+        raise ValueError(f"optimizer type {optimizer_cfg.get('type')!r} is not supported; use Adam or AdamW")
+    groups = param_groups(model, weight_decay)
+    on_cuda = next(model.parameters()).is_cuda
+    return torch.optim.AdamW(groups, lr=params.pop("lr", 1e-4), fused=on_cuda or None, **params)

@@ -1,0 +1,302 @@
+"""The training loop: build the pieces from a NeoXArgs config, then train, evaluate, save.
+
+Each piece lives in its own module (model, data, optimizer, schedule, checkpoint, logging);
+this file only wires them together and runs the loop.
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from megatron.parallel.distributed import DistEnv, barrier, init_distributed
+
+
+@dataclass
+class TrainState:
+    iteration: int = 0
+    consumed_train_samples: int = 0
+    consumed_valid_samples: int = 0
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def lm_loss(logits: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over the tokens whose loss_mask is 1."""
+    losses = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), reduction="none")
+    mask = loss_mask.flatten().float()
+    return (losses * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+class Trainer:
+    def __init__(self, args, env: Optional[DistEnv] = None):
+        self.args = args
+        self.env = env or init_distributed(args.parallel.distributed_backend)
+        self._build()
+
+    # ------------------------------------------------------------------ building
+    def _build(self) -> None:
+        import deepspeed
+
+        from megatron.data.tokenizers import build_tokenizer
+        from megatron.model import GPTModel, padded_vocab_size
+        from megatron.training.lr_schedule import AnnealingLR
+        from megatron.training.optimizer import build_optimizer
+
+        a, env = self.args, self.env
+        set_seed(a.training.seed)
+        self.tokenizer = build_tokenizer(a.tokenizer.tokenizer_type, a.tokenizer.vocab_file, a.tokenizer.merge_file)
+        self.vocab_size = padded_vocab_size(self.tokenizer.vocab_size, a.model.make_vocab_size_divisible_by)
+        model = GPTModel(a.model, a.sepllm, self.vocab_size)
+        if a.training.checkpoint_activations:
+            model.enable_activation_checkpointing(a.training.checkpoint_num_layers)
+        self.num_params = sum(p.numel() for p in model.parameters())
+        self.num_params_non_embedding = self.num_params - sum(
+            p.numel() for n, p in model.named_parameters() if "embed" in n
+        )
+        optimizer = build_optimizer(model, a.optimizer.optimizer, a.optimizer.weight_decay)
+        lr_params = a.optimizer.optimizer.get("params", {})
+        self.scheduler = AnnealingLR(
+            optimizer, max_lr=lr_params.get("lr", 1e-4), min_lr=a.lr.min_lr, warmup=a.lr.warmup,
+            decay_iters=a.lr.lr_decay_iters or a.training.train_iters, style=a.lr.lr_decay_style,
+        )
+        self.dp_size = env.world_size  # data parallel only until tensor/pipeline parallelism lands
+        ds_config = a.deepspeed_config(self.dp_size)
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=self.scheduler, config=ds_config,
+            dist_init_required=False,
+        )
+        self.micro_batch = a.training.train_micro_batch_size_per_gpu
+        self.grad_acc = self.engine.gradient_accumulation_steps()
+        self.global_batch = self.micro_batch * self.grad_acc * self.dp_size
+        self.state = TrainState()
+        self.run_dir = Path(a.logging.log_dir) if a.logging.log_dir else (Path(a.checkpoint.save) if a.checkpoint.save else None)
+        if self.run_dir is not None and env.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            a.save_yaml(self.run_dir / "config.yml")
+        self._load()
+        self._build_data()
+
+    def _load(self) -> None:
+        from megatron.checkpointing.checkpoint import load_checkpoint
+
+        c = self.args.checkpoint
+        if not c.load:
+            return
+        client = load_checkpoint(
+            self.engine, c.load, rank=self.env.rank, iteration=c.iteration,
+            load_optimizer=not c.no_load_optim, load_rng=not c.no_load_rng, finetune=c.finetune,
+        )
+        if client is None:
+            self._print(f"no checkpoint found in {c.load}; starting from scratch")
+            return
+        if not c.finetune:
+            self.state = TrainState(**client.get("train_state", {}))
+        self._print(f"loaded checkpoint from {c.load} at iteration {self.state.iteration}")
+
+    def _build_data(self) -> None:
+        from megatron.data.gpt_dataset import build_train_valid_test_datasets
+        from megatron.data.loader import build_data_loader
+
+        a = self.args
+        d = a.data
+        t = a.training
+        eval_runs = (t.train_iters // t.eval_interval + 1) if t.eval_interval else 0
+        train_samples = t.train_iters * self.global_batch
+        valid_samples = eval_runs * t.eval_iters * self.global_batch
+        test_samples = t.eval_iters * self.global_batch
+        self.train_ds, self.valid_ds, self.test_ds = build_train_valid_test_datasets(
+            data_path=d.data_path, split=d.split, train_data_paths=d.train_data_paths,
+            valid_data_paths=d.valid_data_paths, test_data_paths=d.test_data_paths,
+            train_data_weights=d.train_data_weights, valid_data_weights=d.valid_data_weights,
+            test_data_weights=d.test_data_weights, weight_by_num_documents=d.weight_by_num_documents,
+            weighted_sampler_alpha=d.weighted_sampler_alpha, seq_length=a.model.seq_length, seed=t.seed,
+            train_samples=train_samples, valid_samples=valid_samples, test_samples=test_samples,
+            vocab_size=self.vocab_size, rank=self.env.rank, barrier=barrier,
+        )
+
+        def loader(ds, consumed):
+            if ds is None:
+                return None
+            return build_data_loader(ds, micro_batch_size=self.micro_batch, dp_rank=self.env.rank,
+                                     dp_size=self.dp_size, consumed_samples=consumed,
+                                     num_workers=d.num_workers, seed=t.seed)
+
+        self.train_loader = loader(self.train_ds, self.state.consumed_train_samples)
+        self._valid_consumed_at_start = self.state.consumed_valid_samples
+        self.valid_loader = loader(self.valid_ds, self.state.consumed_valid_samples)
+        self.train_iter = iter(self.train_loader) if self.train_loader is not None else None
+        self.valid_iter = iter(self.valid_loader) if self.valid_loader is not None else None
+
+    # ------------------------------------------------------------------ steps
+    def _batch(self, data_iter: Iterator) -> dict:
+        from megatron.data.batch import get_batch
+
+        d = self.args.data
+        tokens = next(data_iter)["text"].to(self.env.device)
+        return get_batch(tokens, eod_id=self.tokenizer.eod, reset_position_ids=d.reset_position_ids,
+                         reset_attention_mask=d.reset_attention_mask, eod_mask_loss=d.eod_mask_loss)
+
+    def _forward(self, batch: dict) -> torch.Tensor:
+        logits = self.engine(batch["input_ids"], position_ids=batch["position_ids"], doc_ids=batch["doc_ids"])
+        return lm_loss(logits, batch["labels"], batch["loss_mask"])
+
+    def train_step(self) -> dict[str, float]:
+        self.engine.train()
+        losses = []
+        for _ in range(self.grad_acc):
+            batch = self._batch(self.train_iter)
+            loss = self._forward(batch)
+            self.engine.backward(loss)
+            self.engine.step()
+            losses.append(loss.detach())
+        self.last_batch = batch
+        self.state.iteration += 1
+        self.state.consumed_train_samples += self.global_batch
+        loss = torch.stack(losses).mean()
+        if self.dp_size > 1:
+            torch.distributed.all_reduce(loss)
+            loss /= self.dp_size
+        out = {"loss": float(loss), "lr": self.scheduler.get_lr()}
+        grad_norm = self.engine.get_global_grad_norm()
+        if grad_norm is not None:
+            out["grad_norm"] = float(grad_norm)
+        return out
+
+    @torch.no_grad()
+    def evaluate(self) -> Optional[float]:
+        if self.valid_iter is None:
+            return None
+        self.engine.eval()
+        losses = []
+        for _ in range(self.args.training.eval_iters * self.grad_acc):
+            losses.append(self._forward(self._batch(self.valid_iter)))
+        self.state.consumed_valid_samples += self.args.training.eval_iters * self.global_batch
+        loss = torch.stack(losses).mean()
+        if self.dp_size > 1:
+            torch.distributed.all_reduce(loss)
+            loss /= self.dp_size
+        return float(loss)
+
+    def save(self) -> None:
+        from megatron.checkpointing.checkpoint import save_checkpoint
+
+        c = self.args.checkpoint
+        folder = save_checkpoint(
+            self.engine, c.save, self.state.iteration, client_state={"train_state": vars(self.state).copy()},
+            config_yaml=self.args.to_yaml(), rank=self.env.rank, keep_last_n=c.keep_last_n_checkpoints,
+        )
+        self._print(f"saved checkpoint {folder}")
+
+    def _should_save(self, it: int) -> bool:
+        c = self.args.checkpoint
+        if not c.save:
+            return False
+        if c.checkpoint_factor and it % c.checkpoint_factor == 0:
+            return True
+        return it in set(c.extra_save_iters or [])
+
+    # ------------------------------------------------------------------ loop
+    def train(self) -> list[float]:
+        from megatron.sepllm.mask import attention_mode, build_attention_plan, kept_ratios
+        from megatron.training.flops import flops_per_token, peak_tflops
+        from megatron.training.logger import MetricsLogger
+
+        a, t, lg = self.args, self.args.training, self.args.logging
+        mode = attention_mode(a.sepllm)
+        logger = MetricsLogger(
+            total_iters=t.train_iters, start_iter=self.state.iteration, tensorboard_dir=lg.tensorboard_dir,
+            use_wandb=lg.use_wandb, wandb_project=lg.wandb_project, wandb_group=lg.wandb_group,
+            wandb_team=lg.wandb_team, wandb_host=lg.wandb_host, enabled=self.env.is_main,
+        )
+        self._logger = logger
+        logger.message(
+            f"model: {self.num_params / 1e6:.2f}M parameters | global batch {self.global_batch} "
+            f"(micro {self.micro_batch} x grad acc {self.grad_acc} x dp {self.dp_size}) | attention {mode}"
+        )
+        if 0 in set(a.checkpoint.extra_save_iters or []) and self.state.iteration == 0 and a.checkpoint.save:
+            self.save()
+        history: list[float] = []
+        window_losses: list[float] = []
+        t_log = time.time()
+        iters_since_log = 0
+        device_name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+        peak = peak_tflops(device_name)
+        forward_passes = 0
+        while self.state.iteration < t.train_iters:
+            metrics = self.train_step()
+            it = self.state.iteration
+            history.append(metrics["loss"])
+            window_losses.append(metrics["loss"])
+            iters_since_log += 1
+            forward_passes += self.grad_acc
+            logger.advance(1, {"loss": metrics["loss"]})
+            plan = None
+            if mode != "full":
+                plan = build_attention_plan(self.last_batch["input_ids"], a.sepllm, a.model.num_layers,
+                                            doc_ids=self.last_batch["doc_ids"])
+            if a.sepllm.PRINT_KV_RATIO and plan is not None and forward_passes % a.sepllm.print_ratio_intervals < self.grad_acc:
+                ratios = [kept_ratios(plan, layer) for layer in range(a.model.num_layers)]
+                logger.message(
+                    "SepLLM kept ratio per layer: attention map "
+                    + " ".join(f"{r['attn_map_ratio']:.3f}" for r in ratios)
+                    + " | KV " + " ".join(f"{r['kv_ratio']:.3f}" for r in ratios)
+                )
+            if it % lg.log_interval == 0 or it == t.train_iters:
+                elapsed = time.time() - t_log
+                tokens = iters_since_log * self.global_batch * a.model.seq_length
+                attn_ratio = 1.0
+                if plan is not None:
+                    attn_ratio = float(np.mean([kept_ratios(plan, l)["attn_map_ratio"] for l in range(a.model.num_layers)]))
+                fpt = flops_per_token(
+                    num_params_non_embedding=self.num_params_non_embedding, num_layers=a.model.num_layers,
+                    hidden_size=a.model.hidden_size, seq_length=a.model.seq_length, vocab_size=self.vocab_size,
+                    attn_map_ratio=attn_ratio,
+                )
+                tflops = fpt * tokens / max(elapsed, 1e-9) / 1e12 / self.env.world_size
+                row = {
+                    "loss": float(np.mean(window_losses)), "lr": metrics["lr"],
+                    **({"grad_norm": metrics["grad_norm"]} if "grad_norm" in metrics else {}),
+                    "tokens_per_s": tokens / max(elapsed, 1e-9), "tflops_per_gpu": tflops,
+                }
+                if peak:
+                    row["mfu"] = tflops / peak
+                if plan is not None:
+                    row["sepllm_attn_kept"] = attn_ratio
+                logger.log(it, row)
+                window_losses.clear()
+                iters_since_log = 0
+                t_log = time.time()
+            if t.eval_interval and it % t.eval_interval == 0 and self.valid_iter is not None:
+                val = self.evaluate()
+                logger.log(it, {"loss": val, "ppl": math.exp(min(val, 50))}, prefix="valid")
+            if self._should_save(it):
+                self.save()
+        if a.checkpoint.save and not self._should_save(self.state.iteration) and self.state.iteration > 0:
+            self.save()
+        logger.close()
+        return history
+
+    def _print(self, text: str) -> None:
+        if self.env.is_main:
+            print(text, flush=True)
+
+
+def pretrain(args) -> list[float]:
+    """Train as configured; returns the per-iteration training losses."""
+    trainer = Trainer(args)
+    return trainer.train()
