@@ -1,0 +1,96 @@
+"""Self-attention: fused QKV projection, rotary, SepLLM attention, output projection.
+
+Fused QKV layout (the output rows of `query_key_value`), grouped by key/value head:
+    for g in range(num_kv_heads):
+        [q of heads g*r .. g*r + r - 1 | k of kv head g | v of kv head g],  r = heads / kv heads,
+each piece head_dim rows. With r = 1 this is HF GPT-NeoX's per-head [q | k | v]. Tensor
+parallelism can cut the rows into contiguous chunks of whole groups (tp must divide num_kv_heads),
+and `dense` along its input dimension in the same head order.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from megatron.model.alibi import alibi_bias, alibi_slopes
+from megatron.model.dimensions import ModelDims
+from megatron.model.explicit_attention import SA_SOFTMAX, SA_SOFTMAX_NO_DENO, explicit_attention
+from megatron.model.forward_context import ForwardContext
+from megatron.model.rotary import apply_rotary
+from megatron.neox_arguments.model import ModelArgs
+from megatron.neox_arguments.sepllm import SepLLMArgs
+from megatron.sepllm.attention import sepllm_attention
+from megatron.sepllm.mask import FULL
+
+
+def self_adjust_variant(sep: SepLLMArgs) -> Optional[str]:
+    """The Self-Adjust Softmax variant the config asks for; like upstream, none under full attention."""
+    if sep.USE_ORIGINAL_FULL_ATTEN:
+        return None
+    if sep.USE_SA_SOFTMAX:
+        return SA_SOFTMAX
+    if sep.USE_SA_SOFTMAX_NO_DENO:
+        return SA_SOFTMAX_NO_DENO
+    return None
+
+
+class SelfAttention(nn.Module):
+    def __init__(
+        self, args: ModelArgs, sep: SepLLMArgs, dims: ModelDims, layer_idx: int, device=None, dtype=None
+    ) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads, self.num_kv_heads, self.head_dim = dims.num_heads, dims.num_kv_heads, dims.head_dim
+        bias = bool(args.use_bias_in_attn_linear)
+        self.query_key_value = nn.Linear(dims.hidden_size, dims.qkv_width, bias=bias, device=device, dtype=dtype)
+        self.dense = nn.Linear(dims.num_heads * dims.head_dim, dims.hidden_size, bias=bias, device=device, dtype=dtype)
+        self.dropout_p = float(args.attention_dropout)
+        self.use_kernel = bool(sep.USE_SEP_ATTN_KERNEL_ACCELERATOR)
+        self.sa_variant = self_adjust_variant(sep)
+        self.sa_numerator_bias = float(sep.SA_Numerator_Bias)
+        self.sa_denominator_bias = float(sep.SA_Denominator_Bias)
+        self.alibi_slopes = None
+        if args.pos_emb == "alibi":
+            # A buffer so it follows .to(device); not saved, since it is a pure function of the head count.
+            slopes = torch.tensor(alibi_slopes(dims.num_heads), dtype=torch.float32, device=device)
+            self.register_buffer("alibi_slopes", slopes, persistent=False)
+
+    def project(self, x: torch.Tensor, ctx: ForwardContext) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q [B, H, L, D] and k, v [B, Hkv, L, D], rotary applied."""
+        B, L, _ = x.shape
+        r = self.num_heads // self.num_kv_heads
+        qkv = self.query_key_value(x).view(B, L, self.num_kv_heads, r + 2, self.head_dim)
+        q = qkv[:, :, :, :r].reshape(B, L, self.num_heads, self.head_dim).transpose(1, 2)
+        k = qkv[:, :, :, r].transpose(1, 2)
+        v = qkv[:, :, :, r + 1].transpose(1, 2)
+        if ctx.rope is not None:
+            cos, sin = ctx.rope
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        return q, k, v
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        """[B, H, L, D] attention output of this layer under the context's plan."""
+        dropout_p = self.dropout_p if self.training else 0.0
+        if self.alibi_slopes is None and self.sa_variant is None:
+            return sepllm_attention(q, k, v, ctx.plan, self.layer_idx, dropout_p=dropout_p, use_kernel=self.use_kernel)
+        plan = ctx.plan
+        plain_causal = plan.windows[self.layer_idx] is None and plan.doc_ids is None and plan.key_valid is None
+        mask = None if plain_causal else plan.dense_mask(self.layer_idx)
+        bias = alibi_bias(ctx.alibi_positions, self.alibi_slopes) if self.alibi_slopes is not None else None
+        sa_variant = self.sa_variant if plan.mode != FULL else None
+        return explicit_attention(
+            q, k, v, mask,
+            bias=bias,
+            sa_variant=sa_variant,
+            numerator_bias=self.sa_numerator_bias,
+            denominator_bias=self.sa_denominator_bias,
+            dropout_p=dropout_p,
+        )
+
+    def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        q, k, v = self.project(x, ctx)
+        out = self.attend(q, k, v, ctx)
+        B, H, L, D = out.shape
+        return self.dense(out.transpose(1, 2).reshape(B, L, H * D))

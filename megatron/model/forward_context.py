@@ -1,0 +1,96 @@
+"""What every layer of one forward pass shares, built once from the small per-token tensors.
+
+A `ForwardContext` holds the SepLLM attention plan, the rotary cos/sin and the ALiBi positions of
+one micro-batch. `ContextBuilder` makes it from (input_ids, position_ids, doc_ids, key_valid) and
+keeps the last one, so that blocks running on their own (a pipeline stage, or recomputation under
+activation checkpointing) get the same context without rebuilding it: the cache is keyed on the
+identity and version of the input tensors, which it holds on to, so an id cannot be reused.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from megatron.model.bipe import bilevel_position_ids
+from megatron.model.rotary import rotary_cos_sin
+from megatron.neox_arguments.model import ModelArgs
+from megatron.neox_arguments.sepllm import SepLLMArgs
+from megatron.sepllm.mask import AttentionPlan, build_attention_plan, resolve_token_ids
+
+
+@dataclass
+class ForwardContext:
+    plan: AttentionPlan
+    position_ids: torch.Tensor  # [B, L] positions of the absolute embeddings (BiPE: intra-segment)
+    rope: Optional[tuple[torch.Tensor, torch.Tensor]]  # cos, sin [B, 1, L, rotary_dims], fp32
+    alibi_positions: Optional[torch.Tensor]  # [B, L] positions whose differences ALiBi penalises
+
+
+def _key(tensors: tuple[Optional[torch.Tensor], ...]) -> tuple:
+    return tuple(None if t is None else (t._version, t.shape) for t in tensors)
+
+
+class ContextBuilder:
+    """Builds (and caches the last) ForwardContext for one model's settings."""
+
+    def __init__(self, model_args: ModelArgs, sep_args: SepLLMArgs, num_layers: int, rotary_dims: int) -> None:
+        self.sep_args = sep_args
+        self.num_layers = num_layers
+        self.pos_emb = model_args.pos_emb
+        self.rotary_dims = rotary_dims
+        self.rotary_base = float(model_args.rotary_emb_base)
+        self.bipe_seps = resolve_token_ids(sep_args.BiPE_seps) if sep_args.USE_BiPE else None
+        self._inputs: tuple = ()
+        self._key: tuple = ()
+        self._context: Optional[ForwardContext] = None
+
+    def __call__(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: Optional[torch.Tensor] = None,
+        doc_ids: Optional[torch.Tensor] = None,
+        key_valid: Optional[torch.Tensor] = None,
+    ) -> ForwardContext:
+        inputs = (input_ids, position_ids, doc_ids, key_valid)
+        if (
+            self._context is not None
+            and len(self._inputs) == 4
+            and all(a is b for a, b in zip(inputs, self._inputs))
+            and _key(inputs) == self._key
+        ):
+            return self._context
+        context = self.build(input_ids, position_ids, doc_ids, key_valid)
+        self._inputs, self._key, self._context = inputs, _key(inputs), context
+        return context
+
+    def clear(self) -> None:
+        """Drop the cached context (and the dense masks it may hold)."""
+        self._inputs, self._key, self._context = (), (), None
+
+    def build(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: Optional[torch.Tensor] = None,
+        doc_ids: Optional[torch.Tensor] = None,
+        key_valid: Optional[torch.Tensor] = None,
+    ) -> ForwardContext:
+        if input_ids.ndim != 2:
+            raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
+        for name, t in (("position_ids", position_ids), ("doc_ids", doc_ids), ("key_valid", key_valid)):
+            if t is not None and t.shape != input_ids.shape:
+                raise ValueError(f"{name} must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(t.shape)}")
+        with torch.no_grad():
+            plan = build_attention_plan(input_ids, self.sep_args, self.num_layers, doc_ids=doc_ids, key_valid=key_valid)
+            if position_ids is None:
+                position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+            # BiPE: absolute embeddings count inside a segment, rotary/ALiBi count segments.
+            relative_positions = position_ids
+            if self.bipe_seps is not None:
+                position_ids, relative_positions = bilevel_position_ids(input_ids, self.bipe_seps)
+            rope = None
+            if self.pos_emb == "rotary":
+                rope = rotary_cos_sin(relative_positions, self.rotary_dims, self.rotary_base)
+            alibi_positions = relative_positions if self.pos_emb == "alibi" else None
+        return ForwardContext(plan, position_ids, rope, alibi_positions)
