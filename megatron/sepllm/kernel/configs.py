@@ -1,0 +1,91 @@
+"""Block sizes of the Sep-Attention kernels: fixed per head dim, or tuned per exact shape.
+
+The fixed table was picked from a sweep on one H100 (benchmarks/sep_attention.py --sweep; see
+benchmarks/RESULTS.md). With RECOMPILE_SEP_ATTN_KERNEL the first call of each exact shape times
+the candidates below on the real inputs and keeps the fastest (a few seconds of compiling once
+per shape, which is why it is off by default).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Hashable, Iterable
+
+FWD, DQ, DKDV = "fwd", "dq", "dkdv"
+
+
+@dataclass(frozen=True)
+class BlockConfig:
+    block_m: int  # queries per tile
+    block_n: int  # keys per tile
+    num_warps: int
+    num_stages: int
+
+
+# Keyed by (kernel, head-dim bucket). fwd/dq need block_m % block_n == 0 (band alignment).
+_DEFAULTS: dict[tuple[str, int], BlockConfig] = {
+    (FWD, 64): BlockConfig(128, 64, 4, 3),
+    (FWD, 128): BlockConfig(128, 64, 8, 3),
+    (FWD, 256): BlockConfig(64, 32, 4, 2),
+    (DQ, 64): BlockConfig(128, 64, 8, 2),
+    (DQ, 128): BlockConfig(128, 64, 8, 2),
+    (DQ, 256): BlockConfig(64, 32, 4, 2),
+    (DKDV, 64): BlockConfig(64, 128, 8, 2),
+    (DKDV, 128): BlockConfig(64, 128, 8, 2),
+    (DKDV, 256): BlockConfig(32, 64, 4, 2),
+}
+
+CANDIDATES: dict[str, list[BlockConfig]] = {
+    FWD: [BlockConfig(128, 64, 4, 3), BlockConfig(128, 64, 8, 3), BlockConfig(128, 128, 8, 3),
+          BlockConfig(128, 128, 8, 2), BlockConfig(64, 64, 4, 3), BlockConfig(128, 32, 4, 4)],
+    DQ: [BlockConfig(128, 64, 8, 2), BlockConfig(128, 64, 4, 3), BlockConfig(64, 64, 4, 3),
+         BlockConfig(128, 32, 4, 3), BlockConfig(128, 128, 8, 2), BlockConfig(64, 32, 4, 4)],
+    DKDV: [BlockConfig(64, 128, 8, 2), BlockConfig(32, 128, 4, 3), BlockConfig(64, 64, 4, 3),
+           BlockConfig(64, 128, 4, 3), BlockConfig(128, 128, 8, 2), BlockConfig(32, 64, 4, 3)],
+}
+
+# Small tiles for TRITON_INTERPRET=1 (CPU tests): any shape works there, small ones run fast.
+INTERPRETER = BlockConfig(16, 16, 1, 1)
+
+_tuned: dict[Hashable, BlockConfig] = {}
+_overrides: dict[str, BlockConfig] = {}
+
+
+def head_dim_bucket(head_dim: int) -> int:
+    for bucket in (64, 128, 256):
+        if head_dim <= bucket:
+            return bucket
+    raise ValueError(f"head dim {head_dim} is above 256, which the Sep-Attention kernel does not support")
+
+
+def default_config(kind: str, head_dim: int) -> BlockConfig:
+    if kind in _overrides:
+        return _overrides[kind]
+    return _DEFAULTS[(kind, head_dim_bucket(head_dim))]
+
+
+def set_override(kind: str, config: BlockConfig | None) -> None:
+    """Force a config for one kernel kind (the benchmark sweep uses this); None clears it."""
+    if config is None:
+        _overrides.pop(kind, None)
+    else:
+        _overrides[kind] = config
+
+
+def tuned_config(kind: str, key: Hashable, candidates: Iterable[BlockConfig],
+                 time_one: Callable[[BlockConfig], float]) -> BlockConfig:
+    """Fastest candidate for an exact-shape key, timed once; candidates that fail to compile are skipped."""
+    full_key = (kind, key)
+    if full_key not in _tuned:
+        best, best_ms, errors = None, float("inf"), []
+        for cfg in candidates:
+            try:
+                ms = time_one(cfg)
+            except Exception as exc:  # e.g. out of shared memory for this tile shape
+                errors.append(f"{cfg}: {exc}")
+                continue
+            if ms < best_ms:
+                best, best_ms = cfg, ms
+        if best is None:
+            raise RuntimeError(f"no Sep-Attention {kind} config compiled for {key}: " + "; ".join(errors))
+        _tuned[full_key] = best
+    return _tuned[full_key]

@@ -1,0 +1,224 @@
+"""Launchers of the Sep-Attention kernels and their registration as differentiable torch ops.
+
+The forward and backward are `torch.library` custom ops (sepllm::sep_attention_fwd/bwd), so
+torch.compile treats them as opaque calls with fixed output shapes: a new batch with other
+separator counts changes no shape and no guard, and nothing can silently fall back to an
+unfused path.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import triton
+
+from megatron.sepllm.kernel import configs as C
+from megatron.sepllm.kernel import triton_kernels as T
+from megatron.sepllm.kernel.layout import SepLayout
+
+LOG2E = 1.4426950408889634
+_KERNELS = (T._fwd_kernel, T._bwd_delta_kernel, T._bwd_dq_kernel, T._bwd_dkdv_band_kernel, T._bwd_dkdv_far_kernel)
+
+
+def interpreted() -> bool:
+    """True when the kernels were created under TRITON_INTERPRET=1 (they then run on CPU tensors)."""
+    return not hasattr(T._fwd_kernel, "device_caches")
+
+
+def compiled_kernel_count() -> int:
+    """Number of compiled variants of all Sep-Attention kernels so far (the recompile check reads it)."""
+    if interpreted():
+        return 0
+    total = 0
+    for kernel in _KERNELS:
+        for cache in kernel.device_caches.values():
+            total += len(cache[0])
+    return total
+
+
+def _block_d(head_dim: int) -> int:
+    return max(16, triton.next_power_of_2(head_dim))
+
+
+def _meta(layout: SepLayout):
+    """Kernel pointer arguments; absent tensors are replaced by a dummy the kernels never read."""
+    dummy = layout.kept_pos
+    return (
+        layout.doc if layout.doc is not None else dummy,
+        layout.doc_start if layout.doc_start is not None else dummy,
+        layout.doc_end if layout.doc_end is not None else dummy,
+        layout.valid if layout.valid is not None else dummy,
+        layout.doc is not None,
+        layout.valid is not None,
+    )
+
+
+def _launch(kernel, grid, cfg: C.BlockConfig, *args, **constexprs):
+    if interpreted():
+        kernel[grid](*args, **constexprs)
+    else:
+        kernel[grid](*args, **constexprs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+
+def _cfg(kind: str, head_dim: int) -> C.BlockConfig:
+    return C.INTERPRETER if interpreted() else C.default_config(kind, head_dim)
+
+
+def launch_forward(q, k, v, layout: SepLayout, window: int, scale: float, cfg: Optional[C.BlockConfig] = None):
+    B, H, L, D = q.shape
+    Hkv = k.shape[1]
+    cfg = cfg or _cfg(C.FWD, D)
+    out = torch.empty_like(q)
+    lse = torch.empty(B, H, L, device=q.device, dtype=torch.float32)
+    doc, doc_start, _, valid, has_docs, has_valid = _meta(layout)
+    grid = (triton.cdiv(L, cfg.block_m), B * H)
+    _launch(
+        T._fwd_kernel, grid, cfg,
+        q, k, v, out, lse, layout.kept_pos, layout.kept_count, doc, doc_start, valid,
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
+        L, window, H, scale * LOG2E,
+        GROUP=H // Hkv, D=D, BLOCK_D=_block_d(D), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+        HAS_DOCS=has_docs, HAS_VALID=has_valid,
+    )
+    return out, lse
+
+
+def launch_delta(out, do):
+    B, H, L, D = out.shape
+    delta = torch.empty(B, H, L, device=out.device, dtype=torch.float32)
+    block_m = 16 if interpreted() else 64
+    _launch(
+        T._bwd_delta_kernel, (triton.cdiv(L, block_m), B * H), C.BlockConfig(block_m, 16, 4, 1),
+        out, do, delta, *out.stride()[:3], *do.stride()[:3], L, H,
+        D=D, BLOCK_D=_block_d(D), BLOCK_M=block_m,
+    )
+    return delta
+
+
+def launch_dq(do, q, k, v, lse, delta, layout: SepLayout, window: int, scale: float, cfg: Optional[C.BlockConfig] = None):
+    B, H, L, D = q.shape
+    Hkv = k.shape[1]
+    cfg = cfg or _cfg(C.DQ, D)
+    dq = torch.empty_like(q)
+    doc, doc_start, _, valid, has_docs, has_valid = _meta(layout)
+    _launch(
+        T._bwd_dq_kernel, (triton.cdiv(L, cfg.block_m), B * H), cfg,
+        q, k, v, do, dq, lse, delta, layout.kept_pos, layout.kept_count, doc, doc_start, valid,
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dq.stride()[:3],
+        L, window, H, scale * LOG2E, scale,
+        GROUP=H // Hkv, D=D, BLOCK_D=_block_d(D), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+        HAS_DOCS=has_docs, HAS_VALID=has_valid,
+    )
+    return dq
+
+
+def launch_dkdv(do, q, k, v, lse, delta, layout: SepLayout, window: int, scale: float,
+                cfg: Optional[C.BlockConfig] = None, dk=None, dv=None):
+    B, H, L, D = q.shape
+    Hkv = k.shape[1]
+    cfg = cfg or _cfg(C.DKDV, D)
+    dk = torch.empty_like(k) if dk is None else dk
+    dv = torch.empty_like(v) if dv is None else dv
+    doc, _, doc_end, valid, has_docs, has_valid = _meta(layout)
+    strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dk.stride()[:3], *dv.stride()[:3])
+    common = dict(GROUP=H // Hkv, D=D, BLOCK_D=_block_d(D), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HAS_DOCS=has_docs)
+    grid = (triton.cdiv(L, cfg.block_n), B * Hkv)
+    _launch(
+        T._bwd_dkdv_band_kernel, grid, cfg,
+        q, k, v, do, dk, dv, lse, delta, doc, valid, *strides,
+        L, window, H, scale * LOG2E, scale, HAS_VALID=has_valid, **common,
+    )
+    if window <= L:  # a window covering the sequence leaves no far part
+        _launch(
+            T._bwd_dkdv_far_kernel, grid, cfg,
+            q, k, v, do, dk, dv, lse, delta, layout.kept_pos, layout.kept_count, doc, doc_end, *strides,
+            L, window, H, scale * LOG2E, scale, **common,
+        )
+    return dk, dv
+
+
+def _shape_key(q, k, layout: SepLayout, window: int):
+    return (tuple(q.shape), k.shape[1], q.dtype, window, layout.doc is not None, layout.valid is not None)
+
+
+def _bench(fn) -> float:
+    return float(triton.testing.do_bench(fn, warmup=5, rep=20, return_mode="median"))
+
+
+def _tuned(kind: str, key, fn) -> C.BlockConfig:
+    return C.tuned_config(kind, key, C.CANDIDATES[kind], lambda cfg: _bench(lambda: fn(cfg)))
+
+
+def _layout(kept_pos, kept_count, doc, doc_start, doc_end, valid) -> SepLayout:
+    return SepLayout(kept_pos, kept_count, doc, doc_start, doc_end, valid)
+
+
+@torch.library.custom_op("sepllm::sep_attention_fwd", mutates_args=())
+def sep_attention_fwd(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+    kept_pos: torch.Tensor, kept_count: torch.Tensor,
+    doc: Optional[torch.Tensor], doc_start: Optional[torch.Tensor], doc_end: Optional[torch.Tensor],
+    valid: Optional[torch.Tensor], window: int, scale: float, recompile: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    layout = _layout(kept_pos, kept_count, doc, doc_start, doc_end, valid)
+    cfg = None
+    if recompile and not interpreted():
+        cfg = _tuned(C.FWD, _shape_key(q, k, layout, window),
+                     lambda c: launch_forward(q, k, v, layout, window, scale, c))
+    return launch_forward(q, k, v, layout, window, scale, cfg)
+
+
+@sep_attention_fwd.register_fake
+def _(q, k, v, kept_pos, kept_count, doc, doc_start, doc_end, valid, window, scale, recompile):
+    B, H, L, _ = q.shape
+    return torch.empty_like(q), q.new_empty((B, H, L), dtype=torch.float32)
+
+
+@torch.library.custom_op("sepllm::sep_attention_bwd", mutates_args=())
+def sep_attention_bwd(
+    do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+    kept_pos: torch.Tensor, kept_count: torch.Tensor,
+    doc: Optional[torch.Tensor], doc_start: Optional[torch.Tensor], doc_end: Optional[torch.Tensor],
+    valid: Optional[torch.Tensor], window: int, scale: float, recompile: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if do.stride(-1) != 1:
+        do = do.contiguous()
+    layout = _layout(kept_pos, kept_count, doc, doc_start, doc_end, valid)
+    delta = launch_delta(out, do)
+    cfg_dq = cfg_kv = None
+    if recompile and not interpreted():
+        key = _shape_key(q, k, layout, window)
+        cfg_dq = _tuned(C.DQ, key, lambda c: launch_dq(do, q, k, v, lse, delta, layout, window, scale, c))
+        cfg_kv = _tuned(C.DKDV, key, lambda c: launch_dkdv(do, q, k, v, lse, delta, layout, window, scale, c))
+    dq = launch_dq(do, q, k, v, lse, delta, layout, window, scale, cfg_dq)
+    dk, dv = launch_dkdv(do, q, k, v, lse, delta, layout, window, scale, cfg_kv)
+    return dq, dk, dv
+
+
+@sep_attention_bwd.register_fake
+def _(do, q, k, v, out, lse, kept_pos, kept_count, doc, doc_start, doc_end, valid, window, scale, recompile):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, kept_pos, kept_count, doc, doc_start, doc_end, valid, window, scale, recompile = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, kept_pos, kept_count, doc, doc_start, doc_end, valid)
+    ctx.window, ctx.scale, ctx.recompile = window, scale, recompile
+
+
+def _backward(ctx, d_out, d_lse):
+    q, k, v, out, lse, kept_pos, kept_count, doc, doc_start, doc_end, valid = ctx.saved_tensors
+    dq, dk, dv = torch.ops.sepllm.sep_attention_bwd(
+        d_out, q, k, v, out, lse, kept_pos, kept_count, doc, doc_start, doc_end, valid,
+        ctx.window, ctx.scale, ctx.recompile,
+    )
+    return dq, dk, dv, None, None, None, None, None, None, None, None, None
+
+
+sep_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def default_scale(head_dim: int) -> float:
+    return 1.0 / math.sqrt(head_dim)
