@@ -51,11 +51,11 @@ class SelfAttention(nn.Module):
         self.sa_variant = self_adjust_variant(sep)
         self.sa_numerator_bias = float(sep.SA_Numerator_Bias)
         self.sa_denominator_bias = float(sep.SA_Denominator_Bias)
-        self.alibi_slopes = None
+        # A buffer so it follows .to(device); not saved, since it is a pure function of the head count.
+        slopes = None
         if args.pos_emb == "alibi":
-            # A buffer so it follows .to(device); not saved, since it is a pure function of the head count.
             slopes = torch.tensor(alibi_slopes(dims.num_heads), dtype=torch.float32, device=device)
-            self.register_buffer("alibi_slopes", slopes, persistent=False)
+        self.register_buffer("alibi_slopes", slopes, persistent=False)
 
     def project(self, x: torch.Tensor, ctx: ForwardContext) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q [B, H, L, D] and k, v [B, Hkv, L, D], rotary applied."""
