@@ -1,0 +1,74 @@
+"""Everything we accept from GPT-NeoX/SepLLM configs but do not (fully) act on, with the reason.
+
+This is the one list: the loader prints a notice for the first three tables and raises
+"not supported yet" for the last two, so nothing in a config is silently ignored.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+# Fields we keep (and write back out) but no code reads. Notice when a config sets a non-default value.
+_FUSED = "fused CUDA kernels; plain PyTorch ops run instead"
+_TENSOR_PARALLEL_ONLY = "only matters with tensor parallelism, which runs as 1"
+NOT_ACTED_ON: dict[str, str] = {
+    "scaled_upper_triang_masked_softmax_fusion": _FUSED,
+    "scaled_masked_softmax_fusion": _FUSED,
+    "bias_gelu_fusion": _FUSED,
+    "bias_dropout_fusion": _FUSED,
+    "rope_fusion": _FUSED,
+    "layernorm_fusion": _FUSED,
+    "partition_activations": _TENSOR_PARALLEL_ONLY,
+    "output_layer_parallelism": _TENSOR_PARALLEL_ONLY,
+    "pipe_partition_method": "only matters with pipeline parallelism, which runs as 1",
+    "synchronize_each_layer": "a CUDA-sync debugging aid",
+    "data_impl": "the mmap indexed format is always read",
+}
+
+# Fields whose value is accepted but run differently, with the notice to print when `when(value)`.
+RUN_DIFFERENTLY: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "pipe_parallel_size": (
+        lambda v: v > 1,
+        "pipeline parallelism is not implemented yet: every rank holds all layers (runs as pipe_parallel_size 1)",
+    ),
+    "model_parallel_size": (
+        lambda v: v > 1,
+        "tensor parallelism is not implemented yet: every rank holds the whole model and all ranks are "
+        "data-parallel (runs as model_parallel_size 1)",
+    ),
+    "sequence_parallel": (lambda v: bool(v), "needs tensor parallelism, which is not implemented yet; no effect"),
+}
+
+# GPT-NeoX keys without a field here: (GPT-NeoX's default, reason). At the default they are
+# accepted with a notice; any other value is "not supported yet".
+UNSUPPORTED_KEYS: dict[str, tuple[Any, str]] = {
+    "moe_num_experts": (1, "mixture-of-experts layers are not implemented"),
+    "use_mup": (False, "muP parametrisation is not implemented"),
+    "sparsity_config": (None, "DeepSpeed sparse attention is not implemented; SepLLM settings define the sparsity"),
+    "soft_prompt_tuning": (None, "soft prompt tuning is not implemented"),
+    "curriculum_learning": (None, "curriculum learning is not implemented"),
+    "train_label_data_paths": (None, "separate label datasets are not implemented"),
+    "valid_label_data_paths": (None, "separate label datasets are not implemented"),
+    "test_label_data_paths": (None, "separate label datasets are not implemented"),
+    "num_unique_layers": (None, "parameter sharing across layers is not implemented"),
+    "sliding_window_width": (None, "use the SepLLM window (streamingLLM: true, prefill_local_window_size) instead"),
+    "use_qk_layernorm": (False, "QK LayerNorm is not implemented"),
+    "mlp_type": ("regular", "write activation: swiglu (with intermediate_size and mlp_multiple_of) for a Llama MLP"),
+    "autotuning": (None, "DeepSpeed autotuning is not wired into deepy.py"),
+    "s3_path": (None, "uploading checkpoints to S3 is not implemented"),
+    "use_bnb_optimizer": (False, "bitsandbytes optimizers are not implemented"),
+    "log_gradient_noise_scale": (False, "gradient-noise-scale logging is not implemented"),
+    "fp16_lm_cross_entropy": (False, "the loss is always computed in fp32"),
+    "apply_query_key_layer_scaling": (False, "query-key layer scaling is not implemented"),
+    "scheduler": (None, "the learning-rate schedule comes from the lr_* keys, not a DeepSpeed scheduler"),
+    "amp": (None, "Apex AMP is not used; set precision instead"),
+}
+
+# Values of existing fields that GPT-NeoX accepts but we do not implement yet.
+UNSUPPORTED_VALUES: dict[str, dict[Any, str]] = {
+    "pos_emb": {"rpe": "T5 relative position buckets are not implemented; use rotary, alibi, learned, sinusoidal or none"},
+    "norm": {"scalenorm": "ScaleNorm is not implemented; use layernorm or rmsnorm"},
+    "init_method": {"single_residual_scaled_normal": "not implemented; use scaled_normal, small_init or wang_init"},
+    "output_layer_init_method": {"single_residual_scaled_normal": "not implemented; use wang_init or scaled_normal"},
+    "output_layer_parallelism": {"row": "GPT-NeoX itself only supports column"},
+    "data_impl": {"cached": "the data loader reads the mmap format only; use mmap (or infer)"},
+}

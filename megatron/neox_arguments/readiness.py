@@ -1,0 +1,64 @@
+"""What train, generate and eval need on top of a valid config: inputs that exist, sizes that are set.
+
+Kept out of NeoXArgs.from_files because configs are also loaded to inspect or convert them,
+without data or tokenizer files at hand (the upstream sample configs point at cluster paths).
+"""
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from megatron.neox_arguments.neox_args import NeoXArgs
+
+TASKS = ("train", "generate", "eval")
+
+# Tokenizers whose vocab_file is a name (an encoding) or that need no file.
+_NO_VOCAB_FILE = ("CharLevelTokenizer",)
+_VOCAB_IS_NAME = ("TiktokenTokenizer",)
+
+
+def check_ready(args: "NeoXArgs", task: str) -> list[str]:
+    """Problems that would stop `task`; empty when it can start."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
+    problems = _tokenizer_files(args)
+    c = args.checkpoint
+    if task == "train":
+        t = args.training
+        if t.train_iters is None:
+            problems.append("`train_iters` is not set; set the number of optimizer steps to train for")
+        if t.train_micro_batch_size_per_gpu is None and t.train_batch_size is None:
+            problems.append("set `train_micro_batch_size_per_gpu` (sequences per rank per step) or `train_batch_size`")
+        if args.data.data_path is None and args.data.train_data_paths is None:
+            problems.append("no training data: set `data_path` (a tokenized dataset prefix) or train/valid/test_data_paths")
+        if c.save is not None and c.checkpoint_factor is None and not c.extra_save_iters:
+            problems.append(f"`save: {c.save}` is set but neither checkpoint_factor nor extra_save_iters says when to save; set checkpoint_factor")
+        if c.finetune and c.load is None:
+            problems.append("`finetune: true` needs `load` (the checkpoint to start from)")
+    else:
+        if c.load is None:
+            problems.append(f"{task} needs `load`, the checkpoint directory to read the model from")
+        if task == "eval" and args.data.data_path is None and args.data.valid_data_paths is None and args.data.test_data_paths is None:
+            problems.append("eval needs data: set `data_path` or valid/test_data_paths")
+        if task == "generate" and args.generation.text_gen_type == "input-file" and args.generation.sample_input_file:
+            if not os.path.isfile(args.generation.sample_input_file):
+                problems.append(f"`sample_input_file: {args.generation.sample_input_file}` does not exist")
+    return problems
+
+
+def _tokenizer_files(args: "NeoXArgs") -> list[str]:
+    tok = args.tokenizer
+    if tok.tokenizer_type in _NO_VOCAB_FILE:
+        return []
+    problems = []
+    if tok.vocab_file is None:
+        problems.append(f"tokenizer_type {tok.tokenizer_type} needs `vocab_file`")
+    elif tok.tokenizer_type not in _VOCAB_IS_NAME and not os.path.isfile(tok.vocab_file):
+        problems.append(f"`vocab_file: {tok.vocab_file}` does not exist (relative paths start at {os.getcwd()})")
+    if tok.tokenizer_type == "GPT2BPETokenizer":
+        if tok.merge_file is None:
+            problems.append("tokenizer_type GPT2BPETokenizer needs `merge_file`")
+        elif not os.path.isfile(tok.merge_file):
+            problems.append(f"`merge_file: {tok.merge_file}` does not exist")
+    return problems
