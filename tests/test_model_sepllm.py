@@ -198,6 +198,22 @@ def test_plan_is_built_once_per_forward_and_blocks_run_standalone(monkeypatch):
     assert len(calls) == 3 and not torch.equal(other, full)
 
 
+def test_inference_mode_forward_rebuilds_instead_of_trusting_the_cache():
+    model = _model(_args(), _sep())
+    ids = _ids()
+    with torch.no_grad():
+        expected = model(ids)
+    with torch.inference_mode():
+        frozen = ids.clone()
+        first = model(frozen)
+        frozen[:, 5] = SEPS[1]  # inference tensors have no version counter to reveal this
+        second = model(frozen)
+    torch.testing.assert_close(first, expected, rtol=0, atol=0)
+    changed = _check(model, frozen.clone(), _masks(frozen, "sepllm", [4, 4, 4]))
+    torch.testing.assert_close(second, changed, rtol=0, atol=0)
+    assert not torch.equal(second, first)
+
+
 def test_kernel_flag_uses_the_same_rule_on_cpu():
     ids = _ids()
     plain = _model(_args(), _sep())

@@ -22,7 +22,6 @@ from megatron.model.rotary import apply_rotary
 from megatron.neox_arguments.model import ModelArgs
 from megatron.neox_arguments.sepllm import SepLLMArgs
 from megatron.sepllm.attention import sepllm_attention
-from megatron.sepllm.mask import FULL
 
 
 def self_adjust_variant(sep: SepLLMArgs) -> Optional[str]:
@@ -79,11 +78,10 @@ class SelfAttention(nn.Module):
         plain_causal = plan.windows[self.layer_idx] is None and plan.doc_ids is None and plan.key_valid is None
         mask = None if plain_causal else plan.dense_mask(self.layer_idx)
         bias = alibi_bias(ctx.alibi_positions, self.alibi_slopes) if self.alibi_slopes is not None else None
-        sa_variant = self.sa_variant if plan.mode != FULL else None
         return explicit_attention(
             q, k, v, mask,
             bias=bias,
-            sa_variant=sa_variant,
+            sa_variant=self.sa_variant,
             numerator_bias=self.sa_numerator_bias,
             denominator_bias=self.sa_denominator_bias,
             dropout_p=dropout_p,

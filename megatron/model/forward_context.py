@@ -28,7 +28,10 @@ class ForwardContext:
     alibi_positions: Optional[torch.Tensor]  # [B, L] positions whose differences ALiBi penalises
 
 
-def _key(tensors: tuple[Optional[torch.Tensor], ...]) -> tuple:
+def _key(tensors: tuple[Optional[torch.Tensor], ...]) -> Optional[tuple]:
+    """Version counters of the inputs (None when one cannot tell in-place changes: inference tensors)."""
+    if any(t is not None and t.is_inference() for t in tensors):
+        return None
     return tuple(None if t is None else (t._version, t.shape) for t in tensors)
 
 
@@ -43,7 +46,7 @@ class ContextBuilder:
         self.rotary_base = float(model_args.rotary_emb_base)
         self.bipe_seps = resolve_token_ids(sep_args.BiPE_seps) if sep_args.USE_BiPE else None
         self._inputs: tuple = ()
-        self._key: tuple = ()
+        self._key: Optional[tuple] = None
         self._context: Optional[ForwardContext] = None
 
     def __call__(
@@ -54,20 +57,21 @@ class ContextBuilder:
         key_valid: Optional[torch.Tensor] = None,
     ) -> ForwardContext:
         inputs = (input_ids, position_ids, doc_ids, key_valid)
+        key = _key(inputs)
         if (
-            self._context is not None
-            and len(self._inputs) == 4
+            key is not None
+            and key == self._key
+            and self._context is not None
             and all(a is b for a, b in zip(inputs, self._inputs))
-            and _key(inputs) == self._key
         ):
             return self._context
         context = self.build(input_ids, position_ids, doc_ids, key_valid)
-        self._inputs, self._key, self._context = inputs, _key(inputs), context
+        self._inputs, self._key, self._context = inputs, key, context
         return context
 
     def clear(self) -> None:
         """Drop the cached context (and the dense masks it may hold)."""
-        self._inputs, self._key, self._context = (), (), None
+        self._inputs, self._key, self._context = (), None, None
 
     def build(
         self,

@@ -1,0 +1,76 @@
+"""The model on CUDA agrees with the CPU model (runs on the GPU machine; skipped elsewhere)."""
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from megatron.model import GPTModel
+from megatron.neox_arguments.model import ModelArgs
+from megatron.neox_arguments.sepllm import SepLLMArgs
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+VOCAB = 128
+SEPS = [5, 9]
+
+
+def _pair(model_overrides=None, sep_overrides=None):
+    args = dict(num_layers=3, hidden_size=128, num_attention_heads=8, seq_length=256, pos_emb="rotary",
+                rotary_pct=0.25, gpt_j_residual=True, no_weight_tying=True)
+    args.update(model_overrides or {})
+    sep = dict(separator_token_ids=SEPS, BiPE_seps=SEPS, USE_PREFILL_LOCAL_WIN_SIZES_wrt_LAYERS=True,
+               prefill_loc_win_size_list=[256, 16, 32], init_tok_max_idx=2, USE_SEP_ATTN_KERNEL_ACCELERATOR=False)
+    sep.update(sep_overrides or {})
+    torch.manual_seed(0)
+    cpu = GPTModel(ModelArgs(**args), SepLLMArgs(**sep), VOCAB).eval()
+    gpu = GPTModel(ModelArgs(**args), SepLLMArgs(**sep), VOCAB, device="cuda").eval()
+    gpu.load_state_dict(cpu.state_dict())
+    return cpu, gpu
+
+
+def _ids(length=200):
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(10, VOCAB, (2, length), generator=gen)
+    ids[:, 7::11] = SEPS[0]
+    return ids
+
+
+@pytest.mark.parametrize("model_overrides,sep_overrides", [
+    ({}, {}),
+    ({"pos_emb": "alibi"}, {"USE_SA_SOFTMAX": True}),
+    ({}, {"USE_BiPE": True}),
+    ({"num_kv_heads": 2, "norm": "rmsnorm", "activation": "swiglu", "gpt_j_residual": False}, {"streamingLLM": True}),
+], ids=["sepllm", "alibi-sa", "bipe", "llama-streaming"])
+def test_cuda_fp32_matches_cpu(model_overrides, sep_overrides):
+    cpu, gpu = _pair(model_overrides, sep_overrides)
+    ids = _ids()
+    with torch.no_grad():
+        expected = cpu(ids)
+        got = gpu(ids.cuda()).cpu()
+    torch.testing.assert_close(got, expected, rtol=0, atol=2e-4)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("megatron.sepllm.kernel") is None, reason="the Sep-Attention kernel is not in the tree yet")
+def test_cuda_kernel_path_matches_cpu():
+    cpu, gpu = _pair(sep_overrides={"USE_SEP_ATTN_KERNEL_ACCELERATOR": True})
+    ids = _ids()
+    with torch.no_grad():
+        expected = cpu(ids)
+        got = gpu(ids.cuda()).cpu()
+    torch.testing.assert_close(got, expected, rtol=0, atol=2e-3)
+
+
+def test_bf16_training_step_with_activation_checkpointing():
+    _, gpu = _pair()
+    gpu = gpu.to(torch.bfloat16).train()
+    gpu.enable_activation_checkpointing(1)
+    ids = _ids().cuda()
+    logits = gpu(ids)
+    assert logits.dtype == torch.bfloat16
+    loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, VOCAB), ids[:, 1:].reshape(-1))
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in gpu.parameters())
