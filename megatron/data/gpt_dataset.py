@@ -1,0 +1,228 @@
+"""GPT pretraining datasets: packed samples of seq_length + 1 tokens from tokenized .bin/.idx data.
+
+`build_train_valid_test_datasets` is the entry point the trainer calls. Either
+  * `data_path` (one dataset) cut into train/valid/test document ranges by `split`, or
+  * `train/valid/test_data_paths`, each list blended by its `*_data_weights` (or by document
+    counts with `weight_by_num_documents`), each dataset used whole.
+The sample order depends only on the data, `seed` and `seq_length` (see `sample_index.py`).
+Index caches are written beside the data (or under `cache_dir`) by rank 0 while the other ranks
+wait on `barrier`, and are rebuilt when the data files change.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from megatron.data.blending import BlendedDataset, blending_indices, normalized_weights, weights_by_num_documents
+from megatron.data.indexed_dataset import OpenedDataset, cache_prefix, open_indexed_dataset
+from megatron.data.indexed_format import inspect_indexed_dataset
+from megatron.data.sample_index import FORMAT_VERSION, SampleIndex, build_sample_index, cache_base, read_cache, write_cache
+
+log = logging.getLogger(__name__)
+SPLIT_NAMES = ("train", "valid", "test")
+
+
+class GPTDataset(torch.utils.data.Dataset):
+    """Item i: {"text": int64 array of seq_length + 1 tokens}, in the order of a SampleIndex."""
+
+    def __init__(self, name: str, data: OpenedDataset, index: SampleIndex, seq_length: int, doc_range: tuple[int, int]):
+        self.name = name
+        self.data = data
+        self.index = index
+        self.seq_length = seq_length
+        self.doc_range = doc_range
+
+    def __len__(self) -> int:
+        return self.index.num_samples
+
+    def __getitem__(self, i: int) -> dict:
+        if not 0 <= i < len(self):
+            raise IndexError(f"sample {i} out of range for {len(self)} samples of {self.name}")
+        j = int(self.index.shuffle_idx[i])
+        (p0, o0), (p1, o1) = self.index.sample_idx[j], self.index.sample_idx[j + 1]
+        docs, read = self.index.doc_idx, self.data.reader.get
+        if p0 == p1:
+            tokens = read(int(docs[p0]), offset=int(o0), length=int(o1 - o0 + 1))
+        else:
+            parts = [read(int(docs[p0]), offset=int(o0))]
+            parts += [read(int(docs[p])) for p in range(p0 + 1, p1)]
+            parts.append(read(int(docs[p1]), offset=0, length=int(o1 + 1)))
+            tokens = np.concatenate(parts)
+        return {"text": tokens.astype(np.int64)}
+
+    def __repr__(self) -> str:
+        return (
+            f"GPTDataset({self.name}: {len(self)} samples of {self.seq_length + 1} tokens from "
+            f"{self.data.files.prefix} documents [{self.doc_range[0]}, {self.doc_range[1]}), {self.index.num_epochs} epoch(s))"
+        )
+
+
+def parse_split(split: str) -> list[float]:
+    """'969,30,1' (or '969/30/1', fewer parts meaning 0) as three fractions summing to 1."""
+    try:
+        parts = [float(p) for p in str(split).replace("/", ",").split(",") if p.strip()]
+    except ValueError:
+        raise ValueError(f"split {split!r}: expected up to three numbers like '969,30,1'") from None
+    if not parts or len(parts) > 3 or any(p < 0 for p in parts) or sum(parts) <= 0:
+        raise ValueError(f"split {split!r}: expected up to three non-negative numbers, not all 0, like '969,30,1'")
+    parts += [0.0] * (3 - len(parts))
+    total = sum(parts)
+    return [p / total for p in parts]
+
+
+def split_ranges(split: str, num_documents: int) -> list[tuple[int, int]]:
+    """Contiguous document ranges of train/valid/test, rounded as Megatron rounds them."""
+    bounds = [0]
+    for frac in parse_split(split):
+        bounds.append(bounds[-1] + int(round(frac * num_documents)))
+    diff = bounds[-1] - num_documents
+    bounds = [bounds[0]] + [b - diff for b in bounds[1:]]
+    return [(bounds[k], bounds[k + 1]) for k in range(3)]
+
+
+@dataclass
+class _Part:
+    """One dataset to build: documents [start, end) of `prefix`, for `num_samples` samples."""
+
+    name: str
+    prefix: str
+    doc_range: tuple[int, int]
+    num_samples: int
+
+
+class _Builder:
+    def __init__(self, *, seq_length: int, seed: int, vocab_size: Optional[int], cache_dir: Optional[str]):
+        if seq_length is None or seq_length < 1:
+            raise ValueError(f"seq_length must be a positive integer, got {seq_length}")
+        self.seq_length, self.seed, self.vocab_size, self.cache_dir = seq_length, seed, vocab_size, cache_dir
+
+    def dataset(self, part: _Part, *, may_build: bool) -> GPTDataset:
+        data = open_indexed_dataset(part.prefix, vocab_size=self.vocab_size, cache_dir=self.cache_dir, write_cache=may_build)
+        start, end = part.doc_range
+        identity = {
+            "version": FORMAT_VERSION,
+            "data": data.files.fingerprint,
+            "doc_range": [start, end],
+            "seq_length": self.seq_length,
+            "seed": self.seed,
+        }
+        base = cache_base(cache_prefix(part.prefix, self.cache_dir), part.name, identity)
+        index = read_cache(base, identity, part.num_samples)
+        if index is None:
+            if not may_build:
+                raise RuntimeError(
+                    f"the sample index {base}.json that rank 0 should have built is missing or stale. "
+                    "All ranks must see the same files: put the data (or cache_dir) on a filesystem shared by every node."
+                )
+            lengths = data.files.sequence_lengths[start:end]
+            if int(np.sum(lengths, dtype=np.int64)) == 0:
+                raise ValueError(f"{part.prefix}: documents [{start}, {end}) of the {part.name} split hold no tokens")
+            index = build_sample_index(
+                np.arange(start, end), lengths, seq_length=self.seq_length, seed=self.seed, num_samples=part.num_samples
+            )
+            write_cache(base, identity, index)
+        return GPTDataset(part.name, data, index, self.seq_length, (start, end))
+
+
+def _check_count(name: str, value) -> int:
+    if value is None or int(value) != value or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    return int(value)
+
+
+def build_train_valid_test_datasets(
+    *,
+    data_path: Optional[str] = None,
+    split: str = "969,30,1",
+    train_data_paths: Optional[Sequence[str]] = None,
+    valid_data_paths: Optional[Sequence[str]] = None,
+    test_data_paths: Optional[Sequence[str]] = None,
+    train_data_weights: Optional[Sequence[float]] = None,
+    valid_data_weights: Optional[Sequence[float]] = None,
+    test_data_weights: Optional[Sequence[float]] = None,
+    weight_by_num_documents: bool = False,
+    weighted_sampler_alpha: float = 1.0,
+    seq_length: int,
+    seed: int,
+    train_samples: int,
+    valid_samples: int,
+    test_samples: int,
+    vocab_size: Optional[int] = None,
+    rank: int = 0,
+    barrier: Optional[Callable[[], None]] = None,
+    cache_dir: Optional[str] = None,
+) -> tuple[Optional[torch.utils.data.Dataset], ...]:
+    """(train, valid, test) datasets; an entry is None when that split has no data or 0 samples.
+
+    Every item is {"text": int64 array of seq_length + 1}. `vocab_size` (the model's, padded)
+    makes opening fail when the data holds a larger token id. Rank 0 builds the index caches;
+    with `barrier` (e.g. torch.distributed.barrier) the other ranks wait for it and then only
+    read them. Without a barrier every rank builds what is missing (writes are atomic, so
+    concurrent builders do not corrupt each other).
+    """
+    wanted = [_check_count(f"{n}_samples", v) for n, v in zip(SPLIT_NAMES, (train_samples, valid_samples, test_samples))]
+    builder = _Builder(seq_length=seq_length, seed=seed, vocab_size=vocab_size, cache_dir=cache_dir)
+    path_lists = (train_data_paths, valid_data_paths, test_data_paths)
+    if data_path is not None and any(p for p in path_lists):
+        raise ValueError("give either data_path (with split) or train/valid/test_data_paths, not both")
+
+    plans: list[Optional[tuple[list[_Part], Optional[list[float]], Optional[tuple]]]] = []
+    if data_path is not None:
+        if not isinstance(data_path, str):
+            raise ValueError(f"data_path must be one dataset prefix (a string), got {data_path!r}; use train_data_paths to blend several")
+        ranges = split_ranges(split, inspect_indexed_dataset(data_path).num_sequences)
+        for name, rng, n in zip(SPLIT_NAMES, ranges, wanted):
+            if n == 0 or rng[0] == rng[1]:
+                if n > 0:
+                    log.warning("split %r leaves no documents of %s for %s; that dataset is None", split, data_path, name)
+                plans.append(None)
+            else:
+                plans.append(([_Part(name, data_path, rng, n)], None, None))
+    else:
+        if not train_data_paths:
+            raise ValueError("no training data: set data_path, or train_data_paths (with valid/test_data_paths)")
+        weight_lists = (train_data_weights, valid_data_weights, test_data_weights)
+        for name, paths, weights, n in zip(SPLIT_NAMES, path_lists, weight_lists, wanted):
+            if not paths or n == 0:
+                plans.append(None)
+                continue
+            paths = [paths] if isinstance(paths, str) else list(paths)
+            files = [inspect_indexed_dataset(p) for p in paths]
+            if weight_by_num_documents:
+                w = weights_by_num_documents([f.num_sequences for f in files], weighted_sampler_alpha)
+            else:
+                w = normalized_weights(weights, len(paths), f"{name}_data_weights")
+            if len(paths) == 1:
+                plans.append(([_Part(name, paths[0], (0, files[0].num_sequences), n)], None, None))
+                continue
+            indices = blending_indices(w, n)
+            counts = np.bincount(indices[0], minlength=len(paths))
+            parts = [
+                _Part(f"{name}{k}", p, (0, f.num_sequences), max(int(c), 1))
+                for k, (p, f, c) in enumerate(zip(paths, files, counts))
+            ]
+            plans.append((parts, w, indices))
+
+    builds_here = rank == 0 or barrier is None
+    built: dict[int, list[GPTDataset]] = {}
+    if builds_here:
+        for s, plan in enumerate(plans):
+            if plan is not None:
+                built[s] = [builder.dataset(part, may_build=True) for part in plan[0]]
+    if barrier is not None:
+        barrier()
+    out: list[Optional[torch.utils.data.Dataset]] = []
+    for s, plan in enumerate(plans):
+        if plan is None:
+            out.append(None)
+            continue
+        parts, weights, indices = plan
+        datasets = built.get(s) or [builder.dataset(part, may_build=False) for part in parts]
+        out.append(datasets[0] if weights is None else BlendedDataset(datasets, weights, indices, SPLIT_NAMES[s]))
+        if rank == 0:
+            log.info("%s: %r", SPLIT_NAMES[s], out[-1])
+    return tuple(out)

@@ -1,0 +1,185 @@
+"""Raw documents to Megatron .bin/.idx files: the pipeline behind tools/preprocess_data.py.
+
+A reader thread parses the inputs into batches while the main thread tokenizes the previous
+batch (the tokenizer libraries release the GIL and use all cores) and appends the ids to one
+IndexedDatasetWriter per JSON key. Outputs appear only when the whole run succeeded.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+from megatron.data.document_reader import BadRecord, expand_inputs, read_records
+from megatron.data.indexed_format import IndexedDatasetWriter, token_dtype_for_vocab
+from megatron.data.tokenizers.base import Tokenizer
+
+
+@dataclass
+class PreprocessSummary:
+    files: int = 0
+    input_bytes: int = 0
+    documents: int = 0
+    tokens: int = 0
+    empty_skipped: int = 0
+    bad_skipped: int = 0
+    seconds: float = 0.0
+    outputs: list[str] = field(default_factory=list)
+    bad_examples: list[str] = field(default_factory=list)
+
+    def report(self) -> str:
+        secs = max(self.seconds, 1e-9)
+        lines = [
+            f"documents: {self.documents:,} written, {self.empty_skipped:,} empty skipped, {self.bad_skipped:,} bad records skipped",
+            f"tokens:    {self.tokens:,}",
+            f"seconds:   {self.seconds:.2f} ({self.documents / secs:,.0f} documents/s, {self.tokens / secs / 1e6:.3f} M tokens/s, "
+            f"{self.input_bytes / secs / 1e6:.1f} MB/s of input from {self.files} file(s))",
+        ]
+        lines += [f"output:    {p}.bin / .idx" for p in self.outputs]
+        return "\n".join(lines)
+
+
+def output_prefixes(output_prefix: str, keys: Sequence[str]) -> list[str]:
+    """GPT-NeoX's naming: one dataset per JSON key, PREFIX_<key>_document."""
+    return [f"{output_prefix}_{k}_document" for k in keys]
+
+
+_END = object()
+
+
+def preprocess(
+    *,
+    inputs: str | Sequence[str],
+    output_prefix: str,
+    tokenizer: Tokenizer,
+    keys: Sequence[str] = ("text",),
+    append_eod: bool = False,
+    skip_bad_lines: bool = False,
+    txt_mode: str = "file",
+    workers: Optional[int] = None,
+    batch_chars: int = 1 << 22,
+    progress: Optional[bool] = None,
+    log=None,
+) -> PreprocessSummary:
+    """Tokenize `inputs` into PREFIX_<key>_document.bin/.idx; returns counts and timing.
+
+    Bad records (invalid JSON, missing key, non-string value, undecodable bytes) raise
+    BadRecord naming file and line, unless `skip_bad_lines`, which counts and skips them.
+    Documents whose text is empty or only whitespace are skipped and counted. `progress`:
+    None shows a bar when stderr is a terminal.
+    """
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    keys = list(keys)
+    if not keys or len(set(keys)) != len(keys):
+        raise ValueError(f"keys must be distinct and non-empty, got {keys}")
+    files = expand_inputs(inputs)
+    summary = PreprocessSummary(files=len(files))
+    tokenizer.set_num_threads(workers)
+    eod = tokenizer.eod if append_eod else None
+    dtype = token_dtype_for_vocab(tokenizer.vocab_size)
+    prefixes = output_prefixes(output_prefix, keys)
+    total_bytes = sum(_file_size(p) for p in files)
+
+    def on_bad(bad: BadRecord) -> None:
+        if not skip_bad_lines:
+            raise BadRecord(bad.source, bad.line, bad.reason + " (use --skip-bad-lines to skip such records)")
+        summary.bad_skipped += 1
+        if len(summary.bad_examples) < 20:
+            summary.bad_examples.append(str(bad))
+            log(f"skipping bad record: {bad}")
+
+    batches: queue.Queue = queue.Queue(maxsize=2)
+    stop = threading.Event()
+    read_bytes = [0]
+
+    def produce() -> None:
+        try:
+            batch: list[tuple[int, str]] = []
+            size = 0
+
+            def count_bytes(n: int) -> None:
+                read_bytes[0] += n
+
+            for rec in read_records(files, keys=keys, txt_mode=txt_mode, on_bad=on_bad, on_bytes=count_bytes):
+                for k, text in enumerate(rec.texts):
+                    if not text.strip():
+                        summary.empty_skipped += 1
+                        continue
+                    batch.append((k, text))
+                    size += len(text)
+                if size >= batch_chars:
+                    if not _put(batches, batch, stop):
+                        return
+                    batch, size = [], 0
+            if batch:
+                _put(batches, batch, stop)
+            _put(batches, _END, stop)
+        except BaseException as e:  # handed to the main thread, which re-raises it
+            _put(batches, e, stop)
+
+    bar = _progress_bar(total_bytes, progress)
+    start = time.perf_counter()
+    reader = threading.Thread(target=produce, name="preprocess-reader", daemon=True)
+    writers = [IndexedDatasetWriter(p, dtype) for p in prefixes]
+    empty_tokenized = 0
+    try:
+        reader.start()
+        while True:
+            item = batches.get()
+            if item is _END:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            ids = tokenizer.tokenize_batch([text for _, text in item])
+            for (k, _), doc in zip(item, ids):
+                if len(doc) == 0:
+                    empty_tokenized += 1  # counted apart: the reader thread updates empty_skipped
+                    continue
+                writers[k].add_document(doc, end_token=eod)
+            summary.documents = sum(w.num_documents for w in writers)
+            summary.tokens = sum(w.num_tokens for w in writers)
+            if bar is not None:
+                bar.update(read_bytes[0] - bar.n)
+                elapsed = max(time.perf_counter() - start, 1e-9)
+                bar.set_postfix_str(f"{summary.documents / elapsed:,.0f} docs/s, {summary.tokens / elapsed / 1e6:.3f} M tok/s", refresh=False)
+        for w in writers:
+            w.finalize()
+    finally:
+        stop.set()
+        for w in writers:
+            if not w.finished:
+                w.abort()
+        if bar is not None:
+            bar.close()
+    summary.seconds = time.perf_counter() - start
+    summary.empty_skipped += empty_tokenized
+    summary.input_bytes = read_bytes[0]
+    summary.outputs = prefixes
+    return summary
+
+
+def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
+    """Put unless the consumer has stopped (then the reader thread just ends)."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _file_size(path: str) -> int:
+    return os.path.getsize(path)
+
+
+def _progress_bar(total: int, enabled: Optional[bool]):
+    if enabled is False:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="preprocess", disable=None if enabled is None else False, smoothing=0.1)

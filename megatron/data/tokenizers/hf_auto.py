@@ -1,0 +1,66 @@
+"""A local `transformers` tokenizer (a model folder, or a .gguf file) for Llama-shaped models."""
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence
+
+from megatron.data.tokenizers.base import Tokenizer, require_file
+
+
+class HFAutoTokenizer(Tokenizer):
+    """`AutoTokenizer.from_pretrained(vocab_file)` without any download.
+
+    `vocab_file` is a folder with tokenizer files (tokenizer.json / tokenizer.model and
+    tokenizer_config.json), or a .gguf model file whose embedded tokenizer is used. Documents
+    are encoded with the tokenizer's own special-token template (Llama tokenizers put BOS in
+    front). EOD is the tokenizer's EOS; pad is its pad token, else EOS.
+    """
+
+    name = "HFAutoTokenizer"
+
+    def __init__(self, vocab_file: str):
+        from transformers import AutoTokenizer
+
+        path = require_file(vocab_file, "a tokenizer folder or .gguf file", self.name)
+        try:
+            if path.endswith(".gguf"):
+                self._tok = AutoTokenizer.from_pretrained(os.path.dirname(os.path.abspath(path)), gguf_file=os.path.basename(path), local_files_only=True)
+            else:
+                self._tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{self.name}: cannot load a tokenizer from {path!r}: {e}") from e
+        if self._tok.eos_token_id is None:
+            raise ValueError(f"{self.name}: the tokenizer in {path!r} defines no EOS token to use as end of document")
+        backend = getattr(self._tok, "backend_tokenizer", None)
+        if backend is not None:
+            backend.no_truncation()
+            backend.no_padding()
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._tok)
+
+    @property
+    def eod(self) -> int:
+        return int(self._tok.eos_token_id)
+
+    @property
+    def pad(self) -> int:
+        return int(self._tok.pad_token_id) if self._tok.pad_token_id is not None else self.eod
+
+    def tokenize(self, text: str) -> list[int]:
+        return self._tok(text)["input_ids"]
+
+    def tokenize_batch(self, texts: Sequence[str]) -> list[Sequence[int]]:
+        return self._tok(list(texts))["input_ids"]
+
+    def detokenize(self, token_ids: Sequence[int]) -> str:
+        return self._tok.decode([int(t) for t in token_ids], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    def _tokenize_plain(self, text: str) -> list[int]:
+        return self._tok(text, add_special_tokens=False)["input_ids"]
+
+    def set_num_threads(self, num_threads: Optional[int]) -> None:
+        # Fast tokenizers batch-encode on the Rust library's process-wide pool.
+        if num_threads is not None:
+            os.environ["RAYON_NUM_THREADS"] = str(int(num_threads))
