@@ -84,13 +84,20 @@ def build_layout(
 
 
 def plan_layout(plan: AttentionPlan, layer: int, device: torch.device) -> SepLayout:
-    """The layout for `layer`, cached on the plan per distinct kept tensor (FixLLM has several).
+    """The layout for `layer`, built on first use and cached on the plan.
 
-    The plan keeps its kept tensors alive, so their ids stay unique while the cache lives.
+    Layers share one layout per distinct kept tensor (FixLLM has one per interval). The cache
+    key comes from the plan's structure, not from object ids, so that torch.compile guards on
+    the same things for every batch and never recompiles.
     """
     cache = plan.__dict__.setdefault(_CACHE_ATTR, {})
-    kept = plan.layer_kept(layer) if plan.windows[layer] is not None else None
-    key = (id(kept) if kept is not None else None, str(device))
+    if plan.windows[layer] is None:
+        key, kept = "full", None
+    else:
+        kept = plan.layer_kept(layer)
+        key = "shared"
+        if plan.per_layer_kept is not None:
+            key = next(j for j in range(layer + 1) if plan.per_layer_kept[j] is kept)
     if key not in cache:
         ref = plan._ref()
         cache[key] = build_layout(

@@ -1,0 +1,156 @@
+"""Sep-Attention kernel == reference SepLLM attention, forward and gradients (CPU, Triton interpreter).
+
+The Triton kernels run under TRITON_INTERPRET=1 on small shapes; the GPU file
+test_sep_kernel_gpu.py runs the compiled kernels on CUDA.
+"""
+import os
+
+import pytest
+import torch
+
+if torch.cuda.is_available():
+    pytest.skip("CUDA present: the compiled kernels are tested in test_sep_kernel_gpu.py", allow_module_level=True)
+# Must be set before triton is imported and the kernels are decorated.
+os.environ["TRITON_INTERPRET"] = "1"
+pytest.importorskip("triton", reason="triton is needed for the kernel tests (requirements/requirements-test.txt)")
+
+from megatron.sepllm.kernel import build_layout, sep_attention_kernel  # noqa: E402
+from megatron.sepllm.kernel.ops import interpreted  # noqa: E402
+from megatron.sepllm.kernel.testing import Case, check_case, random_case, random_qkv, rel_err, reference_attention  # noqa: E402
+from megatron.sepllm.mask import build_attention_plan  # noqa: E402
+from megatron.sepllm.reference import reference_keep_mask  # noqa: E402
+
+if not interpreted():
+    pytest.skip("megatron.sepllm.kernel was imported before TRITON_INTERPRET was set", allow_module_level=True)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_random_configs_match_reference(seed):
+    check_case(sep_attention_kernel, random_case(seed))
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        # separators in every block, window smaller than a tile, query blocks past the first
+        Case(L=100, D=16, vocab=8, sep=dict(prefill_local_window_size=5)),
+        # window wider than several tiles: mask-free band blocks
+        Case(L=96, D=16, vocab=25, sep=dict(prefill_local_window_size=40, EXCLUDE_DIAGONAL=False)),
+        # grouped-query attention, non power-of-two head dim, ragged length
+        Case(B=2, H=4, Hkv=1, L=77, D=24, vocab=12, sep=dict(prefill_local_window_size=9)),
+        # StreamingLLM: only initial tokens beyond the window
+        Case(L=90, D=16, sep=dict(prefill_local_window_size=8, streamingLLM=True)),
+        # documents: far part and band stop at document starts, initial tokens per document
+        Case(B=2, L=96, D=16, vocab=20, docs=True, sep=dict(prefill_local_window_size=12)),
+        # left padding with batch-adaptive initial tokens and padding keys
+        Case(B=3, L=64, D=16, left_pad=True, sep=dict(prefill_local_window_size=6, BATCH_ADAPTIVE_INIT_POS=True)),
+        # no initial tokens and window 1 (each query sees itself and earlier separators)
+        Case(L=70, D=16, sep=dict(prefill_local_window_size=1, init_tok_max_idx=-1)),
+    ],
+    ids=["dense-seps", "wide-window", "gqa", "streaming", "docs", "left-pad", "window-1"],
+)
+def test_cases_match_reference(case):
+    check_case(sep_attention_kernel, case)
+
+
+def test_per_layer_windows_and_full_layer_with_docs():
+    # Layer 1 covers the sequence (full causal within documents): the kernel handles it too.
+    case = Case(L=64, D=16, layers=3, docs=True, sep=dict(
+        USE_PREFILL_LOCAL_WIN_SIZES_wrt_LAYERS=True, prefill_loc_win_size_list=[4, 500, 17]))
+    _, plan, _ = case.build()
+    assert plan.windows[1] is None
+    for layer in range(3):
+        check_case(sep_attention_kernel, case, layer=layer)
+
+
+def test_fixllm_layers_use_their_own_anchors():
+    case = Case(L=72, D=16, layers=2, sep=dict(
+        USE_FIXED_SEP_INTERVALs=True, fixed_sep_intervals_list=[4, 9], prefill_local_window_size=6))
+    for layer in range(2):
+        check_case(sep_attention_kernel, case, layer=layer)
+    _, plan, _ = case.build()
+    q, k, v = random_qkv(case)
+    for layer in range(2):
+        sep_attention_kernel(q, k, v, plan, layer)
+    assert len(plan._sep_kernel_layouts) == 2, "one layout per distinct kept pattern"
+
+
+def test_strided_inputs_and_custom_scale():
+    # q/k/v as transposed views of [B, L, H, D] storage, as a fused QKV projection gives them.
+    check_case(sep_attention_kernel, Case(L=48, D=16, H=2, Hkv=2, sep=dict(prefill_local_window_size=7)),
+               layout="blhd", scale=0.3)
+
+
+def test_float16_within_half_precision_tolerance():
+    # bfloat16 runs on the GPU only: the Triton interpreter (3.7) gets bf16 tl.dot wrong.
+    check_case(sep_attention_kernel, Case(L=64, D=32, vocab=12, sep=dict(prefill_local_window_size=10)),
+               dtype=torch.float16, tol=5e-3)
+
+
+def test_against_brute_force_reference_rule():
+    # Same output as SDPA over reference.py's pair-by-pair mask (not only the tensor mask).
+    case = Case(B=2, L=40, D=16, vocab=10, sep=dict(prefill_local_window_size=6, init_tok_max_idx=1))
+    ids, plan, cfg = case.build()
+    q, k, v = random_qkv(case)
+    out = sep_attention_kernel(q, k, v, plan, 0)
+    keep = reference_keep_mask(ids.tolist(), mode="sepllm", window=6, init_tok_max_idx=1, separator_ids=cfg.separator_token_ids)
+    ref = reference_attention(q, k, v, torch.tensor(keep)[:, None])
+    assert rel_err(out, ref) < 1e-5
+
+
+def test_layout_metadata():
+    kept = torch.tensor([[1, 0, 0, 1, 1, 0], [0, 0, 0, 0, 0, 0]], dtype=torch.bool)
+    valid = torch.tensor([[1, 1, 1, 0, 1, 1], [1, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    doc = torch.tensor([[0, 0, 1, 1, 1, 2], [0, 0, 0, 0, 0, 0]])
+    lay = build_layout(kept, length=6, batch=2, device=torch.device("cpu"), doc_ids=doc, key_valid=valid)
+    # kept and valid: positions 0 and 4; padding slots hold L
+    assert lay.kept_pos.tolist() == [[0, 4, 6, 6, 6, 6], [6] * 6]
+    assert lay.kept_count.tolist() == [[0, 1, 1, 1, 1, 2, 2], [0] * 7]
+    assert lay.doc_start.tolist() == [[0, 0, 2, 2, 2, 5], [0] * 6]
+    assert lay.doc_end.tolist() == [[2, 2, 5, 5, 5, 6], [6] * 6]
+
+
+def test_bad_input_fails_loudly():
+    case = Case(L=32, D=16, sep=dict(prefill_local_window_size=4))
+    _, plan, _ = case.build()
+    q, k, v = random_qkv(case)
+    with pytest.raises(ValueError, match="dropout"):
+        sep_attention_kernel(q, k, v, plan, 0, dropout_p=0.1)
+    with pytest.raises(ValueError, match="plan"):
+        sep_attention_kernel(q[:, :, :16], k[:, :, :16], v[:, :, :16], plan, 0)
+    with pytest.raises(ValueError, match="heads"):
+        sep_attention_kernel(q, k[:, :1].expand(-1, 3, -1, -1), v[:, :1].expand(-1, 3, -1, -1), plan, 0)
+    zero = Case(L=32, D=16, sep=dict(prefill_local_window_size=0))
+    _, plan0, _ = zero.build()
+    with pytest.raises(ValueError, match="window"):
+        sep_attention_kernel(q, k, v, plan0, 0)
+    ids = torch.randint(1, 10, (1, 8))
+    bad_docs = build_attention_plan(ids, case.build()[2], 1, doc_ids=torch.tensor([[0, 0, 1, 1, 0, 0, 2, 2]]))
+    q1, k1, v1 = (t[:1, :, :8] for t in (q, k, v))
+    with pytest.raises(RuntimeError, match="non-decreasing"):
+        sep_attention_kernel(q1, k1, v1, bad_docs, 0)
+
+
+def test_compiled_graph_does_not_recompile_for_new_batches():
+    # The custom ops are opaque to torch.compile and all metadata shapes are fixed, so batches
+    # with other separator counts and documents reuse the same graph.
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    case = Case(L=48, D=16, docs=True, sep=dict(prefill_local_window_size=5))
+
+    def step(q, k, v, plan):
+        return sep_attention_kernel(q, k, v, plan, 0).float().square().sum()
+
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=True, dynamic=False)
+    _, plan, _ = case.build()
+    q, k, v = random_qkv(case)
+    compiled(q, k, v, plan).backward()
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for seed in (1, 2):
+            other = Case(L=48, D=16, docs=True, vocab=6 + 10 * seed, seed=seed, sep=dict(prefill_local_window_size=5))
+            _, plan2, _ = other.build()
+            loss = compiled(q, k, v, plan2)
+            loss.backward()
+            want = reference_attention(q, k, v, plan2.dense_mask(0)).square().sum()
+            assert abs(float(loss.detach()) - float(want.detach())) < 1e-4 * abs(float(want.detach()))
