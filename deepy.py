@@ -1,0 +1,75 @@
+#!/usr/bin/env python
+"""Validate a config, then run a script on every rank through DeepSpeed's launcher.
+
+    python deepy.py train.py configs/pythia/160M.yml configs/sepllm/n64.yml configs/local_setup.yml
+    python deepy.py -d configs train.py demo            # -d prefixes the paths; .yml may be left out
+
+The config is loaded and checked here, before any process starts; train.py, eval.py and
+generate.py are also checked for what they need (data, tokenizer files, a checkpoint). Each
+rank then runs `python SCRIPT CONFIG...` with the same config paths. The launcher keys of the
+config (hostfile, include, exclude, num_gpus, num_nodes, master_addr, master_port, launcher,
+deepspeed_slurm, comment, ...) work as in GPT-NeoX; without CUDA the ranks run on the CPU.
+deepy.py exits with the launcher's exit status, which is the failing rank's.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+
+REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, REPO_ROOT)
+
+from megatron.neox_arguments import ConfigError, NeoXArgs  # noqa: E402
+from megatron.neox_arguments.launch_command import LaunchPlan, plan_launch, task_for_script  # noqa: E402
+
+
+def parse_cli(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    parser.add_argument("user_script", help="script every rank runs: train.py, eval.py, generate.py or your own")
+    parser.add_argument("conf_file", nargs="+", help="config files, merged in order (later files win)")
+    parser.add_argument("-d", "--conf_dir", default=None, help="directory prefixed to every config path")
+    return parser.parse_args(argv)
+
+
+def config_paths(names: list[str], conf_dir: str | None) -> list[str]:
+    """Config paths as GPT-NeoX's deepy.py resolves them: optional directory prefix, `.yml` added when no suffix."""
+    paths = [os.path.join(conf_dir, n) if conf_dir else n for n in names]
+    return [p if p.endswith((".yml", ".yaml", ".json")) else p + ".yml" for p in paths]
+
+
+def run(plan: LaunchPlan) -> int:
+    """Run the launcher; its exit status (128 + signal when killed by a signal)."""
+    env = {**os.environ, **plan.env}
+    print("deepy.py: " + shlex.join(plan.command()), flush=True)
+    code = subprocess.run(plan.command(), env=env).returncode
+    return code if code >= 0 else 128 - code
+
+
+def main(argv: list[str] | None = None) -> int:
+    cli = parse_cli(sys.argv[1:] if argv is None else argv)
+    configs = config_paths(cli.conf_file, cli.conf_dir)
+    if not os.path.isfile(cli.user_script):
+        print(f"deepy.py: script {cli.user_script!r} not found (paths are relative to {os.getcwd()})", file=sys.stderr)
+        return 2
+    import torch
+
+    try:
+        args = NeoXArgs.from_files(configs)
+        task = task_for_script(cli.user_script)
+        if task is not None:
+            args.validate_for(task)
+        plan = plan_launch(args, cli.user_script, configs, cuda_available=torch.cuda.is_available(),
+                           environ=os.environ, repo_root=REPO_ROOT)
+    except ConfigError as exc:
+        print(f"deepy.py: {exc}", file=sys.stderr)
+        return 2
+    for notice in plan.notices:
+        print(f"deepy.py notice: {notice}", flush=True)
+    return run(plan)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

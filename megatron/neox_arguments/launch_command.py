@@ -1,0 +1,116 @@
+"""The command deepy.py runs: DeepSpeed's launcher arguments and environment for a loaded config.
+
+With CUDA, the launcher keys (hostfile, include, exclude, num_gpus, num_nodes, master_addr,
+master_port, launcher, deepspeed_slurm, comment, ...) become DeepSpeed runner flags as in
+GPT-NeoX. Without CUDA the ranks run on the CPU: DeepSpeed's own launcher handles that (it
+starts `--num_gpus` local processes whatever the device count), so deepy only sets
+DS_ACCELERATOR=cpu and leaves the backend choice (gloo) to resolve_backend in each rank.
+Every rank receives the config paths as its only arguments (--no_local_rank: the rank is in
+LOCAL_RANK).
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+from megatron.neox_arguments.errors import ConfigError
+from megatron.neox_arguments.neox_args import NeoXArgs
+
+# Variables forwarded to ranks on other nodes, on top of DeepSpeed's own PYTHON*, UCX*, MV2*,
+# MLFLOW* (and NCCL* on CUDA).
+EXPORT_PREFIXES = ("NCCL", "WANDB", "MASTER_ADDR", "MASTER_PORT", "GLOO_", "TORCH_", "HF_", "TOKENIZERS_", "DS_ACCELERATOR", "PYTHONPATH")
+
+# Backends that start the script on every rank themselves, so the ranks never see DeepSpeed's
+# per-node launcher and need MASTER_ADDR/MASTER_PORT from the environment.
+_DIRECT_BACKENDS = ("slurm", "openmpi", "mvapich")
+
+TASK_OF_SCRIPT = {"train.py": "train", "generate.py": "generate", "eval.py": "eval"}
+
+
+@dataclass
+class LaunchPlan:
+    """What deepy.py runs: DeepSpeed runner arguments plus the environment they need."""
+
+    runner_args: list[str]
+    env: dict[str, str]
+    export_prefixes: tuple[str, ...] = EXPORT_PREFIXES
+    notices: list[str] = field(default_factory=list)
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "megatron.neox_arguments.deepspeed_runner", ",".join(self.export_prefixes), *self.runner_args]
+
+
+def plan_launch(
+    args: NeoXArgs,
+    user_script: str,
+    config_paths: Sequence[str],
+    *,
+    cuda_available: bool,
+    environ: Mapping[str, str],
+    repo_root: str,
+) -> LaunchPlan:
+    """The launch of `user_script CONFIG...` on every rank the launcher settings of `args` describe."""
+    la = args.launcher
+    notices: list[str] = []
+    env = {"PYTHONPATH": os.pathsep.join(p for p in (repo_root, environ.get("PYTHONPATH", "")) if p)}
+    runner: list[str] = []
+    if not cuda_available:
+        nprocs = la.num_gpus or 1
+        ignored = [k for k in ("hostfile", "include", "exclude") if getattr(la, k)] + (["num_nodes"] if la.num_nodes not in (-1, 1) else [])
+        if ignored:
+            notices.append(f"no CUDA device: running {nprocs} local CPU process(es); {', '.join(ignored)} ignored")
+        env["DS_ACCELERATOR"] = "cpu"
+        if "OMP_NUM_THREADS" not in environ:
+            # Without it every rank starts one thread per core and the ranks fight over the cores.
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nprocs))
+        runner += ["--num_gpus", str(nprocs), "--master_port", str(la.master_port)]
+    else:
+        hostfile = la.hostfile or environ.get("DLTS_HOSTFILE")
+        if hostfile:
+            runner += ["--hostfile", hostfile]
+        if la.include:
+            runner += ["--include", la.include]
+        if la.exclude:
+            runner += ["--exclude", la.exclude]
+        if la.num_nodes != -1:
+            runner += ["--num_nodes", str(la.num_nodes)]
+        if la.num_gpus is not None:
+            if la.include or la.exclude:
+                notices.append(f"num_gpus: {la.num_gpus} is dropped because include/exclude choose the GPUs (as in GPT-NeoX)")
+            else:
+                runner += ["--num_gpus", str(la.num_gpus)]
+        master_addr = la.master_addr or environ.get("MASTER_ADDR")
+        if master_addr:
+            runner += ["--master_addr", master_addr]
+        runner += ["--master_port", str(la.master_port)]
+        if la.launcher != "pdsh":
+            runner += ["--launcher", la.launcher]
+        if la.force_multi or la.deepspeed_slurm or la.deepspeed_mpi:
+            runner.append("--force_multi")
+        if la.no_ssh_check:
+            runner.append("--no_ssh_check")
+        if la.launcher in _DIRECT_BACKENDS:
+            if not master_addr:
+                raise ConfigError(
+                    f"launcher: {la.launcher} starts every rank directly, so the ranks need the first node's address: "
+                    "set master_addr in the config or export MASTER_ADDR (under Slurm: "
+                    "export MASTER_ADDR=$(scontrol show hostnames $SLURM_JOB_NODELIST | head -n1))"
+                )
+            env.update(MASTER_ADDR=master_addr, MASTER_PORT=str(la.master_port))
+        srun_args = [f"--comment={la.comment}"] if la.comment else []
+        srun_args += [f"--account={la.account}"] if la.account else []
+        if srun_args:
+            if la.launcher == "slurm":
+                runner += ["--launcher_args", shlex.join(srun_args)]
+            else:
+                notices.append(f"comment/account only apply with launcher: slurm (launcher is {la.launcher}); ignored")
+    runner += ["--no_local_rank", user_script, *config_paths]
+    return LaunchPlan(runner_args=runner, env=env, notices=notices)
+
+
+def task_for_script(user_script: str) -> str | None:
+    """train / generate / eval for the project's entry scripts, None for any other script."""
+    return TASK_OF_SCRIPT.get(os.path.basename(user_script))

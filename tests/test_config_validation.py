@@ -1,0 +1,143 @@
+"""Derived values and cross-key checks: precision, batch sizes, data, optimizer, DeepSpeed config, readiness."""
+from __future__ import annotations
+
+import pytest
+
+from megatron.neox_arguments import ConfigError, NeoXArgs, distributed_env, resolve_backend
+from megatron.neox_arguments.launcher import LauncherArgs
+
+SHAPE = {"num_layers": 2, "hidden_size": 64, "num_attention_heads": 2, "seq_length": 32}
+
+
+def load(**settings) -> NeoXArgs:
+    return NeoXArgs.from_dict({**SHAPE, **settings}, source="t.yml")
+
+
+def error(**settings) -> str:
+    with pytest.raises(ConfigError) as info:
+        load(**settings)
+    return str(info.value)
+
+
+def test_precision_is_derived_from_the_deepspeed_sections():
+    import torch
+
+    assert load().precision.precision == "fp32"
+    assert load(fp16={"enabled": True}).precision.dtype == torch.float16
+    # GPT-NeoX's pythia/1B.yml spells bf16 as an fp16 section of type bfloat16.
+    assert load(fp16={"enabled": True, "type": "bfloat16"}).precision.precision == "bfloat16"
+    assert load(precision="bfloat16").precision.dtype == torch.bfloat16
+    message = error(precision="fp32", fp16={"enabled": True})
+    assert "`precision: 'fp32'` (set in t.yml) conflicts with `fp16" in message and "set fp16.enabled: false" in message
+    assert "are both enabled" in error(fp16={"enabled": True}, bf16={"enabled": True})
+    assert "needs an `enabled` key" in error(fp16={"loss_scale": 0})
+
+
+def test_batch_sizes_follow_gpt_neox_derivation():
+    args = load(train_micro_batch_size_per_gpu=4, gradient_accumulation_steps=2)
+    assert args.training.batch_sizes(3) == (24, 4, 2)
+    args = load(train_batch_size=64, train_micro_batch_size_per_gpu=4)
+    assert args.training.batch_sizes(8) == (64, 4, 2)
+    assert load(train_batch_size=64).training.batch_sizes(8) == (64, 8, 1)
+    with pytest.raises(ConfigError, match="must equal train_micro_batch_size_per_gpu=4 x gradient_accumulation_steps=1 x data-parallel ranks=3"):
+        load(train_batch_size=64, train_micro_batch_size_per_gpu=4, gradient_accumulation_steps=1).training.batch_sizes(3)
+    with pytest.raises(ConfigError, match="set train_micro_batch_size_per_gpu"):
+        load().training.batch_sizes(1)
+    assert "with `global_num_gpus: 3`" in error(train_batch_size=64, train_micro_batch_size_per_gpu=4, global_num_gpus=3)
+
+
+def test_deepspeed_config_is_accepted_by_deepspeed():
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    args = load(train_micro_batch_size_per_gpu=2, gradient_accumulation_steps=3, gradient_clipping=0.5, fp32_allreduce=True,
+                fp16={"fp16": True, "enabled": True, "loss_scale": 0, "initial_scale_power": 12},
+                zero_optimization={"stage": 1, "cpu_offload": False}, steps_per_print=7,
+                deepspeed_extra_args={"comms_logger": {"enabled": False}})
+    config = args.deepspeed_config(dp_world_size=1)
+    assert config["fp16"] == {"enabled": True, "loss_scale": 0, "initial_scale_power": 12}
+    assert config["communication_data_type"] == "fp32" and "optimizer" not in config
+    parsed = DeepSpeedConfig(config)
+    assert (parsed.train_batch_size, parsed.gradient_accumulation_steps, parsed.zero_optimization_stage) == (6, 3, 1)
+    bf16 = load(train_micro_batch_size_per_gpu=1, precision="bfloat16").deepspeed_config(2)
+    assert bf16["bf16"] == {"enabled": True} and "fp16" not in bf16
+    assert "set `fp16` at the top level instead" in error(deepspeed_extra_args={"fp16": {"enabled": True}})
+
+
+def test_optimizer_and_zero_defaults_are_filled_in():
+    args = load()
+    assert args.optimizer.optimizer == {"type": "Adam", "params": {"lr": 0.001, "betas": [0.9, 0.999], "eps": 1e-8}}
+    assert args.optimizer.zero_stage == 0 and args.optimizer.zero_reduce_bucket_size == 500_000_000
+    assert load(optimizer={"type": "Adam", "params": {}}).optimizer.optimizer["params"]["lr"] == 0.001
+    assert "optimizer type 'OneBitAdam' is not supported yet" in error(optimizer={"type": "OneBitAdam", "params": {"lr": 1e-3}})
+    assert "params.lr must be a positive number" in error(optimizer={"type": "Adam", "params": {"lr": -1}})
+    assert "stage must be 0, 1, 2 or 3" in error(zero_optimization={"stage": 4})
+
+
+def test_learning_rate_schedule_checks():
+    assert "must not exceed the peak learning rate" in error(min_lr=0.1)
+    assert "contradict each other" in error(override_lr_scheduler=True, use_checkpoint_lr_scheduler=True)
+    assert "must be in [0, 1]" in error(warmup=1.5)
+    assert load(train_iters=100).lr.decay_iters(100) == 100
+
+
+def test_data_paths_are_either_one_prefix_or_three_lists():
+    assert "give either `data_path: 'x'` (set in t.yml) or train/valid/test_data_paths, not both" in error(
+        data_path="x", train_data_paths=["a"], valid_data_paths=["b"], test_data_paths=["c"])
+    assert "also need valid_data_paths, test_data_paths" in error(train_data_paths=["a"])
+    assert "needs one weight per entry" in error(train_data_paths=["a", "b"], valid_data_paths=["b"], test_data_paths=["c"], train_data_weights=[1.0])
+    assert "train,valid,test proportions" in error(split="90,x,5")
+    assert load(split="949,50,1").data.split_fractions() == pytest.approx((0.949, 0.05, 0.001))
+
+
+def test_model_shape_checks():
+    assert "must be divisible by" in error(hidden_size=65)
+    assert "must be a multiple of `num_kv_heads: 3`" in error(num_kv_heads=3)
+    assert "describes 3 layers" in error(attention_config=[[["global"], 3]])
+    assert load(attention_config=[[["flash", "global"], "all"]]).model.attention_config
+    assert "max_position_embeddings" in error(max_position_embeddings=16)
+
+
+def test_launcher_conflicts():
+    assert "mutually exclusive" in error(include="a", exclude="b")
+    assert "cannot be combined with include/exclude" in error(include="a", num_nodes=2)
+
+
+def test_generation_mode_is_derived():
+    assert load().generation.text_gen_type == "unconditional"
+    assert load(sample_input_file="p.txt").generation.text_gen_type == "input-file"
+    assert "needs sample_input_file" in error(text_gen_type="input-file")
+
+
+def test_validate_for_training_names_what_is_missing(tmp_path):
+    args = load(tokenizer_type="HFTokenizer", vocab_file=str(tmp_path / "missing.json"), save="ckpt")
+    with pytest.raises(ConfigError) as info:
+        args.validate_for("train")
+    message = str(info.value)
+    for needle in ("`train_iters` is not set", "set `train_micro_batch_size_per_gpu`", "no training data", "missing.json` does not exist",
+                   "neither checkpoint_factor nor extra_save_iters"):
+        assert needle in message
+    vocab = tmp_path / "tok.json"
+    vocab.write_text("{}")
+    ready = load(tokenizer_type="HFTokenizer", vocab_file=str(vocab), train_iters=3, train_micro_batch_size_per_gpu=1, data_path="d")
+    ready.validate_for("train")
+    with pytest.raises(ConfigError, match="generate needs `load`"):
+        ready.validate_for("generate")
+
+
+def test_distributed_env_reads_the_launcher_variables():
+    assert distributed_env(environ={}) == distributed_env(environ={"RANK": "0", "WORLD_SIZE": "1"})
+    env = distributed_env(environ={"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "4", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "1234"})
+    assert (env.rank, env.local_rank, env.world_size, env.master_addr, env.master_port, env.is_main) == (3, 1, 4, "10.0.0.1", 1234, False)
+    slurm = {"SLURM_PROCID": "5", "SLURM_LOCALID": "1", "SLURM_NTASKS": "8", "SLURM_NTASKS_PER_NODE": "4(x2)"}
+    assert distributed_env(environ=slurm).world_size == 1  # srun variables only count when the launcher uses srun
+    env = distributed_env(LauncherArgs(launcher="slurm", master_addr="node1"), environ=slurm)
+    assert (env.rank, env.local_rank, env.world_size, env.local_world_size, env.master_addr) == (5, 1, 8, 4, "node1")
+    assert distributed_env(LauncherArgs(deepspeed_mpi=True), environ={"OMPI_COMM_WORLD_RANK": "2", "OMPI_COMM_WORLD_SIZE": "4"}).rank == 2
+    with pytest.raises(ValueError, match="outside 0..1"):
+        distributed_env(environ={"RANK": "2", "WORLD_SIZE": "2"})
+
+
+def test_backend_falls_back_to_gloo_without_cuda():
+    assert resolve_backend("nccl", cuda_available=False) == "gloo"
+    assert resolve_backend("nccl", cuda_available=True) == "nccl"
+    assert resolve_backend("gloo", cuda_available=True) == "gloo"

@@ -1,0 +1,110 @@
+"""deepy.py's launcher command for GPU clusters (hostfile, include, slurm, ...) and the CPU fallback, built without launching."""
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+
+from megatron.neox_arguments import ConfigError, NeoXArgs
+from megatron.neox_arguments.launch_command import plan_launch, task_for_script
+
+REPO = Path(__file__).resolve().parents[1]
+SHAPE = {"num_layers": 2, "hidden_size": 64, "num_attention_heads": 2, "seq_length": 32}
+CONFIGS = ["configs/a.yml", "configs/b.yml"]
+
+
+def plan(cuda: bool = True, environ=None, **launcher):
+    args = NeoXArgs.from_dict({**SHAPE, **launcher})
+    return plan_launch(args, "train.py", CONFIGS, cuda_available=cuda, environ=environ or {}, repo_root="/repo")
+
+
+def runner_parses(runner_args):
+    from deepspeed.launcher.runner import parse_args
+
+    return parse_args(runner_args)
+
+
+def test_single_node_gpu_passes_the_configs_and_no_local_rank_argument():
+    p = plan()
+    assert p.runner_args == ["--master_port", "29500", "--no_local_rank", "train.py", *CONFIGS]
+    parsed = runner_parses(p.runner_args)
+    assert (parsed.user_script, parsed.user_args, parsed.no_local_rank) == ("train.py", CONFIGS, True)
+    assert p.env == {"PYTHONPATH": "/repo"}
+    assert p.command()[:3] == [sys.executable, "-m", "megatron.neox_arguments.deepspeed_runner"]
+    assert "WANDB" in p.command()[3].split(",") and "NCCL" in p.command()[3].split(",")
+
+
+def test_hostfile_nodes_gpus_and_master_address():
+    p = plan(hostfile="/etc/hosts.ds", num_nodes=2, num_gpus=8, master_addr="10.1.1.1", master_port=6000, no_ssh_check=True)
+    assert p.runner_args[:-4] == ["--hostfile", "/etc/hosts.ds", "--num_nodes", "2", "--num_gpus", "8",
+                                  "--master_addr", "10.1.1.1", "--master_port", "6000", "--no_ssh_check"]
+    parsed = runner_parses(p.runner_args)
+    assert (parsed.hostfile, parsed.num_nodes, parsed.num_gpus, parsed.master_port, parsed.launcher) == ("/etc/hosts.ds", 2, 8, 6000, "pdsh")
+
+
+def test_dlts_hostfile_and_master_addr_come_from_the_environment():
+    p = plan(environ={"DLTS_HOSTFILE": "/job/hosts", "MASTER_ADDR": "node0", "PYTHONPATH": "/x"})
+    assert p.runner_args[:4] == ["--hostfile", "/job/hosts", "--master_addr", "node0"]
+    assert p.env["PYTHONPATH"] == "/repo:/x"
+
+
+def test_include_drops_num_gpus_with_a_notice_as_gpt_neox_does():
+    p = plan(include="worker-0@worker-1:0,2", num_gpus=4)
+    assert "--num_gpus" not in p.runner_args and p.runner_args[:2] == ["--include", "worker-0@worker-1:0,2"]
+    assert "num_gpus: 4 is dropped" in p.notices[0]
+    assert runner_parses(p.runner_args).include == "worker-0@worker-1:0,2"
+
+
+def test_slurm_runs_ranks_with_srun_and_passes_comment_and_account():
+    from deepspeed.launcher.multinode_runner import SlurmRunner
+
+    p = plan(launcher="slurm", deepspeed_slurm=True, comment="neox", account="proj 1", master_addr="node0", num_gpus=4)
+    assert ["--launcher", "slurm"] == p.runner_args[6:8] and "--force_multi" in p.runner_args
+    assert p.env["MASTER_ADDR"] == "node0" and p.env["MASTER_PORT"] == "29500"
+    parsed = runner_parses(p.runner_args)
+    cmd = SlurmRunner(parsed, "e30=", {"node0": 4, "node1": 4}).get_cmd({}, {"node0": [0, 1, 2, 3], "node1": [0, 1, 2, 3]})
+    assert cmd[:3] == ["srun", "-n", "8"] and "--comment=neox" in cmd and "--account=proj 1" in cmd
+    assert cmd[-3:] == ["train.py", *CONFIGS]
+
+
+def test_direct_launchers_need_the_master_address():
+    with pytest.raises(ConfigError, match="export MASTER_ADDR"):
+        plan(launcher="openmpi")
+    assert plan(launcher="openmpi", environ={"MASTER_ADDR": "n0"}).env["MASTER_ADDR"] == "n0"
+
+
+def test_without_cuda_ranks_run_on_the_cpu():
+    p = plan(cuda=False, num_gpus=2, hostfile="/h", master_port=1234)
+    assert p.runner_args == ["--num_gpus", "2", "--master_port", "1234", "--no_local_rank", "train.py", *CONFIGS]
+    assert p.env["DS_ACCELERATOR"] == "cpu" and int(p.env["OMP_NUM_THREADS"]) >= 1
+    assert "no CUDA device: running 2 local CPU process(es); hostfile ignored" in p.notices[0]
+    assert plan(cuda=False).runner_args[:2] == ["--num_gpus", "1"]
+    assert "OMP_NUM_THREADS" not in plan(cuda=False, environ={"OMP_NUM_THREADS": "3"}).env
+
+
+def test_entry_scripts_map_to_their_checks():
+    assert [task_for_script(s) for s in ("train.py", "tools/../eval.py", "generate.py", "mine.py")] == ["train", "eval", "generate", None]
+
+
+def test_deepy_cli_resolves_paths_like_gpt_neox():
+    sys.path.insert(0, str(REPO))
+    import deepy
+
+    assert deepy.config_paths(["demo", "pythia/160M.yml"], "configs") == ["configs/demo.yml", "configs/pythia/160M.yml"]
+    cli = deepy.parse_cli(["train.py", "a.yml", "b.yml"])
+    assert (cli.user_script, cli.conf_file) == ("train.py", ["a.yml", "b.yml"])
+
+
+def test_deepy_rejects_a_bad_config_before_launching(tmp_path, capsys):
+    sys.path.insert(0, str(REPO))
+    import deepy
+
+    bad = tmp_path / "bad.yml"
+    bad.write_text("num_layer: 2\n")
+    assert deepy.main([str(REPO / "train.py"), str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key `num_layer`" in err and "did you mean `num_layers`" in err
+    assert deepy.main([str(tmp_path / "nope.py"), str(bad)]) == 2
+    assert "script" in capsys.readouterr().err
