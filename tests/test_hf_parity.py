@@ -131,6 +131,24 @@ def test_llama_config_export_builds_matching_model_from_our_swiglu_args():
     _assert_same_logits(hf_model, ours, 64)
 
 
+def test_tied_gpt_j_norm_is_exported_as_both_hf_norms():
+    from megatron.neox_arguments.model import ModelArgs
+
+    args = ModelArgs(num_layers=2, hidden_size=32, num_attention_heads=4, seq_length=32, pos_emb="rotary",
+                     rotary_pct=0.25, gpt_j_residual=True, gpt_j_tied=True, use_bias_in_mlp=False)
+    torch.manual_seed(0)
+    ours = GPTModel(args, FULL, 48).eval()
+    assert ours.layers[0].post_attention_layernorm is None
+    _randomise(ours, 6)
+    hf_model = GPTNeoXForCausalLM(hf_config_from_args(args, None, 48, "neox")).eval()
+    exported = to_hf_state_dict(ours.state_dict(), args, "neox")
+    hf_model.load_state_dict(exported)
+    _assert_same_logits(hf_model, ours, 48)
+    again = from_hf_state_dict(exported, args, "neox")
+    assert set(again) == set(ours.state_dict())
+    assert all(torch.equal(again[k], v) for k, v in ours.state_dict().items())
+
+
 def test_conversion_refuses_what_the_other_side_cannot_hold():
     config = GPTNeoXConfig(vocab_size=32, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
                            intermediate_size=64)

@@ -165,6 +165,20 @@ def test_bipe_needs_rotary_or_alibi():
         GPTModel(_args(pos_emb="learned"), _sep(USE_BiPE=True), VOCAB)
 
 
+# ---- absolute position embeddings -------------------------------------------------------
+
+
+def test_sinusoidal_embedding_is_gpt_neox_layout():
+    model = GPTModel(_args(pos_emb="sinusoidal"), _sep(), VOCAB).eval()
+    ids = _ids(length=6)
+    pos = torch.arange(6, dtype=torch.float32)[:, None]
+    inv = 1.0 / 10000 ** (torch.arange(0, 32, 2).float() / 32)
+    table = torch.cat([(pos * inv).sin(), (pos * inv).cos()], dim=-1)
+    with torch.no_grad():
+        got = model.embedding(ids, model.context_builder.build(ids))
+    torch.testing.assert_close(got, model.embedding.word_embeddings.weight[ids] + table, rtol=0, atol=1e-6)
+
+
 # ---- ALiBi -------------------------------------------------------------------------------
 
 

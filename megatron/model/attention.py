@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from megatron.model.alibi import alibi_bias, alibi_slopes
+from megatron.model.alibi import alibi_bias
 from megatron.model.dimensions import ModelDims
 from megatron.model.explicit_attention import SA_SOFTMAX, SA_SOFTMAX_NO_DENO, explicit_attention
 from megatron.model.forward_context import ForwardContext
@@ -50,11 +50,6 @@ class SelfAttention(nn.Module):
         self.sa_variant = self_adjust_variant(sep)
         self.sa_numerator_bias = float(sep.SA_Numerator_Bias)
         self.sa_denominator_bias = float(sep.SA_Denominator_Bias)
-        # A buffer so it follows .to(device); not saved, since it is a pure function of the head count.
-        slopes = None
-        if args.pos_emb == "alibi":
-            slopes = torch.tensor(alibi_slopes(dims.num_heads), dtype=torch.float32, device=device)
-        self.register_buffer("alibi_slopes", slopes, persistent=False)
 
     def project(self, x: torch.Tensor, ctx: ForwardContext) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q [B, H, L, D] and k, v [B, Hkv, L, D], rotary applied."""
@@ -72,12 +67,12 @@ class SelfAttention(nn.Module):
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         """[B, H, L, D] attention output of this layer under the context's plan."""
         dropout_p = self.dropout_p if self.training else 0.0
-        if self.alibi_slopes is None and self.sa_variant is None:
+        if ctx.alibi is None and self.sa_variant is None:
             return sepllm_attention(q, k, v, ctx.plan, self.layer_idx, dropout_p=dropout_p, use_kernel=self.use_kernel)
         plan = ctx.plan
         plain_causal = plan.windows[self.layer_idx] is None and plan.doc_ids is None and plan.key_valid is None
         mask = None if plain_causal else plan.dense_mask(self.layer_idx)
-        bias = alibi_bias(ctx.alibi_positions, self.alibi_slopes) if self.alibi_slopes is not None else None
+        bias = alibi_bias(*ctx.alibi) if ctx.alibi is not None else None
         return explicit_attention(
             q, k, v, mask,
             bias=bias,

@@ -13,7 +13,9 @@ from typing import Optional
 
 import torch
 
+from megatron.model.alibi import alibi_slopes
 from megatron.model.bipe import bilevel_position_ids
+from megatron.model.dimensions import ModelDims
 from megatron.model.rotary import rotary_cos_sin
 from megatron.neox_arguments.model import ModelArgs
 from megatron.neox_arguments.sepllm import SepLLMArgs
@@ -25,7 +27,7 @@ class ForwardContext:
     plan: AttentionPlan
     position_ids: torch.Tensor  # [B, L] positions of the absolute embeddings (BiPE: intra-segment)
     rope: Optional[tuple[torch.Tensor, torch.Tensor]]  # cos, sin [B, 1, L, rotary_dims], fp32
-    alibi_positions: Optional[torch.Tensor]  # [B, L] positions whose differences ALiBi penalises
+    alibi: Optional[tuple[torch.Tensor, torch.Tensor]]  # positions [B, L] whose differences ALiBi penalises, slopes [H]
 
 
 def _key(tensors: tuple[Optional[torch.Tensor], ...]) -> Optional[tuple]:
@@ -38,11 +40,13 @@ def _key(tensors: tuple[Optional[torch.Tensor], ...]) -> Optional[tuple]:
 class ContextBuilder:
     """Builds (and caches the last) ForwardContext for one model's settings."""
 
-    def __init__(self, model_args: ModelArgs, sep_args: SepLLMArgs, num_layers: int, rotary_dims: int) -> None:
+    def __init__(self, model_args: ModelArgs, sep_args: SepLLMArgs, dims: ModelDims) -> None:
         self.sep_args = sep_args
-        self.num_layers = num_layers
+        self.num_layers = dims.num_layers
         self.pos_emb = model_args.pos_emb
-        self.rotary_dims = rotary_dims
+        self.rotary_dims = dims.rotary_dims
+        # fp32 slopes, kept apart from the parameters so that casting the model to bf16 leaves them exact.
+        self.alibi_slopes = alibi_slopes(dims.num_heads) if model_args.pos_emb == "alibi" else None
         self.rotary_base = float(model_args.rotary_emb_base)
         self.bipe_seps = resolve_token_ids(sep_args.BiPE_seps) if sep_args.USE_BiPE else None
         self._inputs: tuple = ()
@@ -96,5 +100,8 @@ class ContextBuilder:
             rope = None
             if self.pos_emb == "rotary":
                 rope = rotary_cos_sin(relative_positions, self.rotary_dims, self.rotary_base)
-            alibi_positions = relative_positions if self.pos_emb == "alibi" else None
-        return ForwardContext(plan, position_ids, rope, alibi_positions)
+            alibi = None
+            if self.alibi_slopes is not None:
+                slopes = torch.tensor(self.alibi_slopes, dtype=torch.float32, device=input_ids.device)
+                alibi = (relative_positions, slopes)
+        return ForwardContext(plan, position_ids, rope, alibi)

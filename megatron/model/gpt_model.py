@@ -64,7 +64,7 @@ class GPTModel(nn.Module):
         self.model_args, self.sep_args = model_args, sep_args
         dims = resolve_dims(model_args, sep_args, vocab_size)
         self.dims = dims
-        self.context_builder = ContextBuilder(model_args, sep_args, dims.num_layers, dims.rotary_dims)
+        self.context_builder = ContextBuilder(model_args, sep_args, dims)
         self.embedding = Embedding(model_args, sep_args, dims, device=device, dtype=dtype)
         self.layers = nn.ModuleList(
             TransformerBlock(model_args, sep_args, dims, i, self.context_builder, device=device, dtype=dtype)
