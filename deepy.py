@@ -23,7 +23,12 @@ REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, REPO_ROOT)
 
 from megatron.neox_arguments import ConfigError, NeoXArgs  # noqa: E402
-from megatron.neox_arguments.launch_command import LaunchPlan, plan_launch, task_for_script  # noqa: E402
+from megatron.neox_arguments.launch_command import (  # noqa: E402
+    LaunchPlan,
+    expected_world_size,
+    plan_launch,
+    task_for_script,
+)
 
 
 def parse_cli(argv: list[str]) -> argparse.Namespace:
@@ -61,8 +66,11 @@ def main(argv: list[str] | None = None) -> int:
         task = task_for_script(cli.user_script)
         if task is not None:
             args.validate_for(task)
-        plan = plan_launch(args, cli.user_script, configs, cuda_available=torch.cuda.is_available(),
-                           environ=os.environ, repo_root=REPO_ROOT)
+        cuda = torch.cuda.is_available()
+        plan = plan_launch(args, cli.user_script, configs, cuda_available=cuda, environ=os.environ, repo_root=REPO_ROOT)
+        world = expected_world_size(args, cuda_available=cuda, device_count=torch.cuda.device_count() if cuda else 0, environ=os.environ)
+        if task == "train" and world is not None:
+            args.training.batch_sizes(args.parallel.data_parallel_size(world))
     except ConfigError as exc:
         print(f"deepy.py: {exc}", file=sys.stderr)
         return 2

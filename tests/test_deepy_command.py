@@ -1,7 +1,6 @@
 """deepy.py's launcher command for GPU clusters (hostfile, include, slurm, ...) and the CPU fallback, built without launching."""
 from __future__ import annotations
 
-import shlex
 import sys
 from pathlib import Path
 
@@ -108,3 +107,32 @@ def test_deepy_rejects_a_bad_config_before_launching(tmp_path, capsys):
     assert "unknown key `num_layer`" in err and "did you mean `num_layers`" in err
     assert deepy.main([str(tmp_path / "nope.py"), str(bad)]) == 2
     assert "script" in capsys.readouterr().err
+
+
+def test_expected_world_size_lets_deepy_check_batch_sizes_early(tmp_path):
+    from megatron.neox_arguments.launch_command import expected_world_size
+
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("# cluster\nnode1 slots=8\nnode2 slots=8\nnode3 slots=4\n")
+
+    def world(cuda=True, devices=4, environ=None, **launcher):
+        return expected_world_size(NeoXArgs.from_dict({**SHAPE, **launcher}), cuda_available=cuda, device_count=devices, environ=environ or {})
+
+    assert world() == 4 and world(num_gpus=2) == 2 and world(cuda=False) == 1 and world(cuda=False, num_gpus=3) == 3
+    assert world(hostfile=str(hostfile)) == 20 and world(hostfile=str(hostfile), num_nodes=2) == 16
+    assert world(hostfile=str(hostfile), num_gpus=2) == 6
+    assert world(environ={"DLTS_HOSTFILE": str(hostfile)}, num_nodes=1) == 8
+    assert world(include="node1") is None and world(global_num_gpus=64) == 64
+
+
+def test_deepy_rejects_batch_sizes_that_do_not_fit_the_ranks(tmp_path, capsys):
+    import deepy
+
+    vocab = tmp_path / "tok.json"
+    vocab.write_text("{}")
+    config = tmp_path / "c.yml"
+    config.write_text("num_layers: 2\nhidden_size: 64\nnum_attention_heads: 2\nseq_length: 32\ntrain_iters: 2\n"
+                      f"train_batch_size: 5\ntrain_micro_batch_size_per_gpu: 2\nnum_gpus: 2\ndata_path: d\n"
+                      f"tokenizer_type: HFTokenizer\nvocab_file: {vocab}\n")
+    assert deepy.main([str(REPO / "train.py"), str(config)]) == 2
+    assert "train_batch_size=5 must equal" in capsys.readouterr().err

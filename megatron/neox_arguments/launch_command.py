@@ -111,6 +111,44 @@ def plan_launch(
     return LaunchPlan(runner_args=runner, env=env, notices=notices)
 
 
+def expected_world_size(args: NeoXArgs, *, cuda_available: bool, device_count: int, environ: Mapping[str, str]) -> int | None:
+    """How many ranks the launch will start, when the config and machine tell (None when they don't).
+
+    Lets deepy.py check the batch sizes before any process starts. GPT-NeoX's global_num_gpus wins.
+    """
+    la = args.launcher
+    if args.parallel.global_num_gpus:
+        return args.parallel.global_num_gpus
+    if not cuda_available:
+        return la.num_gpus or 1
+    if la.include or la.exclude:
+        return None
+    hostfile = la.hostfile or environ.get("DLTS_HOSTFILE")
+    if not hostfile:
+        return la.num_gpus or device_count or None
+    slots = _hostfile_slots(hostfile)
+    if not slots:
+        return None
+    if la.num_nodes > 0:
+        slots = slots[: la.num_nodes]
+    return sum(la.num_gpus or n for n in slots)
+
+
+def _hostfile_slots(path: str) -> list[int]:
+    """GPUs per host of an MPI-style hostfile (`host slots=N` lines); empty when unreadable."""
+    try:
+        lines = open(path, encoding="utf-8").read().splitlines()
+    except OSError:
+        return []
+    slots = []
+    for line in lines:
+        parts = line.split("#", 1)[0].split()
+        counts = [p.split("=", 1)[1] for p in parts[1:] if p.startswith("slots=")]
+        if parts and counts and counts[0].isdigit():
+            slots.append(int(counts[0]))
+    return slots
+
+
 def task_for_script(user_script: str) -> str | None:
     """train / generate / eval for the project's entry scripts, None for any other script."""
     return TASK_OF_SCRIPT.get(os.path.basename(user_script))
