@@ -7,7 +7,6 @@ the run or is counted and skipped.
 from __future__ import annotations
 
 import glob
-import io
 import json
 import os
 import re
@@ -107,30 +106,59 @@ def read_records(
 
 
 def _read_jsonl(path, compressed, keys, on_bad, progress) -> Iterator[Record]:
-    stream_errors: tuple = ()
     with open(path, "rb") as raw:
-        if compressed:
-            import zstandard
-
-            stream = io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True), buffer_size=1 << 20)
-            stream_errors = (zstandard.ZstdError,)
-        else:
-            stream = raw
-        seen = 0
+        lines = _zstd_lines(raw, progress) if compressed else _plain_lines(raw, progress)
         line_no = 0
         try:
-            for line_no, line in enumerate(stream, start=1):
-                if compressed:
-                    pos = raw.tell()
-                    progress(pos - seen)
-                    seen = pos
-                else:
-                    progress(len(line))
+            for line_no, line in enumerate(lines, start=1):
                 record = _parse_json_line(line, keys, path, line_no, on_bad)
                 if record is not None:
                     yield record
-        except stream_errors as e:
+        except _CorruptStream as e:
             on_bad(BadRecord(path, line_no + 1, f"corrupt zstd stream ({e}); the rest of the file is unreadable"))
+
+
+class _CorruptStream(Exception):
+    pass
+
+
+def _plain_lines(raw, progress) -> Iterator[bytes]:
+    for line in raw:
+        progress(len(line))
+        yield line
+
+
+def _zstd_lines(raw, progress, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+    """Lines of a .zst file of one or more frames; a truncated or damaged stream raises _CorruptStream."""
+    import zstandard
+
+    dctx = zstandard.ZstdDecompressor()
+    dobj, in_frame, pending = dctx.decompressobj(), False, bytearray()  # bytearray: cheap appends for long lines
+    while True:
+        chunk = raw.read(chunk_size)
+        progress(len(chunk))
+        if not chunk:
+            break
+        while chunk:
+            try:
+                out = dobj.decompress(chunk)
+            except zstandard.ZstdError as e:
+                raise _CorruptStream(str(e)) from None
+            in_frame = True
+            pending += out
+            if b"\n" in out:
+                *complete, rest = pending.split(b"\n")
+                pending = bytearray(rest)
+                for line in complete:
+                    yield bytes(line) + b"\n"
+            if dobj.eof:  # the frame ended; what follows is the next frame
+                chunk, dobj, in_frame = dobj.unused_data, dctx.decompressobj(), False
+            else:
+                chunk = b""
+    if in_frame:
+        raise _CorruptStream("the file ends inside a compressed frame (truncated)")
+    if pending:
+        yield bytes(pending)
 
 
 def _parse_json_line(line: bytes, keys, path, line_no, on_bad) -> Optional[Record]:
@@ -144,7 +172,7 @@ def _parse_json_line(line: bytes, keys, path, line_no, on_bad) -> Optional[Recor
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
-        on_bad(BadRecord(path, line_no, f"invalid JSON: {e.msg} at column {e.colno}"))
+        on_bad(BadRecord(path, line_no, f"invalid JSON: {e.msg.removesuffix(' at')} (column {e.colno})"))
         return None
     if not isinstance(obj, dict):
         on_bad(BadRecord(path, line_no, f"expected a JSON object, got {type(obj).__name__}"))

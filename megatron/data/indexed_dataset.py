@@ -23,6 +23,8 @@ from megatron.data.indexed_format import (
 )
 
 log = logging.getLogger(__name__)
+# megatron-core logs five INFO lines per opened index; our own log line says what was opened.
+logging.getLogger("megatron.core.datasets.indexed_dataset").setLevel(logging.WARNING)
 STATS_VERSION = 1
 
 

@@ -1,0 +1,213 @@
+"""tools/preprocess_data.py and the pipeline behind it: inputs, round trips, bad records, atomicity."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from megatron.data.document_reader import BadRecord
+from megatron.data.indexed_format import inspect_indexed_dataset
+from megatron.data.preprocess import preprocess
+from megatron.data.tokenizers import build_tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+FIX = REPO / "tests" / "fixtures" / "data"
+NEOX_JSON = str(REPO / "data" / "demo" / "gpt-neox-20b-tokenizer.json")
+TINY_TEXTS = [json.loads(line)["text"] for line in (FIX / "tiny.jsonl").read_text(encoding="utf-8").splitlines()]
+NONEMPTY = [t for t in TINY_TEXTS if t.strip()]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_tokenizer("HFTokenizer", NEOX_JSON)
+
+
+def _documents(prefix):
+    """Documents of a dataset, read through megatron-core's reader."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from megatron.core.datasets.indexed_dataset import IndexedDataset
+    ds = IndexedDataset(str(prefix))
+    return [ds[i].astype(np.int64).tolist() for i in range(len(ds))]
+
+
+def test_jsonl_round_trip_with_eod_and_empty_documents_counted(tmp_path, tok):
+    s = preprocess(inputs=str(FIX / "tiny.jsonl"), output_prefix=str(tmp_path / "out"), tokenizer=tok, append_eod=True, progress=False)
+    assert (s.documents, s.empty_skipped, s.bad_skipped, s.files) == (4, 2, 0, 1)
+    docs = _documents(tmp_path / "out_text_document")
+    assert s.tokens == sum(map(len, docs))
+    assert all(d[-1] == tok.eod for d in docs)
+    assert [tok.detokenize(d[:-1]) for d in docs] == NONEMPTY  # lossless: the input documents come back
+    assert inspect_indexed_dataset(tmp_path / "out_text_document").dtype == np.uint16
+
+
+def test_zst_input_and_several_keys_make_one_dataset_per_key(tmp_path, tok):
+    import zstandard
+
+    src = (FIX / "tiny.jsonl").read_bytes()
+    # Two frames: readers must continue across frame boundaries.
+    half = src.index(b"\n", len(src) // 2) + 1
+    cctx = zstandard.ZstdCompressor()
+    (tmp_path / "tiny.jsonl.zst").write_bytes(cctx.compress(src[:half]) + cctx.compress(src[half:]))
+    s = preprocess(inputs=str(tmp_path / "tiny.jsonl.zst"), output_prefix=str(tmp_path / "z"), tokenizer=tok,
+                   keys=["text", "title"], progress=False)
+    texts = [tok.detokenize(d) for d in _documents(tmp_path / "z_text_document")]
+    titles = [tok.detokenize(d) for d in _documents(tmp_path / "z_title_document")]
+    assert texts == NONEMPTY
+    assert titles == ["One", "Two", "Empty", "Blank", "Four", "Five"]
+    assert s.documents == 10 and s.empty_skipped == 2
+
+
+def test_txt_file_and_paragraph_modes(tmp_path, tok):
+    text = (FIX / "paragraphs.txt").read_text()
+    preprocess(inputs=str(FIX / "paragraphs.txt"), output_prefix=str(tmp_path / "f"), tokenizer=tok, progress=False)
+    assert [tok.detokenize(d) for d in _documents(tmp_path / "f_text_document")] == [text]
+    preprocess(inputs=str(FIX / "paragraphs.txt"), output_prefix=str(tmp_path / "p"), tokenizer=tok,
+               txt_mode="paragraph", append_eod=True, progress=False)
+    paragraphs = [tok.detokenize(d[:-1]) for d in _documents(tmp_path / "p_text_document")]
+    assert paragraphs == [
+        "Chapter one. The sea was calm, the sky clear; nobody spoke.\nIt went on like that for a while.",
+        "Chapter two? Nobody knew!",
+        "Chapter three: the end.",
+    ]
+
+
+def test_inputs_expand_folders_globs_and_lists_in_order(tmp_path, tok):
+    for name in ("b.txt", "a.txt"):
+        (tmp_path / "in").mkdir(exist_ok=True)
+        (tmp_path / "in" / name).write_text(f"text of {name}")
+    (tmp_path / "in" / "skip.csv").write_text("ignored")
+    s = preprocess(inputs=f"{tmp_path / 'in'},{FIX / 'tiny.jsonl'}", output_prefix=str(tmp_path / "o"), tokenizer=tok, progress=False)
+    docs = [tok.detokenize(d) for d in _documents(tmp_path / "o_text_document")]
+    assert docs == ["text of a.txt", "text of b.txt"] + NONEMPTY and s.files == 3
+    s = preprocess(inputs=str(tmp_path / "in" / "*.txt"), output_prefix=str(tmp_path / "g"), tokenizer=tok, progress=False)
+    assert s.documents == 2
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        preprocess(inputs=str(tmp_path / "nope.jsonl"), output_prefix=str(tmp_path / "x"), tokenizer=tok, progress=False)
+    with pytest.raises(ValueError, match="unsupported input type"):
+        preprocess(inputs=str(tmp_path / "in" / "skip.csv"), output_prefix=str(tmp_path / "x"), tokenizer=tok, progress=False)
+
+
+def test_bad_record_stops_with_file_and_line_and_writes_nothing(tmp_path, tok):
+    with pytest.raises(BadRecord, match=r"bad\.jsonl:2: invalid JSON.*--skip-bad-lines"):
+        preprocess(inputs=str(FIX / "bad.jsonl"), output_prefix=str(tmp_path / "b"), tokenizer=tok, progress=False)
+    assert os.listdir(tmp_path) == []
+
+
+def test_skip_bad_lines_counts_each_kind(tmp_path, tok):
+    s = preprocess(inputs=str(FIX / "bad.jsonl"), output_prefix=str(tmp_path / "b"), tokenizer=tok,
+                   skip_bad_lines=True, progress=False, log=lambda m: None)
+    assert s.documents == 3 and s.bad_skipped == 5
+    reasons = "\n".join(s.bad_examples)
+    for line, what in [(2, "invalid JSON"), (3, "missing key 'text'"), (4, "undecodable bytes"),
+                       (5, "key 'text' holds int, expected a string"), (7, "expected a JSON object")]:
+        assert re.search(rf"bad\.jsonl:{line}: {re.escape(what)}", reasons), (line, reasons)
+    assert [tok.detokenize(d) for d in _documents(tmp_path / "b_text_document")] == ["good line one", "good line five", "good last line"]
+
+
+def test_undecodable_txt_and_corrupt_zst_report_their_line(tmp_path, tok):
+    (tmp_path / "t.txt").write_bytes(b"fine\n\nalso fine\nbroken \xff byte\n\nlast")
+    with pytest.raises(BadRecord, match=r"t\.txt:4: undecodable bytes \(not UTF-8\) at byte 7"):
+        preprocess(inputs=str(tmp_path / "t.txt"), output_prefix=str(tmp_path / "o"), tokenizer=tok, txt_mode="paragraph", progress=False)
+    s = preprocess(inputs=str(tmp_path / "t.txt"), output_prefix=str(tmp_path / "o"), tokenizer=tok, txt_mode="paragraph",
+                   skip_bad_lines=True, progress=False, log=lambda m: None)
+    assert (s.documents, s.bad_skipped) == (2, 1)
+
+    import zstandard
+
+    blob = zstandard.ZstdCompressor().compress((FIX / "tiny.jsonl").read_bytes() * 50)
+    (tmp_path / "c.jsonl.zst").write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(BadRecord, match=r"c\.jsonl\.zst:\d+: corrupt zstd stream"):
+        preprocess(inputs=str(tmp_path / "c.jsonl.zst"), output_prefix=str(tmp_path / "c"), tokenizer=tok, progress=False)
+
+
+class _InterruptingTokenizer:
+    """Wraps a tokenizer and raises KeyboardInterrupt on its second batch (a Ctrl-C mid-run)."""
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def tokenize_batch(self, texts):
+        self.calls += 1
+        if self.calls == 2:
+            raise KeyboardInterrupt
+        return self.inner.tokenize_batch(texts)
+
+
+def test_interrupted_run_leaves_no_pair_and_keeps_the_previous_one(tmp_path, tok):
+    src = tmp_path / "many.jsonl"
+    src.write_text("".join(json.dumps({"text": f"document number {i}. " * 20}) + "\n" for i in range(200)))
+    prefix = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        preprocess(inputs=str(src), output_prefix=str(prefix), tokenizer=_InterruptingTokenizer(tok), batch_chars=2000, progress=False)
+    assert sorted(os.listdir(tmp_path)) == ["many.jsonl"]
+
+    preprocess(inputs=str(FIX / "tiny.jsonl"), output_prefix=str(prefix), tokenizer=tok, progress=False)
+    before = _documents(tmp_path / "out_text_document")
+    with pytest.raises(KeyboardInterrupt):
+        preprocess(inputs=str(src), output_prefix=str(prefix), tokenizer=_InterruptingTokenizer(tok), batch_chars=2000, progress=False)
+    assert sorted(os.listdir(tmp_path)) == ["many.jsonl", "out_text_document.bin", "out_text_document.idx"]
+    assert _documents(tmp_path / "out_text_document") == before
+
+
+def test_char_level_and_int32_vocabularies(tmp_path):
+    s = preprocess(inputs=str(FIX / "tiny.jsonl"), output_prefix=str(tmp_path / "c"),
+                   tokenizer=build_tokenizer("CharLevelTokenizer", None), append_eod=True, progress=False)
+    assert s.documents == 4
+    files = inspect_indexed_dataset(tmp_path / "c_text_document")
+    assert files.dtype == np.uint16  # 512 ids fit
+    docs = _documents(tmp_path / "c_text_document")
+    assert [bytes(d[:-1]).decode() for d in docs] == NONEMPTY
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, str(REPO / "tools" / "preprocess_data.py"), *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_end_to_end_and_failure_exit_code(tmp_path, tok):
+    out = _cli("--input", str(FIX / "tiny.jsonl"), "--output-prefix", str(tmp_path / "cli"),
+               "--tokenizer-type", "HFTokenizer", "--vocab-file", NEOX_JSON, "--append-eod", "--workers", "1")
+    assert out.returncode == 0, out.stderr
+    assert re.search(r"documents: 4 written, 2 empty skipped, 0 bad records skipped", out.stdout)
+    assert re.search(r"tokens: +\d+", out.stdout) and re.search(r"seconds: +[\d.]+ \(.*documents/s.*M tokens/s", out.stdout)
+    assert [tok.detokenize(d[:-1]) for d in _documents(tmp_path / "cli_text_document")] == NONEMPTY
+
+    bad = _cli("--input", str(FIX / "bad.jsonl"), "--output-prefix", str(tmp_path / "bad"),
+               "--tokenizer-type", "HFTokenizer", "--vocab-file", NEOX_JSON)
+    assert bad.returncode == 1
+    assert "bad.jsonl:2: invalid JSON" in bad.stderr and "no output written" in bad.stderr
+    assert not list(tmp_path.glob("bad*"))
+
+
+def test_prepare_demo_data_is_idempotent(tmp_path):
+    # On a copy of the repository's demo folder, so the test never races a real demo run.
+    repo = tmp_path / "repo"
+    shutil.copytree(REPO / "data" / "demo", repo / "data" / "demo", ignore=shutil.ignore_patterns("*.bin", "*.idx", "*.json", "*.npy"))
+    shutil.copy(NEOX_JSON, repo / "data" / "demo")
+    (repo / "tools").mkdir()
+    shutil.copy(REPO / "tools" / "prepare_demo_data.py", repo / "tools")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    run = lambda: subprocess.run([sys.executable, str(repo / "tools" / "prepare_demo_data.py")], capture_output=True, text=True, env=env, timeout=120)
+    first = run()
+    assert first.returncode == 0, first.stderr
+    assert "data_path: data/demo/demo_text_document" in first.stdout
+    files = inspect_indexed_dataset(repo / "data" / "demo" / "demo_text_document")
+    assert files.num_documents > 1000 and files.num_tokens > 200_000
+    second = run()
+    assert second.returncode == 0 and second.stdout.startswith("up to date")
+    (repo / "data" / "demo" / "pg19_10321.txt").write_text("changed book\n\nwith two paragraphs\n")
+    third = run()
+    assert third.returncode == 0 and "documents:" in third.stdout
+    assert inspect_indexed_dataset(repo / "data" / "demo" / "demo_text_document").num_tokens < files.num_tokens
