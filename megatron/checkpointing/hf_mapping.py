@@ -90,9 +90,13 @@ def _take_if_zero(sd: Tensors, key: str, why: str) -> None:
 def _split_qkv(qkv: torch.Tensor, heads: int, kv: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Our grouped fused QKV rows -> (q, k, v) rows in HF's head order."""
     r = heads // kv
-    grouped = qkv.reshape(kv, r + 2, head_dim, *qkv.shape[1:])
-    q = grouped[:, :r].reshape(heads * head_dim, *qkv.shape[1:])
-    return q, grouped[:, r].reshape(kv * head_dim, *qkv.shape[1:]), grouped[:, r + 1].reshape(kv * head_dim, *qkv.shape[1:])
+    rest = qkv.shape[1:]
+    grouped = qkv.reshape(kv, r + 2, head_dim, *rest)
+    # contiguous: safetensors refuses strided views
+    q = grouped[:, :r].reshape(heads * head_dim, *rest).contiguous()
+    k = grouped[:, r].reshape(kv * head_dim, *rest).contiguous()
+    v = grouped[:, r + 1].reshape(kv * head_dim, *rest).contiguous()
+    return q, k, v
 
 
 def _fuse_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, kv: int, head_dim: int) -> torch.Tensor:
@@ -114,7 +118,12 @@ def _put_norm(out: Tensors, prefix: str, norm: tuple[torch.Tensor, Optional[torc
 
 
 def to_hf_state_dict(our_sd: Tensors, model_args: ModelArgs, arch: str) -> Tensors:
-    """Our GPTModel state dict -> the state dict of HF's GPTNeoXForCausalLM / LlamaForCausalLM."""
+    """Our GPTModel state dict -> the state dict of HF's GPTNeoXForCausalLM / LlamaForCausalLM.
+
+    Like HF's own state_dict(), a tied model's lm_head.weight is the embedding tensor itself;
+    a writer that refuses shared tensors (safetensors.save_file) should leave lm_head.weight out
+    when the config has tie_word_embeddings.
+    """
     _check_arch(arch)
     _check_exportable(model_args, arch)
     sd = dict(our_sd)
