@@ -1,0 +1,202 @@
+"""Import a HuggingFace GPT-NeoX (Pythia) or Llama model into our checkpoint format.
+
+    python tools/convert_hf_to_neox.py --hf_model DIR_OR_GGUF --output_dir SAVE [--config_out CFG.yml]
+
+DIR_OR_GGUF is a local transformers directory or a .gguf file (dequantised by transformers).
+SAVE gets a DeepSpeed-format `global_step0` (with manifest, config.yml and `latest`), the
+tokenizer under SAVE/tokenizer/, and CFG.yml (default SAVE/model.yml): the model's shape, the
+tokenizer, `load: SAVE` and `finetune: true`. Continue training with
+
+    python deepy.py train.py SAVE/model.yml configs/sepllm/n64.yml YOUR_DATA_AND_TRAINING.yml
+
+The imported model was trained with full attention, so CFG.yml sets USE_ORIGINAL_FULL_ATTEN: true;
+a SepLLM config added after it switches SepLLM on. A directory written by convert_neox_to_hf.py
+for a SepLLM model (model type sepllm_gpt_neox / sepllm_llama) brings its SepLLM settings along.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+HF_ARCHS = {"gpt_neox": "neox", "llama": "llama", "sepllm_gpt_neox": "neox", "sepllm_llama": "llama"}
+TOKENIZER_DIR = "tokenizer"
+DEFAULT_CONFIG_NAME = "model.yml"
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--hf_model", required=True, help="transformers model directory or .gguf file")
+    p.add_argument("--output_dir", required=True, help="checkpoint directory to create (the `load` of the new config)")
+    p.add_argument("--config_out", default=None, help=f"config file to write (default: OUTPUT_DIR/{DEFAULT_CONFIG_NAME})")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output_dir")
+    return p.parse_args(argv)
+
+
+# ------------------------------------------------------------------------------ reading HF
+
+
+def load_hf(path: str | os.PathLike):
+    """(model in fp32, tokenizer or None) from a local transformers directory or a .gguf file."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import megatron.checkpointing.sepllm_hf  # noqa: F401  (registers the SepLLM model types)
+
+    path = Path(path)
+    if path.is_file() and path.suffix == ".gguf":
+        where = dict(pretrained_model_name_or_path=str(path.parent), gguf_file=path.name)
+    elif path.is_dir():
+        where = dict(pretrained_model_name_or_path=str(path))
+    else:
+        raise FileNotFoundError(f"--hf_model {path} is neither a transformers directory nor a .gguf file")
+    model = AutoModelForCausalLM.from_pretrained(**where, dtype=torch.float32, local_files_only=True)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(**where, local_files_only=True)
+    except (OSError, ValueError):
+        tokenizer = None
+    return model.eval(), tokenizer
+
+
+def plain_hf_config(hf_config):
+    """The GPTNeoXConfig / LlamaConfig of `hf_config` (a SepLLM config's plain twin)."""
+    from megatron.checkpointing.sepllm_hf import CLASSES
+
+    kind = hf_config.model_type
+    if kind not in HF_ARCHS:
+        raise ValueError(f"HF model type {kind!r} is not supported; only {sorted(HF_ARCHS)} are")
+    if not kind.startswith("sepllm_"):
+        return hf_config
+    values = hf_config.to_dict()
+    for key in ("model_type", "transformers_version", "sepllm", "auto_map", "architectures"):
+        values.pop(key, None)
+    return CLASSES[HF_ARCHS[kind]][0](**values)
+
+
+# ------------------------------------------------------------------------------ our config
+
+
+def vocab_divisor(tokenizer_vocab: int, model_vocab: int) -> int:
+    """A make_vocab_size_divisible_by that pads the tokenizer's vocabulary to exactly the model's rows."""
+    from megatron.model import padded_vocab_size
+
+    if tokenizer_vocab > model_vocab:
+        raise ValueError(f"the tokenizer has {tokenizer_vocab} tokens but the model only {model_vocab} embedding rows")
+    for divisor in (128, 64, 32, 16, 8, 4, 2, 1):
+        if padded_vocab_size(tokenizer_vocab, divisor) == model_vocab:
+            return divisor
+    return model_vocab  # rounds any size in [1, model_vocab] up to model_vocab
+
+
+def config_values(model_args, sep_args, save_dir: Path, vocab_file: Path, divisor: int, separator_ids: list[int]) -> dict[str, Any]:
+    """The keys of the written config: every model key that differs from its default, the
+    tokenizer, the SepLLM settings and where to load from."""
+    from megatron.neox_arguments.model import ModelArgs
+
+    defaults = dataclasses.asdict(ModelArgs())
+    values = {k: v for k, v in dataclasses.asdict(model_args).items() if v != defaults[k] and v is not None}
+    values["make_vocab_size_divisible_by"] = divisor
+    if sep_args is None:
+        values.update(USE_ORIGINAL_FULL_ATTEN=True, USE_SEP_ATTN_KERNEL_ACCELERATOR=False)
+        if separator_ids:
+            values["separator_token_ids"] = separator_ids
+    else:
+        values.update(dataclasses.asdict(sep_args))
+    values.update(tokenizer_type="HFTokenizer", vocab_file=str(vocab_file), load=str(save_dir), finetune=True)
+    return values
+
+
+def config_text(values: dict[str, Any], hf_model: str, sepllm: bool) -> str:
+    from megatron.neox_arguments.yaml_io import dump_yaml
+
+    lines = [f"# Imported from {hf_model} by tools/convert_hf_to_neox.py.", "# Continue training with:",
+             "#   python deepy.py train.py THIS.yml [configs/sepllm/n64.yml] YOUR_DATA_AND_TRAINING.yml"]
+    if not sepllm:
+        lines.append("# The model was trained with full attention; a SepLLM config listed after this file switches SepLLM on.")
+        lines.append("# configs/sepllm/*.yml set the Pythia separator ids; for another tokenizer, set separator_token_ids")
+        lines.append("# (the value below) again in a file listed after them.")
+    return "\n".join(lines) + "\n" + dump_yaml(values)
+
+
+# ------------------------------------------------------------------------------ writing
+
+
+def write_checkpoint(state_dict, args, save_dir: Path) -> Path:
+    """Save `state_dict` with DeepSpeed through the trainer's checkpoint code (global_step0 + latest)."""
+    import torch
+
+    from megatron.parallel.distributed import init_distributed
+
+    env = init_distributed()
+    import deepspeed
+
+    from megatron.checkpointing.checkpoint import save_checkpoint
+    from megatron.model import GPTModel
+
+    vocab = int(state_dict["embedding.word_embeddings.weight"].shape[0])
+    model = GPTModel(args.model, args.sepllm, vocab, device="meta")
+    model.load_state_dict(state_dict, strict=True, assign=True)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, config={"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 0}},
+        dist_init_required=False,
+    )
+    with torch.no_grad():
+        folder = save_checkpoint(engine, str(save_dir), 0, client_state={}, config_yaml=args.to_yaml(), rank=env.rank)
+    return folder
+
+
+def _fresh_dir(path: Path, overwrite: bool) -> None:
+    if path.exists() and any(path.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"output directory {path} is not empty; choose another one or pass --overwrite")
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+
+
+def main(argv: list[str]) -> Path:
+    a = parse_args(argv)
+    from megatron.checkpointing.export import hf_tokenizer
+    from megatron.checkpointing.hf_mapping import from_hf_state_dict, model_args_from_hf_config, sep_args_from_hf_config
+    from megatron.neox_arguments import NeoXArgs
+    from megatron.neox_arguments.yaml_io import atomic_write_text
+    from megatron.sepllm.hf.families import separator_ids_from_tokenizer
+
+    save_dir = Path(a.output_dir).resolve()
+    config_out = Path(a.config_out).resolve() if a.config_out else save_dir / DEFAULT_CONFIG_NAME
+    hf_model, tokenizer = load_hf(a.hf_model)
+    if tokenizer is None or not getattr(tokenizer, "is_fast", False):
+        raise ValueError(f"{a.hf_model} has no fast (tokenizer.json) tokenizer; the imported model needs one for training")
+    arch = HF_ARCHS.get(hf_model.config.model_type)
+    plain = plain_hf_config(hf_model.config)
+    model_args = model_args_from_hf_config(plain)
+    sep_args = sep_args_from_hf_config(hf_model.config)
+    state = from_hf_state_dict(hf_model.state_dict(), model_args, arch)
+    del hf_model
+
+    _fresh_dir(save_dir, a.overwrite)
+    tokenizer.save_pretrained(save_dir / TOKENIZER_DIR)
+    vocab_file = save_dir / TOKENIZER_DIR / "tokenizer.json"
+    from megatron.data.tokenizers import build_tokenizer
+
+    ours = build_tokenizer("HFTokenizer", str(vocab_file))
+    divisor = vocab_divisor(ours.vocab_size, int(plain.vocab_size))
+    values = config_values(model_args, sep_args, save_dir, vocab_file, divisor, separator_ids_from_tokenizer(tokenizer))
+    args = NeoXArgs.from_dict(values, source=str(config_out))
+    hf_tokenizer(args.tokenizer)  # refuses a saved tokenizer that training would read differently
+    write_checkpoint(state, args, save_dir)
+    atomic_write_text(config_out, config_text(values, str(a.hf_model), sep_args is not None))
+    print(f"imported {plain.model_type} model from {a.hf_model} into {save_dir}/global_step0; config: {config_out}", flush=True)
+    return config_out
+
+
+if __name__ == "__main__":
+    try:
+        main(sys.argv[1:])
+    except (ValueError, FileNotFoundError, FileExistsError) as exc:
+        sys.exit(f"convert_hf_to_neox: {exc}")
