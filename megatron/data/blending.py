@@ -1,6 +1,7 @@
 """Blending several datasets by weight, as GPT-NeoX does for train/valid/test_data_paths."""
 from __future__ import annotations
 
+import warnings
 from typing import Optional, Sequence
 
 import numpy as np
@@ -48,7 +49,9 @@ def blending_indices(weights: Sequence[float], size: int) -> tuple[np.ndarray, n
     """
     if len(weights) > np.iinfo(np.int16).max:
         raise ValueError(f"at most {np.iinfo(np.int16).max} datasets can be blended, got {len(weights)}")
-    from megatron.core.datasets import helpers_cpp
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*(Transformer Engine|Apex).*")
+        from megatron.core.datasets import helpers_cpp
 
     dataset_index = np.zeros(size, dtype=np.int16)
     sample_index = np.zeros(size, dtype=np.int64)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -81,7 +82,10 @@ def open_indexed_dataset(
     files = inspect_indexed_dataset(prefix)
     stats = token_stats(files, cache_dir=cache_dir, write_cache=write_cache)
     check_vocab(files, stats, vocab_size)
-    from megatron.core.datasets.indexed_dataset import IndexedDataset  # heavy import, only when training
+    with warnings.catch_warnings():
+        # megatron-core warns at import about optional GPU libraries that reading data never uses.
+        warnings.filterwarnings("ignore", message=".*(Transformer Engine|Apex).*")
+        from megatron.core.datasets.indexed_dataset import IndexedDataset  # heavy import, only when training
 
     return OpenedDataset(files, stats, IndexedDataset(str(prefix), multimodal=False, mmap=True))
 

@@ -1,0 +1,225 @@
+"""GPT datasets: packed samples, split ranges, prefix-stable order, blending, index caches, checks."""
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+
+from megatron.data.blending import weights_by_num_documents
+from megatron.data.gpt_dataset import build_train_valid_test_datasets, parse_split, split_ranges
+from megatron.data.indexed_format import IndexedDatasetError, IndexedDatasetWriter
+from megatron.data.sample_index import build_sample_index
+
+EOD = 0
+
+
+def make_dataset(prefix, num_docs=40, seed=0, base=1):
+    """Documents of 1..30 tokens; token values encode (document, position) so samples can be traced."""
+    rng = np.random.default_rng(seed)
+    docs = []
+    with IndexedDatasetWriter(prefix, np.uint16) as w:
+        for d in range(num_docs):
+            n = int(rng.integers(1, 30))
+            doc = [base + (d * 37 + j) % 60000 for j in range(n)]
+            w.add_document(doc, end_token=EOD)
+            docs.append(doc + [EOD])
+        w.finalize()
+    return docs
+
+
+def build(prefix, n=50, seq=16, seed=7, **kw):
+    kw.setdefault("valid_samples", 0)
+    kw.setdefault("test_samples", 0)
+    return build_train_valid_test_datasets(data_path=str(prefix), split="100,0,0", seq_length=seq, seed=seed, train_samples=n, **kw)
+
+
+def items(ds, n=None):
+    return [ds[i]["text"].tolist() for i in range(len(ds) if n is None else n)]
+
+
+def test_samples_are_windows_of_the_shuffled_document_stream(tmp_path):
+    docs = make_dataset(tmp_path / "d")
+    train, valid, test = build(tmp_path / "d", n=100, seq=16)
+    assert valid is None and test is None
+    idx = train.index
+    stream = np.concatenate([docs[d] for d in idx.doc_idx])
+    assert len(train) >= 100
+    seen = set()
+    for i in range(len(train)):
+        x = train[i]["text"]
+        assert x.dtype == np.int64 and x.shape == (17,)
+        j = int(idx.shuffle_idx[i])
+        assert x.tolist() == stream[j * 16: j * 16 + 17].tolist()  # consecutive samples share one token
+        seen.add(j)
+    assert seen == set(range(len(train)))
+    # Every epoch holds every document exactly once, each epoch in its own order.
+    d = len(docs)
+    assert sorted(idx.doc_idx[:d].tolist()) == list(range(d))
+    assert sorted(idx.doc_idx[d:2 * d].tolist()) == list(range(d))
+    assert idx.doc_idx[:d].tolist() != idx.doc_idx[d:2 * d].tolist()
+
+
+def test_documents_are_packed_across_boundaries_with_their_eod(tmp_path):
+    make_dataset(tmp_path / "d")
+    train, _, _ = build(tmp_path / "d", n=60, seq=64)
+    assert sum(int((train[i]["text"] == EOD).sum()) for i in range(len(train))) > len(train)  # several documents per sample
+
+
+def test_same_seed_same_samples_other_seed_other_order(tmp_path):
+    make_dataset(tmp_path / "d")
+    a = items(build(tmp_path / "d", seed=1)[0])
+    assert a == items(build(tmp_path / "d", seed=1, cache_dir=str(tmp_path / "fresh"))[0])  # rebuilt from scratch
+    assert a != items(build(tmp_path / "d", seed=2)[0])
+
+
+def test_a_longer_run_starts_with_the_samples_of_a_shorter_one(tmp_path):
+    make_dataset(tmp_path / "d")
+    short = items(build(tmp_path / "d", n=30)[0], 30)
+    long_ds = build(tmp_path / "d", n=3000, cache_dir=str(tmp_path / "other"))[0]
+    assert long_ds.index.num_epochs > 10
+    assert items(long_ds, 30) == short
+    # Also straight from the index construction, for many lengths.
+    lengths = np.random.default_rng(3).integers(1, 50, size=25)
+    ref = build_sample_index(np.arange(25), lengths, seq_length=9, seed=5, num_samples=2000)
+    for n in (1, 7, 80, 500):
+        small = build_sample_index(np.arange(25), lengths, seq_length=9, seed=5, num_samples=n)
+        k = small.num_samples
+        assert k >= n
+        assert np.array_equal(small.shuffle_idx, ref.shuffle_idx[:k])
+        assert np.array_equal(small.sample_idx, ref.sample_idx[: k + 1])
+
+
+def test_split_ranges_follow_megatron_rounding():
+    assert split_ranges("969,30,1", 1000) == [(0, 969), (969, 999), (999, 1000)]
+    assert split_ranges("969, 30, 1", 10) == [(0, 10), (10, 10), (10, 10)]
+    assert split_ranges("8/1/1", 7) == [(0, 5), (5, 6), (6, 7)]  # 6 + 1 + 1 rounds to 8: the excess comes off the first
+    assert split_ranges("1", 5) == [(0, 5), (5, 5), (5, 5)]
+    assert parse_split("2,1,1") == [0.5, 0.25, 0.25]
+    for bad in ("a,b", "0,0,0", "-1,2", "1,1,1,1"):
+        with pytest.raises(ValueError, match="split"):
+            parse_split(bad)
+
+
+def test_data_path_split_gives_disjoint_document_ranges(tmp_path):
+    make_dataset(tmp_path / "d", num_docs=100)
+    train, valid, test = build_train_valid_test_datasets(
+        data_path=str(tmp_path / "d"), split="80,15,5", seq_length=8, seed=1, train_samples=20, valid_samples=5, test_samples=3
+    )
+    assert (train.doc_range, valid.doc_range, test.doc_range) == ((0, 80), (80, 95), (95, 100))
+    assert set(valid.index.doc_idx.tolist()) == set(range(80, 95))
+    none = build_train_valid_test_datasets(data_path=str(tmp_path / "d"), split="100,0,0", seq_length=8, seed=1,
+                                           train_samples=20, valid_samples=5, test_samples=0)
+    assert none[1] is None and none[2] is None
+
+
+def test_index_cache_is_reused_and_rebuilt_when_data_changes(tmp_path):
+    make_dataset(tmp_path / "d")
+    first = items(build(tmp_path / "d")[0])
+    metas = list(tmp_path.glob("d_train_indexmap_*.json"))
+    assert len(metas) == 1 and len(list(tmp_path.glob("d_train_indexmap_*.npy"))) == 3
+    build_id = json.loads(metas[0].read_text())["build"]
+    assert items(build(tmp_path / "d")[0]) == first
+    assert json.loads(metas[0].read_text())["build"] == build_id  # read, not rebuilt
+
+    docs = make_dataset(tmp_path / "d", seed=99)  # new content, same name
+    rebuilt = build(tmp_path / "d")[0]
+    assert json.loads(metas[0].read_text())["build"] != build_id
+    assert len(list(tmp_path.glob("d_train_indexmap_*.npy"))) == 3  # the old build's arrays are gone
+    stream = np.concatenate([docs[d] for d in rebuilt.index.doc_idx])
+    assert rebuilt[0]["text"].tolist() == stream[int(rebuilt.index.shuffle_idx[0]) * 16:][:17].tolist()
+
+    metas[0].write_text("{ torn")  # a damaged description is rebuilt, not trusted
+    assert items(build(tmp_path / "d")[0]) == items(rebuilt)
+
+
+def test_rank0_builds_while_the_other_rank_waits(tmp_path):
+    make_dataset(tmp_path / "d")
+    barrier = threading.Barrier(2, timeout=60)
+    results, errors = {}, []
+
+    def rank(r):
+        try:
+            results[r] = items(build(tmp_path / "d", rank=r, barrier=barrier.wait)[0])
+        except Exception as e:  # surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in (1, 0)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and results[0] == results[1]
+    assert len(list(tmp_path.glob("d_train_indexmap_*.json"))) == 1
+
+    make_dataset(tmp_path / "e")
+    with pytest.raises(RuntimeError, match="rank 0 should have built.*shared"):
+        build(tmp_path / "e", rank=1, barrier=lambda: None)
+
+
+def test_token_ids_beyond_the_model_vocabulary_are_refused(tmp_path):
+    make_dataset(tmp_path / "d", num_docs=5, base=1000)
+    with pytest.raises(IndexedDatasetError, match=r"d\.bin holds token id \d+, but the model's vocabulary has only 500.*Re-tokenize"):
+        build(tmp_path / "d", vocab_size=500)
+    assert len(build(tmp_path / "d", vocab_size=70000)[0]) >= 50
+
+
+def test_truncated_data_is_reported_when_opening(tmp_path):
+    make_dataset(tmp_path / "d")
+    with open(tmp_path / "d.bin", "r+b") as f:
+        f.truncate(10)
+    with pytest.raises(IndexedDatasetError, match=r"d\.bin: holds 10 bytes.*truncated"):
+        build(tmp_path / "d")
+
+
+def test_blending_follows_weights_and_is_prefix_stable(tmp_path):
+    make_dataset(tmp_path / "a", base=1)
+    make_dataset(tmp_path / "b", base=30000, seed=1)
+
+    def blend(n):
+        return build_train_valid_test_datasets(
+            train_data_paths=[str(tmp_path / "a"), str(tmp_path / "b")], train_data_weights=[3, 1],
+            seq_length=8, seed=3, train_samples=n, valid_samples=0, test_samples=0,
+        )[0]
+
+    ds = blend(400)
+    assert len(ds) == 400
+    from_b = [int(ds[i]["text"][ds[i]["text"] != EOD].max() >= 30000) for i in range(400)]
+    assert abs(sum(from_b) - 100) <= 1
+    assert items(blend(40)) == items(ds, 40)
+    by_docs = build_train_valid_test_datasets(
+        train_data_paths=[str(tmp_path / "a"), str(tmp_path / "b")], weight_by_num_documents=True,
+        seq_length=8, seed=3, train_samples=10, valid_samples=0, test_samples=0,
+    )[0]
+    assert np.allclose(by_docs.weights, [0.5, 0.5])  # equal document counts
+    with pytest.raises(ValueError, match="1 weights for 2 datasets"):
+        build_train_valid_test_datasets(
+            train_data_paths=[str(tmp_path / "a"), str(tmp_path / "b")], train_data_weights=[1.0],
+            seq_length=8, seed=3, train_samples=10, valid_samples=0, test_samples=0,
+        )
+
+
+def test_weight_by_num_documents_matches_gpt_neox_formula():
+    counts = [100, 300, 600]
+    share = np.array(counts) / 1000
+    for alpha in (1.0, 0.3):
+        p = share ** alpha / (share ** alpha).sum()
+        w = p * (1 - share)
+        assert np.allclose(weights_by_num_documents(counts, alpha), w / w.sum())
+    assert weights_by_num_documents([5], 0.3) == [1.0]
+
+
+def test_argument_errors_are_clear(tmp_path):
+    make_dataset(tmp_path / "d")
+    common = dict(seq_length=8, seed=1, train_samples=5, valid_samples=0, test_samples=0)
+    with pytest.raises(ValueError, match="either data_path"):
+        build_train_valid_test_datasets(data_path=str(tmp_path / "d"), train_data_paths=[str(tmp_path / "d")], **common)
+    with pytest.raises(ValueError, match="no training data"):
+        build_train_valid_test_datasets(**common)
+    with pytest.raises(ValueError, match="seq_length"):
+        build_train_valid_test_datasets(data_path=str(tmp_path / "d"), **{**common, "seq_length": 0})
+    with pytest.raises(ValueError, match="train_samples"):
+        build_train_valid_test_datasets(data_path=str(tmp_path / "d"), **{**common, "train_samples": -1})
+    with pytest.raises(IndexedDatasetError, match="file not found"):
+        build_train_valid_test_datasets(data_path=str(tmp_path / "missing"), **common)
