@@ -159,40 +159,42 @@ def _fresh_dir(path: Path, overwrite: bool) -> None:
     path.mkdir(parents=True, exist_ok=True)
 
 
-def main(argv: list[str]) -> Path:
-    a = parse_args(argv)
+def import_model(hf_model, tokenizer, output_dir: str | os.PathLike, config_out: str | os.PathLike | None = None,
+                 *, source: str = "a transformers model", overwrite: bool = False) -> Path:
+    """Write a loaded transformers model (and its tokenizer) as our checkpoint + config; returns the config path."""
     from megatron.checkpointing.export import hf_tokenizer
     from megatron.checkpointing.hf_mapping import from_hf_state_dict, model_args_from_hf_config, sep_args_from_hf_config
+    from megatron.data.tokenizers import build_tokenizer
     from megatron.neox_arguments import NeoXArgs
     from megatron.neox_arguments.yaml_io import atomic_write_text
     from megatron.sepllm.hf.families import separator_ids_from_tokenizer
 
-    save_dir = Path(a.output_dir).resolve()
-    config_out = Path(a.config_out).resolve() if a.config_out else save_dir / DEFAULT_CONFIG_NAME
-    hf_model, tokenizer = load_hf(a.hf_model)
+    save_dir = Path(output_dir).resolve()
+    config_out = Path(config_out).resolve() if config_out else save_dir / DEFAULT_CONFIG_NAME
     if tokenizer is None or not getattr(tokenizer, "is_fast", False):
-        raise ValueError(f"{a.hf_model} has no fast (tokenizer.json) tokenizer; the imported model needs one for training")
-    arch = HF_ARCHS.get(hf_model.config.model_type)
+        raise ValueError(f"{source} has no fast (tokenizer.json) tokenizer; the imported model needs one for training")
     plain = plain_hf_config(hf_model.config)
     model_args = model_args_from_hf_config(plain)
     sep_args = sep_args_from_hf_config(hf_model.config)
-    state = from_hf_state_dict(hf_model.state_dict(), model_args, arch)
-    del hf_model
+    state = from_hf_state_dict(hf_model.state_dict(), model_args, HF_ARCHS[hf_model.config.model_type])
 
-    _fresh_dir(save_dir, a.overwrite)
+    _fresh_dir(save_dir, overwrite)
     tokenizer.save_pretrained(save_dir / TOKENIZER_DIR)
     vocab_file = save_dir / TOKENIZER_DIR / "tokenizer.json"
-    from megatron.data.tokenizers import build_tokenizer
-
-    ours = build_tokenizer("HFTokenizer", str(vocab_file))
-    divisor = vocab_divisor(ours.vocab_size, int(plain.vocab_size))
+    divisor = vocab_divisor(build_tokenizer("HFTokenizer", str(vocab_file)).vocab_size, int(plain.vocab_size))
     values = config_values(model_args, sep_args, save_dir, vocab_file, divisor, separator_ids_from_tokenizer(tokenizer))
     args = NeoXArgs.from_dict(values, source=str(config_out))
     hf_tokenizer(args.tokenizer)  # refuses a saved tokenizer that training would read differently
     write_checkpoint(state, args, save_dir)
-    atomic_write_text(config_out, config_text(values, str(a.hf_model), sep_args is not None))
-    print(f"imported {plain.model_type} model from {a.hf_model} into {save_dir}/global_step0; config: {config_out}", flush=True)
+    atomic_write_text(config_out, config_text(values, source, sep_args is not None))
+    print(f"imported {plain.model_type} model from {source} into {save_dir}/global_step0; config: {config_out}", flush=True)
     return config_out
+
+
+def main(argv: list[str]) -> Path:
+    a = parse_args(argv)
+    hf_model, tokenizer = load_hf(a.hf_model)
+    return import_model(hf_model, tokenizer, a.output_dir, a.config_out, source=str(a.hf_model), overwrite=a.overwrite)
 
 
 if __name__ == "__main__":

@@ -260,3 +260,23 @@ def save_hf_directory(model, tokenizer, out_dir: str | os.PathLike, *, overwrite
         shutil.rmtree(old, ignore_errors=True)
     return out
 
+
+
+# ------------------------------------------------------------------------------ inference
+
+
+def inference_model(args, device: Optional[torch.device] = None):
+    """(transformers model, tokenizer) for generate.py and eval.py: the checkpoint at `load`
+    (`iteration`, default latest) with the model shape and SepLLM settings of `args`.
+
+    On CUDA the model runs in the configured precision; on CPU in fp32.
+    """
+    if not args.checkpoint.load:
+        raise ValueError("set `load` to the checkpoint directory to read the model from")
+    if device is None:
+        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    dtype = args.precision.dtype if device.type == "cuda" else torch.float32
+    folder = checkpoint_folder(args.checkpoint.load, args.checkpoint.iteration)
+    tokenizer = hf_tokenizer(args.tokenizer)
+    model = to_hf_model(args, read_model_state_dict(folder), dtype=dtype, tokenizer=tokenizer)
+    return model.to(device), tokenizer

@@ -1,0 +1,149 @@
+"""Generate text from a trained checkpoint, with GPT-NeoX's settings and output format.
+
+    python deepy.py generate.py CONFIGS...     # through the launcher
+    python generate.py CONFIGS...              # one process
+
+The configs are the training configs plus generation keys (see configs/ and GenerationArgs):
+`load` (and `iteration`) name the checkpoint; `text_gen_type` is unconditional (num_samples texts
+from an end-of-document token), input-file (one prompt per `prompt_end` in sample_input_file) or
+interactive (prompts from stdin); `maximum_tokens`, `temperature` (0 = greedy), `top_k`, `top_p`
+and `recompute` (no KV cache) shape the decoding. Samples go to `sample_output_file` as JSON
+lines: context, text, length, finished, duration_seconds (and kv_ratio for SepLLM models).
+
+The checkpoint runs as an in-memory transformers model (megatron.checkpointing.export), so a
+SepLLM model decodes under its SepLLM settings: the prefill windows for the prompt, the generate
+windows (`generate_local_window_size`, or per layer) for every new token.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Iterator, Optional
+
+
+def read_prompts(path: str, prompt_end: str) -> list[str]:
+    """The prompts of an input file: its text split at every `prompt_end`, empty pieces dropped."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"sample_input_file {path} does not exist")
+    text = Path(path).read_text(encoding="utf-8")
+    return [p for p in text.split(prompt_end) if p.strip()] if prompt_end else [text]
+
+
+def generation_config(gen, tokenizer):
+    """transformers GenerationConfig of GPT-NeoX's generation keys (0 disables top_k / top_p; temperature 0 is greedy)."""
+    from transformers import GenerationConfig
+
+    sample = gen.temperature > 0
+    return GenerationConfig(
+        max_new_tokens=int(gen.maximum_tokens),
+        do_sample=sample,
+        temperature=float(gen.temperature) if sample else 1.0,
+        top_k=int(gen.top_k) if sample else None,
+        top_p=float(gen.top_p) if sample and gen.top_p > 0 else 1.0,
+        use_cache=not gen.recompute,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def generate_one(model, tokenizer, prompt: Optional[str], config) -> dict:
+    """One sample for `prompt` (None: unconditional, from an end-of-document token)."""
+    import torch
+
+    from megatron.checkpointing.sepllm_hf import kv_report
+
+    if prompt is None:
+        ids = [tokenizer.eos_token_id]
+    else:
+        ids = tokenizer(prompt)["input_ids"]
+        if not ids:
+            raise ValueError(f"prompt {prompt!r} encodes to no tokens")
+    device = next(model.parameters()).device
+    input_ids = torch.tensor([ids], device=device)
+    start = time.time()
+    with torch.no_grad():
+        out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), generation_config=config)
+    new = out[0, input_ids.shape[1]:].tolist()
+    finished = bool(new) and new[-1] == tokenizer.eos_token_id
+    if finished:
+        new = new[:-1]
+    record = {
+        "context": prompt if prompt is not None else "",
+        "text": tokenizer.decode(new, skip_special_tokens=False, clean_up_tokenization_spaces=False),
+        "length": len(new),
+        "finished": finished,
+        "duration_seconds": round(time.time() - start, 4),
+    }
+    report = kv_report(model)
+    if report is not None and "kv_ratio" in report:
+        record["kv_ratio"] = report["kv_ratio"]
+    return record
+
+
+def prompts_for(gen) -> Iterator[Optional[str]]:
+    kind = gen.text_gen_type or ("input-file" if gen.sample_input_file else "unconditional")
+    if kind == "unconditional":
+        for _ in range(int(gen.num_samples)):
+            yield None
+    elif kind == "input-file":
+        if not gen.sample_input_file:
+            raise ValueError("text_gen_type input-file needs sample_input_file")
+        yield from read_prompts(gen.sample_input_file, gen.prompt_end)
+    else:  # interactive
+        print(f"Enter a prompt and end it with {gen.prompt_end!r}; end the input (Ctrl-D) to stop.", flush=True)
+        buffered = ""
+        for line in sys.stdin:
+            buffered += line
+            while gen.prompt_end and gen.prompt_end in buffered:
+                prompt, buffered = buffered.split(gen.prompt_end, 1)
+                if prompt.strip():
+                    yield prompt
+
+
+def main(argv: list[str]) -> list[dict]:
+    from megatron.neox_arguments import ConfigError, NeoXArgs
+
+    if not argv:
+        sys.exit("usage: python generate.py CONFIG.yml [MORE.yml ...]")
+    try:
+        args = NeoXArgs.from_files(argv)
+        args.validate_for("generate")
+    except ConfigError as exc:
+        sys.exit(f"config error: {exc}")
+    if int(os.environ.get("RANK", "0")) != 0:
+        print(f"generate.py: rank {os.environ['RANK']} has nothing to do; rank 0 generates every sample", flush=True)
+        return []
+    import torch
+
+    from megatron.checkpointing.atomic import atomic_write_text
+    from megatron.checkpointing.export import inference_model
+    from megatron.checkpointing.sepllm_hf import kv_report
+
+    torch.manual_seed(int(args.training.seed))
+    model, tokenizer = inference_model(args)
+    gen = args.generation
+    config = generation_config(gen, tokenizer)
+    interactive = gen.text_gen_type == "interactive"
+    records = []
+    for prompt in prompts_for(gen):
+        record = generate_one(model, tokenizer, prompt, config)
+        records.append(record)
+        if interactive:
+            print(record["text"], flush=True)
+    if not interactive:
+        atomic_write_text(gen.sample_output_file, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        print(f"wrote {len(records)} samples to {gen.sample_output_file}", flush=True)
+    report = kv_report(model)
+    if report is not None:
+        print(f"SepLLM: {json.dumps(report)}", flush=True)
+    return records
+
+
+if __name__ == "__main__":
+    try:
+        main(sys.argv[1:])
+    except (ValueError, FileNotFoundError) as exc:
+        sys.exit(f"generate.py: {exc}")

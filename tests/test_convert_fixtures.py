@@ -1,0 +1,107 @@
+"""Shared helpers (no tests) for the conversion, generation and evaluation tests: a tiny BPE
+tokenizer, tiny model configs of each shape, and checkpoints written by the trainer's save code."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+TEXT = (
+    "The quick brown fox jumps over the lazy dog. It was a bright cold day in April, and the clocks were "
+    "striking thirteen! Was it? Yes; maybe: later.\n\tA second line, with commas, and more words.\n"
+)
+VOCAB_ROWS = 320  # the 300-token tokenizer padded to a multiple of 64
+
+NEOX = dict(num_layers=2, hidden_size=32, num_attention_heads=4, seq_length=64, max_position_embeddings=64,
+            pos_emb="rotary", rotary_pct=0.25, gpt_j_residual=True, no_weight_tying=True)
+LLAMA = dict(num_layers=2, hidden_size=32, num_attention_heads=4, num_kv_heads=2, seq_length=64,
+             max_position_embeddings=64, pos_emb="rotary", norm="rmsnorm", rms_norm_epsilon=1e-6,
+             activation="swiglu", mlp_multiple_of=16, use_bias_in_norms=False, use_bias_in_attn_linear=False,
+             use_bias_in_mlp=False, no_weight_tying=True)
+FULL = dict(USE_ORIGINAL_FULL_ATTEN=True, USE_SEP_ATTN_KERNEL_ACCELERATOR=False)
+
+
+def sepllm(window: int = 4, **extra) -> dict:
+    return dict(USE_SEP_ATTN_KERNEL_ACCELERATOR=False, init_tok_max_idx=1, prefill_local_window_size=window,
+                generate_local_window_size=window, **extra)
+
+
+def make_tokenizer(folder: Path) -> Path:
+    """A 300-token byte-level BPE (with <|endoftext|> and <|padding|>) as tokenizer.json in `folder`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>", "<|padding|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator([TEXT] * 10, trainer)
+    path = folder / "tokenizer.json"
+    tok.save(str(path))
+    return path
+
+
+def separator_ids(vocab_file: Path) -> list[int]:
+    from megatron.data.tokenizers import build_tokenizer
+
+    tok = build_tokenizer("HFTokenizer", str(vocab_file))
+    return [i for i in (tok.single_token_id(s) for s in ".,?!;: \t\n") if i is not None]
+
+
+def write_config(path: Path, vocab_file: Path, save: Path, **keys) -> Path:
+    values = dict(tokenizer_type="HFTokenizer", vocab_file=str(vocab_file), make_vocab_size_divisible_by=64,
+                  separator_token_ids=separator_ids(vocab_file), save=str(save), load=str(save), precision="fp32",
+                  seed=3, **keys)
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def randomise(model: torch.nn.Module, seed: int) -> None:
+    # Norms at 1 and biases at 0 would hide swapped tensors; random values exercise every one.
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
+
+
+def save_checkpoint_of(config: Path, seed: int = 0, iteration: int = 5):
+    """Our GPTModel of `config`, randomised, saved by the trainer's save_checkpoint (ZeRO 0); returns (args, model)."""
+    from megatron.parallel.distributed import init_distributed
+
+    env = init_distributed()
+    import deepspeed
+
+    from megatron.checkpointing.checkpoint import save_checkpoint
+    from megatron.model import GPTModel
+    from megatron.neox_arguments import NeoXArgs
+
+    args = NeoXArgs.from_files([str(config)])
+    model = GPTModel(args.model, args.sepllm, VOCAB_ROWS)
+    randomise(model, seed)
+    engine, _, _, _ = deepspeed.initialize(model=model, config={"train_micro_batch_size_per_gpu": 1}, dist_init_required=False)
+    save_checkpoint(engine, args.checkpoint.save, iteration, client_state={}, config_yaml=args.to_yaml(), rank=env.rank)
+    return args, model.eval()
+
+
+def sample_ids(vocab_file: Path, batch: int = 2) -> torch.Tensor:
+    """Real text (with separators) as token ids, [batch, L]."""
+    from megatron.data.tokenizers import build_tokenizer
+
+    ids = build_tokenizer("HFTokenizer", str(vocab_file)).tokenize(TEXT)[:48]
+    return torch.tensor([ids[i:] + ids[:i] for i in range(batch)])
+
+
+def load_tool(name: str):
+    """A tools/ script as a module (its main(argv) runs in this process)."""
+    spec = importlib.util.spec_from_file_location(f"tool_{name}", ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,0 +1,138 @@
+"""Our checkpoints -> HuggingFace directories: transformers loads them and computes our logits."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPTNeoXForCausalLM, LlamaForCausalLM
+
+from test_convert_fixtures import FULL, LLAMA, NEOX, ROOT, TEXT, load_tool, make_tokenizer, sample_ids, save_checkpoint_of, sepllm, write_config
+
+import megatron.checkpointing.sepllm_hf as sepllm_hf  # registers the SepLLM model types
+
+convert = load_tool("convert_neox_to_hf")
+
+
+@pytest.fixture(scope="module")
+def vocab_file(tmp_path_factory):
+    return make_tokenizer(tmp_path_factory.mktemp("tok"))
+
+
+def _checkpoint(tmp_path, vocab_file, seed=0, **keys):
+    config = write_config(tmp_path / "cfg.yml", vocab_file, tmp_path / "save", **keys)
+    args, model = save_checkpoint_of(config, seed=seed)
+    return config, args, model
+
+
+def _ours_logits(model, ids):
+    with torch.no_grad():
+        return model(ids)
+
+
+def _hf_logits(hf, ids):
+    with torch.no_grad():
+        return hf(ids).logits
+
+
+SHAPES = {
+    "neox-parallel-partial-rotary-untied": dict(NEOX),
+    "neox-sequential-tied-relu": dict(NEOX, gpt_j_residual=False, no_weight_tying=False, rotary_pct=1.0, activation="relu"),
+    "neox-no-bias-mlp": dict(NEOX, use_bias_in_mlp=False, rotary_emb_base=500),
+    "llama-gqa-untied": dict(LLAMA),
+    "llama-tied": dict(LLAMA, num_kv_heads=4, no_weight_tying=False),
+}
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_full_attention_models_match_ours(tmp_path, vocab_file, shape):
+    config, args, model = _checkpoint(tmp_path, vocab_file, seed=1, **SHAPES[shape], **FULL)
+    out = convert.main(["--input_dir", str(tmp_path / "save" / "global_step5"), "--output_dir", str(tmp_path / "hf")])
+    hf = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert type(hf) is (LlamaForCausalLM if shape.startswith("llama") else GPTNeoXForCausalLM)
+    ids = sample_ids(vocab_file)
+    torch.testing.assert_close(_hf_logits(hf, ids), _ours_logits(model, ids), rtol=0, atol=1e-4)
+    # The tokenizer went along and encodes as the training tokenizer does.
+    from megatron.data.tokenizers import build_tokenizer
+
+    tok = AutoTokenizer.from_pretrained(out)
+    assert tok(TEXT)["input_ids"] == build_tokenizer("HFTokenizer", str(vocab_file)).tokenize(TEXT)
+    assert tok.eos_token == "<|endoftext|>" and tok.pad_token == "<|padding|>"
+    assert hf.config.eos_token_id == tok.eos_token_id
+
+
+REMOTE_LOAD = """
+import torch
+from transformers import AutoModelForCausalLM
+try:
+    AutoModelForCausalLM.from_pretrained({out!r})
+except ValueError as exc:
+    print("refused:", "trust_remote_code" if "trust_remote_code" in str(exc) else exc)
+model = AutoModelForCausalLM.from_pretrained({out!r}, trust_remote_code=True).eval()
+print(type(model).__module__)
+with torch.no_grad():
+    torch.save(model(torch.load({ids!r})).logits, {logits!r})
+"""
+
+
+def test_sepllm_model_keeps_sepllm_attention(tmp_path, vocab_file):
+    keys = sepllm(4, USE_PREFILL_LOCAL_WIN_SIZES_wrt_LAYERS=True, prefill_loc_win_size_list=[3, 6])
+    config, args, model = _checkpoint(tmp_path, vocab_file, seed=2, **NEOX, **keys)
+    out = convert.main(["--input_dir", str(tmp_path / "save"), "--output_dir", str(tmp_path / "hf"),
+                        "--config_file", str(config)])
+    stored = json.loads((out / "config.json").read_text())
+    assert stored["model_type"] == "sepllm_gpt_neox" and stored["sepllm"]["prefill_loc_win_size_list"] == [3, 6]
+    assert stored["auto_map"]["AutoModelForCausalLM"].startswith("modeling_sepllm.")
+    ids = sample_ids(vocab_file)
+    expected = _ours_logits(model, ids)
+
+    hf = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert isinstance(hf, sepllm_hf.SepLLMGPTNeoXForCausalLM)
+    torch.testing.assert_close(_hf_logits(hf, ids), expected, rtol=0, atol=1e-4)
+    assert hf.sepllm_runtime.kv_report()["attn_map_ratio"] < 0.9
+
+    # Without our package imported: plain transformers refuses it, trust_remote_code loads it.
+    torch.save(ids, tmp_path / "ids.pt")
+    script = REMOTE_LOAD.format(out=str(out), ids=str(tmp_path / "ids.pt"), logits=str(tmp_path / "logits.pt"))
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "refused: trust_remote_code" in proc.stdout and "transformers_modules" in proc.stdout
+    torch.testing.assert_close(torch.load(tmp_path / "logits.pt"), expected, rtol=0, atol=1e-4)
+
+    # The same weights under full attention compute something else: the SepLLM mask matters here.
+    from megatron.checkpointing.hf_mapping import hf_config_from_args
+
+    plain = GPTNeoXForCausalLM(hf_config_from_args(args.model, None, hf.config.vocab_size, "neox"))
+    plain.load_state_dict(hf.state_dict())
+    assert (_hf_logits(plain.eval(), ids) - expected).abs().max() > 1e-2
+
+
+def test_llama_sepllm_model_and_bf16_output(tmp_path, vocab_file):
+    config, args, model = _checkpoint(tmp_path, vocab_file, seed=3, **LLAMA, **sepllm(5))
+    out = convert.main(["--input_dir", str(tmp_path / "save"), "--output_dir", str(tmp_path / "hf"), "--precision", "bf16"])
+    hf = AutoModelForCausalLM.from_pretrained(out, dtype="auto").eval()
+    assert isinstance(hf, sepllm_hf.SepLLMLlamaForCausalLM) and hf.dtype == torch.bfloat16
+    ids = sample_ids(vocab_file)
+    torch.testing.assert_close(_hf_logits(hf, ids).float(), _ours_logits(model, ids), rtol=0, atol=0.15)
+
+
+def test_refusals(tmp_path, vocab_file):
+    from megatron.checkpointing.checkpoint import CheckpointError
+
+    config, args, _ = _checkpoint(tmp_path, vocab_file, **NEOX, **sepllm(4))
+    folder = tmp_path / "save" / "global_step5"
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "x").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not empty"):
+        convert.main(["--input_dir", str(folder), "--output_dir", str(tmp_path / "busy"), "--skip_tokenizer"])
+    assert (tmp_path / "busy" / "x").read_text() == "keep me"
+    bipe = write_config(tmp_path / "bipe.yml", args.tokenizer.vocab_file, tmp_path / "save", **NEOX, **sepllm(4), USE_BiPE=True)
+    with pytest.raises(ValueError, match="USE_BiPE"):
+        convert.main(["--input_dir", str(folder), "--output_dir", str(tmp_path / "o"), "--config_file", str(bipe)])
+    (folder / "manifest.json").unlink()
+    with pytest.raises(CheckpointError, match="incomplete"):
+        convert.main(["--input_dir", str(folder), "--output_dir", str(tmp_path / "o")])
