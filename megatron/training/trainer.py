@@ -53,7 +53,7 @@ class Trainer:
         import deepspeed
 
         from megatron.data.tokenizers import build_tokenizer
-        from megatron.model import GPTModel, padded_vocab_size
+        from megatron.model import GPTModel, count_parameters, padded_vocab_size
         from megatron.training.lr_schedule import AnnealingLR
         from megatron.training.optimizer import build_optimizer
 
@@ -64,10 +64,8 @@ class Trainer:
         model = GPTModel(a.model, a.sepllm, self.vocab_size)
         if a.training.checkpoint_activations:
             model.enable_activation_checkpointing(a.training.checkpoint_num_layers)
-        self.num_params = sum(p.numel() for p in model.parameters())
-        self.num_params_non_embedding = self.num_params - sum(
-            p.numel() for n, p in model.named_parameters() if "embed" in n
-        )
+        self.num_params = count_parameters(model)
+        self.num_params_non_embedding = count_parameters(model, exclude_embeddings=True)
         optimizer = build_optimizer(model, a.optimizer.optimizer, a.optimizer.weight_decay)
         lr_params = a.optimizer.optimizer.get("params", {})
         self.scheduler = AnnealingLR(
@@ -158,10 +156,13 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         self.engine.train()
         losses = []
-        for _ in range(self.grad_acc):
+        grad_norm = None
+        for micro in range(self.grad_acc):
             batch = self._batch(self.train_iter)
             loss = self._forward(batch)
             self.engine.backward(loss)
+            if micro == self.grad_acc - 1 and self.engine.zero_optimization_stage() == 0:
+                grad_norm = self._unclipped_grad_norm()  # DeepSpeed reports it only under ZeRO
             self.engine.step()
             losses.append(loss.detach())
         self.last_batch = batch
@@ -172,10 +173,20 @@ class Trainer:
             torch.distributed.all_reduce(loss)
             loss /= self.dp_size
         out = {"loss": float(loss), "lr": self.scheduler.get_lr()}
-        grad_norm = self.engine.get_global_grad_norm()
+        if grad_norm is None:
+            grad_norm = self.engine.get_global_grad_norm()
         if grad_norm is not None:
             out["grad_norm"] = float(grad_norm)
         return out
+
+    @torch.no_grad()
+    def _unclipped_grad_norm(self) -> float:
+        grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
+        if not grads:
+            return 0.0
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+        # Gradients are already averaged over data-parallel ranks after backward at the boundary.
+        return float(norm)
 
     @torch.no_grad()
     def evaluate(self) -> Optional[float]:

@@ -1,0 +1,135 @@
+"""End-to-end training on CPU: loss falls, determinism, attention modes, data parallelism, exact resume, crash safety."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures"
+CHAR_SEPARATORS = [ord(c) for c in ".,?!;: \t\n"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    from megatron.data.preprocess import preprocess
+    from megatron.data.tokenizers import build_tokenizer
+
+    out = tmp_path_factory.mktemp("corpus")
+    preprocess(inputs=str(FIXTURES / "train_corpus.txt"), output_prefix=str(out / "corpus"),
+               tokenizer=build_tokenizer("CharLevelTokenizer", None), txt_mode="paragraph",
+               append_eod=True, progress=False, log=lambda _: None)
+    return str(out / "corpus_text_document")
+
+
+def make_config(tmp_path: Path, corpus: str, name: str = "cfg.yml", **overrides) -> str:
+    cfg = {
+        "num_layers": 2, "hidden_size": 64, "num_attention_heads": 4, "seq_length": 64,
+        "max_position_embeddings": 64, "pos_emb": "rotary", "rotary_pct": 0.25, "gpt_j_residual": True,
+        "no_weight_tying": True, "make_vocab_size_divisible_by": 64,
+        "separator_token_ids": CHAR_SEPARATORS, "init_tok_max_idx": 2, "prefill_local_window_size": 8,
+        "USE_SEP_ATTN_KERNEL_ACCELERATOR": False,
+        "train_iters": 6, "train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 1,
+        "optimizer": {"type": "Adam", "params": {"lr": 3.0e-3, "betas": [0.9, 0.95], "eps": 1.0e-8}},
+        "min_lr": 3.0e-4, "lr_decay_style": "cosine", "warmup": 0.1, "weight_decay": 0.1,
+        "gradient_clipping": 1.0, "zero_optimization": {"stage": 0}, "precision": "fp32", "seed": 7,
+        "data_path": corpus, "split": "90,10,0", "tokenizer_type": "CharLevelTokenizer",
+        "eval_interval": 1000, "eval_iters": 1, "log_interval": 1, "num_workers": 0,
+    }
+    cfg.update(overrides)
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def run(tmp_path: Path, config: str, nproc: int = 1, env: dict | None = None, check: bool = True):
+    out = tmp_path / f"losses_{os.urandom(4).hex()}.json"
+    script = str(FIXTURES / "train_run.py")
+    if nproc == 1:
+        cmd = [sys.executable, script, str(out), config]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+               "--master_port", str(29500 + int.from_bytes(os.urandom(2), "little") % 2000), script, str(out), config]
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    proc = subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=300)
+    if check:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+        return json.loads(out.read_text())
+    return proc
+
+
+def test_loss_falls_and_run_dir_holds_config_and_logs(tmp_path, corpus):
+    cfg = make_config(tmp_path, corpus, train_iters=30, log_dir=str(tmp_path / "run"),
+                      tensorboard_dir=str(tmp_path / "tb"), PRINT_KV_RATIO=True, print_ratio_intervals=10)
+    result = run(tmp_path, cfg)
+    losses = result["losses"]
+    assert len(losses) == 30
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5, losses
+    resolved = yaml.safe_load((tmp_path / "run" / "config.yml").read_text())
+    assert resolved["prefill_local_window_size"] == 8
+    assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "tb").iterdir())
+
+
+def test_same_config_same_losses(tmp_path, corpus):
+    cfg = make_config(tmp_path, corpus, train_iters=4)
+    assert run(tmp_path, cfg)["losses"] == run(tmp_path, cfg)["losses"]
+
+
+@pytest.mark.parametrize("mode", [
+    {"streamingLLM": True},
+    {"USE_PREFILL_LOCAL_WIN_SIZES_wrt_LAYERS": True, "prefill_loc_win_size_list": [64, 4]},
+    {"USE_ORIGINAL_FULL_ATTEN": True},
+    {"reset_attention_mask": True, "reset_position_ids": True},
+], ids=["streamingllm", "per-layer-windows", "vanilla", "document-masks"])
+def test_attention_modes_train(tmp_path, corpus, mode):
+    losses = run(tmp_path, make_config(tmp_path, corpus, train_iters=3, **mode))["losses"]
+    assert len(losses) == 3 and all(l == l and l < 20 for l in losses)
+
+
+@pytest.mark.multiproc
+@pytest.mark.parametrize("stage", [1, 2])
+def test_two_processes_match_one(tmp_path, corpus, stage):
+    """Same global batch (8): 1 process with 2 accumulation steps vs 2 processes with 1."""
+    one = run(tmp_path, make_config(tmp_path, corpus, "one.yml", train_iters=5, gradient_accumulation_steps=2,
+                                    zero_optimization={"stage": stage}))["losses"]
+    two = run(tmp_path, make_config(tmp_path, corpus, "two.yml", train_iters=5, zero_optimization={"stage": stage}),
+              nproc=2)["losses"]
+    assert two == pytest.approx(one, rel=1e-5, abs=1e-5)
+
+
+@pytest.mark.parametrize("nproc,stage", [(1, 0), (2, 2)], ids=["1proc-zero0", "2proc-zero2"])
+def test_resume_is_exact(tmp_path, corpus, nproc, stage):
+    common = dict(train_iters=6, lr_decay_iters=6, zero_optimization={"stage": stage}, checkpoint_factor=3)
+    full = run(tmp_path, make_config(tmp_path, corpus, "full.yml", save=str(tmp_path / "full"), **common), nproc)
+    stopped = run(tmp_path, make_config(tmp_path, corpus, "a.yml", save=str(tmp_path / "ck"), **{**common, "train_iters": 3}), nproc)
+    resumed = run(tmp_path, make_config(tmp_path, corpus, "b.yml", save=str(tmp_path / "ck"), load=str(tmp_path / "ck"), **common), nproc)
+    assert stopped["losses"] == full["losses"][:3]
+    assert resumed["start"] == 3
+    assert resumed["losses"] == full["losses"][3:], "resumed losses must equal the uninterrupted run bit for bit"
+
+
+def test_kill_during_save_keeps_previous_checkpoint(tmp_path, corpus):
+    from megatron.checkpointing.checkpoint import CheckpointError, verify_checkpoint
+
+    ck = tmp_path / "ck"
+    common = dict(train_iters=6, lr_decay_iters=6, checkpoint_factor=3, save=str(ck), load=str(ck))
+    full = run(tmp_path, make_config(tmp_path, corpus, "full.yml", **{**common, "save": str(tmp_path / "f"), "load": None}))
+    killed = run(tmp_path, make_config(tmp_path, corpus, "a.yml", **common), env={"SEPLLM_TEST_KILL_AT_MANIFEST": "6"}, check=False)
+    assert killed.returncode != 0
+    assert (ck / "latest").read_text() == "global_step3"
+    with pytest.raises(CheckpointError, match="manifest.json is missing"):
+        verify_checkpoint(ck / "global_step6")
+    resumed = run(tmp_path, make_config(tmp_path, corpus, "b.yml", **common))
+    assert resumed["start"] == 3 and resumed["losses"] == full["losses"][3:]
+
+
+def test_damaged_checkpoint_is_refused(tmp_path, corpus):
+    ck = tmp_path / "ck"
+    run(tmp_path, make_config(tmp_path, corpus, "a.yml", train_iters=2, save=str(ck)))
+    (ck / "global_step2" / "mp_rank_00_model_states.pt").unlink()
+    proc = run(tmp_path, make_config(tmp_path, corpus, "b.yml", train_iters=4, save=str(ck), load=str(ck)), check=False)
+    assert proc.returncode != 0
+    assert "file mp_rank_00_model_states.pt is missing" in proc.stderr
