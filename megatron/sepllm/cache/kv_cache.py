@@ -171,6 +171,10 @@ class SepKVCache:
             self._stored_pos = self._stored_pos[index.to(self._stored_pos.device)]
 
     # ---------------------------------------------------------------------------- inspection
+    def layer_kv(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The keys and values layer `layer` holds [B, H, held, D] (keys as attended once finished)."""
+        return self._keys[layer], self._values[layer]
+
     def held(self, layer: int = 0) -> int:
         """Entries (slots) layer `layer` holds now."""
         return 0 if layer not in self._keys else self._keys[layer].shape[2]

@@ -35,14 +35,15 @@ class RotarySpec:
 
 
 def rotate_by(x: torch.Tensor, delta: torch.Tensor, spec: RotarySpec) -> torch.Tensor:
-    """Rotate x [B, H, N, D] by delta [B, N] positions (in float32, returned in x's dtype)."""
+    """Rotate x [B, H, N, D] by delta [B, N] positions (at least in float32; returned in x's dtype)."""
     rd = spec.rotary_dim
     if rd > x.shape[-1]:
         raise ValueError(f"rotary dimension {rd} exceeds the head dimension {x.shape[-1]}")
-    angles = delta.to(torch.float32)[:, None, :, None] * spec.inv_freq.to(x.device)[None, None, None, :]
+    work = torch.promote_types(x.dtype, torch.float32)  # half-precision keys are rotated in fp32
+    angles = delta.to(work)[:, None, :, None] * spec.inv_freq.to(device=x.device, dtype=work)[None, None, None, :]
     cos = torch.cos(angles)
     sin = torch.sin(angles)
-    rot = x[..., :rd].to(torch.float32)
+    rot = x[..., :rd].to(work)
     half = rd // 2
     x1, x2 = rot[..., :half], rot[..., half:]
     out = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).to(x.dtype)

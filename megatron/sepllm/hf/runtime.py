@@ -153,13 +153,17 @@ class SepLLMRuntime:
             raise RuntimeError(f"layer {layer}: SepLLM mask covers {mask.shape[-1]} keys but attention got {key.shape[2]}")
         self._count(layer, mask)
         kwargs.pop("is_causal", None)
+        # An additive float mask: PyTorch's CPU SDPA is several times slower with broadcast bool masks.
+        fkey = (id(mask), query.dtype)
+        if fkey not in self._masks:
+            self._masks[fkey] = torch.zeros(mask.shape, dtype=query.dtype, device=query.device).masked_fill(~mask, torch.finfo(query.dtype).min)
+        fmask = self._masks[fkey]
         if self.base == "eager":
-            fmask = torch.zeros(mask.shape, dtype=query.dtype, device=query.device).masked_fill(~mask, torch.finfo(query.dtype).min)
             out = self._eager_fn(module)(module, query, key, value, fmask, **kwargs)
         else:
             from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-            out = sdpa_attention_forward(module, query, key, value, mask, **kwargs)
+            out = sdpa_attention_forward(module, query, key, value, fmask, **kwargs)
         if self._cache is not None:
             self._cache.core.finish_layer(layer)
         return out

@@ -1,0 +1,213 @@
+"""Training-free SepLLM on transformers models: mask mode, SepCache, configs and errors."""
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM
+
+from megatron.sepllm.hf import SepCache, apply_sepllm, build_sepllm_args, remove_sepllm
+from megatron.sepllm.reference import reference_keep_mask
+
+SEPS = [3, 4, 5]
+VOCAB = 40
+
+
+def _shared() -> Path | None:
+    root = Path(__file__).resolve().parents[1]
+    for cand in (root.parent / "shared", root / "shared"):
+        if cand.is_dir():
+            return cand
+    return None
+
+
+def tiny_llama(layers=2, seed=0, attn="sdpa"):
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, attn_implementation=attn)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def tiny_neox(layers=2, seed=0):
+    torch.manual_seed(seed)
+    cfg = GPTNeoXConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                        num_attention_heads=2, rotary_pct=0.25, max_position_embeddings=1024, attn_implementation="sdpa")
+    return GPTNeoXForCausalLM(cfg).eval()
+
+
+MODELS = {"llama": tiny_llama, "gpt_neox": tiny_neox}
+
+
+def _ids(B, L, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(1, VOCAB, (B, L), generator=g)
+
+
+def test_every_upstream_trainingfree_yaml_loads():
+    shared = _shared()
+    if shared is None:
+        pytest.skip("../shared (upstream configs) is absent")
+    files = sorted((shared / "upstream" / "sepllm-trainingfree-configs").glob("*.yml"))
+    assert files
+    for f in files:
+        args, given = build_sepllm_args(f, layers=32)
+        assert "separator_token_ids" in given and args.Layer_num == 32
+
+
+@pytest.mark.parametrize("family", sorted(MODELS))
+@pytest.mark.parametrize("mode", ["sepllm", "streamingllm", "fixllm"])
+def test_mask_mode_equals_forward_with_reference_mask(family, mode):
+    model = MODELS[family]()
+    ids = _ids(2, 23)
+    ids[:, ::4] = 3  # plenty of separators
+    am = torch.ones_like(ids)
+    am[1, :5] = 0  # left padding
+    kw = dict(prefill_local_window_size=4, init_tok_max_idx=1, BATCH_ADAPTIVE_INIT_POS=True)
+    rt = apply_sepllm(model, mode=mode, separator_token_ids=SEPS, fixed_interval=3 if mode == "fixllm" else None, **kw)
+    with torch.no_grad():
+        got = model(ids, attention_mask=am).logits
+    remove_sepllm(model)
+    ref_mode = {"sepllm": "sepllm", "streamingllm": "streaming", "fixllm": "fixllm"}[mode]
+    ref = torch.tensor(reference_keep_mask(ids.tolist(), mode=ref_mode, window=4, init_tok_max_idx=1, separator_ids=SEPS,
+                                           fixed_interval=3, key_valid=am.bool().tolist()))
+    # The reference counts initial tokens from the row start; redo row 1 from its first real token.
+    ref[1, 5:, 5:] = torch.tensor(reference_keep_mask([ids[1, 5:].tolist()], mode=ref_mode, window=4, init_tok_max_idx=1,
+                                                      separator_ids=SEPS, fixed_interval=3))[0]
+    with torch.no_grad():
+        want = model(ids, attention_mask=ref[:, None]).logits
+    real = am.bool()
+    torch.testing.assert_close(got[real], want[real], rtol=1e-4, atol=1e-5)
+    assert 0 < rt.kv_report()["kv_ratio"] < 1
+
+
+def test_mask_mode_decoding_uses_generate_window_and_reports_ratio():
+    model = tiny_llama()
+    ids = _ids(1, 30)
+    with torch.no_grad():
+        full = model.generate(ids, max_new_tokens=8, do_sample=False)
+    rt = apply_sepllm(model, separator_token_ids=SEPS, prefill_local_window_size=2048, generate_local_window_size=2048)
+    with torch.no_grad():
+        same = model.generate(ids, max_new_tokens=8, do_sample=False)
+    assert torch.equal(same, full) and rt.kv_report()["kv_ratio"] == 1.0
+    rt = apply_sepllm(model, separator_token_ids=SEPS, prefill_local_window_size=2048, generate_local_window_size=6, init_tok_max_idx=0)
+    with torch.no_grad():
+        seq = model.generate(ids, max_new_tokens=8, do_sample=False)[:, :-1]
+    # The last decoding step's query sees: token 0, the separators, and the last 6 positions.
+    T = seq.shape[1]
+    kept = {0} | {j for j in range(T) if int(seq[0, j]) in SEPS} | set(range(T - 6, T))
+    assert rt.kv_report()["kv_ratio"] == pytest.approx(len(kept) / T)
+
+
+def test_eager_and_sdpa_bases_agree():
+    ids = _ids(2, 20)
+    outs = []
+    for attn in ("sdpa", "eager"):
+        model = tiny_llama(attn=attn)
+        apply_sepllm(model, separator_token_ids=SEPS, prefill_local_window_size=3)
+        with torch.no_grad():
+            outs.append(model(ids).logits)
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", sorted(MODELS))
+def test_sepcache_above_capacity_equals_vanilla_generation(family):
+    model = MODELS[family]()
+    ids = _ids(2, 9, seed=1)
+    am = torch.ones_like(ids)
+    am[0, :3] = 0
+    with torch.no_grad():
+        want = model.generate(ids, attention_mask=am, max_new_tokens=25, do_sample=False)
+    apply_sepllm(model, separator_token_ids=SEPS)
+    with torch.no_grad():
+        got = model.generate(ids, attention_mask=am, max_new_tokens=25, do_sample=False, past_key_values=SepCache(2, 4, 8, 100))
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("pos_shift", [False, True])
+@pytest.mark.parametrize("sample", [False, True])
+def test_sepcache_never_holds_more_than_capacity(pos_shift, sample):
+    model = tiny_neox()
+    apply_sepllm(model, separator_token_ids=SEPS)
+    cache = SepCache(2, 3, 6, 16, pos_shift=pos_shift)
+    ids = _ids(2, 30, seed=2)  # a prefill longer than the capacity is compressed too
+    held = []
+
+    def spy(module, args, kwargs, out):
+        held.append(max(cache.core.held(layer) for layer in range(2)))
+
+    hook = model.register_forward_hook(spy, with_kwargs=True)
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=40, do_sample=sample, top_k=5,
+                             past_key_values=cache)
+    hook.remove()
+    assert out.shape == (2, 70) and len(held) == 40
+    assert max(held) <= 16
+    assert cache.core.layout.seen.tolist() == [69, 69]
+
+
+def test_streaming_logits_equal_full_forward_before_first_compression():
+    model = tiny_llama()
+    apply_sepllm(model, separator_token_ids=SEPS)
+    ids = _ids(1, 15)
+    with torch.no_grad():
+        cache = SepCache(2, 3, 6, 16, pos_shift=True)
+        steps = torch.cat([model(ids[:, t:t + 1], past_key_values=cache).logits for t in range(15)], 1)
+        remove_sepllm(model)
+        full = model(ids).logits
+    torch.testing.assert_close(steps, full, rtol=1e-4, atol=1e-5)
+
+
+def test_shifted_logits_equal_full_forward_over_kept_tokens_at_cache_positions():
+    """One layer: cached K/V depend only on the token and its position, so after evictions the next
+    token's logits equal a plain forward over the kept tokens placed at positions 0..n."""
+    model = tiny_llama(layers=1)
+    apply_sepllm(model, separator_token_ids=SEPS)
+    ids = _ids(1, 40, seed=3)
+    ids[0, 7::5] = 4
+    cache = SepCache(2, 3, 6, 16, pos_shift=True)
+    with torch.no_grad():
+        for t in range(39):
+            model(ids[:, t:t + 1], past_key_values=cache)
+        kept = cache.core.kept_orig_positions(0)
+        assert len(kept) < 39
+        got = model(ids[:, 39:40], past_key_values=cache).logits[0, -1]
+        remove_sepllm(model)
+        seq = ids[:, kept + [39]]
+        want = model(seq, position_ids=torch.arange(seq.shape[1])[None]).logits[0, -1]
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_chunked_streaming_equals_token_by_token_without_shift():
+    model = tiny_llama()
+    apply_sepllm(model, separator_token_ids=SEPS)
+    ids = _ids(1, 50, seed=4)
+    with torch.no_grad():
+        c1 = SepCache(2, 3, 6, 16)
+        one = torch.cat([model(ids[:, t:t + 1], past_key_values=c1).logits for t in range(50)], 1)
+        c2 = SepCache(2, 3, 6, 16)
+        chunked = torch.cat([model(ids[:, t:t + 10], past_key_values=c2).logits for t in range(0, 50, 10)], 1)
+    torch.testing.assert_close(one, chunked, rtol=1e-4, atol=1e-5)
+    assert c1.core.kept_orig_positions(0) == c2.core.kept_orig_positions(0)
+
+
+def test_bad_settings_get_clear_errors():
+    model = tiny_llama()
+    with pytest.raises(ValueError, match="separator_token_ids \\[99\\]"):
+        apply_sepllm(model, separator_token_ids=[3, 99])
+    with pytest.raises(ValueError, match="Layer_num"):
+        apply_sepllm(model, separator_token_ids=SEPS, Layer_num=32)
+    with pytest.raises(ValueError, match="a \\+ s \\+ w < c"):
+        SepCache(4, 64, 256, 300)
+    with pytest.raises(ValueError, match="init_size must not be negative"):
+        SepCache(-1, 4, 8, 32)
+    with pytest.raises(ValueError, match="prefill_local_window_size"):
+        apply_sepllm(model, separator_token_ids=SEPS, prefill_local_window_size=0)
+    with pytest.raises(ValueError, match="unknown SepLLM settings"):
+        apply_sepllm(model, separator_token_ids=SEPS, local_window=3)
+    with pytest.raises(ValueError, match="cannot tell the separator ids"):
+        apply_sepllm(model)
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=16, n_layer=1, n_head=2))
+    with pytest.raises(ValueError, match="model family 'gpt2' is not supported"):
+        apply_sepllm(gpt2, separator_token_ids=SEPS)
+    apply_sepllm(model, separator_token_ids=SEPS)
+    with pytest.raises(ValueError, match="inputs_embeds"):
+        model(inputs_embeds=torch.zeros(1, 3, 32))
