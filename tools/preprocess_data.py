@@ -36,7 +36,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g = p.add_argument_group("output")
     g.add_argument("--output-prefix", required=True, help="Output path prefix; writes PREFIX_<key>_document.bin/.idx.")
     g.add_argument("--workers", type=int, default=os.cpu_count(), help="Threads the tokenizer uses for batch encoding (default: all cores).")
-    g.add_argument("--batch-mb", type=float, default=4.0, help="Text per tokenizer batch, in millions of characters (default 4).")
+    g.add_argument("--batch-mb", type=float, default=None, help="Text per tokenizer batch, in millions of characters (default: 2 per worker, between 16 and 32; memory ~100 bytes per character).")
     g.add_argument("--no-progress", action="store_true", help="No progress bar (it is shown only on a terminal anyway).")
     args = p.parse_args(argv)
     if args.workers is not None and args.workers < 1:
@@ -57,7 +57,7 @@ def main(argv=None) -> int:
             skip_bad_lines=args.skip_bad_lines,
             txt_mode=args.txt_documents,
             workers=args.workers,
-            batch_chars=int(args.batch_mb * 1e6),
+            batch_chars=None if args.batch_mb is None else int(args.batch_mb * 1e6),
             progress=False if args.no_progress else None,
         )
     except (BadRecord, ValueError, FileNotFoundError) as e:

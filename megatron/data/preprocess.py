@@ -6,11 +6,13 @@ IndexedDatasetWriter per JSON key. Outputs appear only when the whole run succee
 """
 from __future__ import annotations
 
+import collections
 import os
 import queue
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
@@ -49,6 +51,7 @@ def output_prefixes(output_prefix: str, keys: Sequence[str]) -> list[str]:
 
 
 _END = object()
+IN_FLIGHT = 2  # tokenizer batches encoding at once
 
 
 def preprocess(
@@ -61,7 +64,7 @@ def preprocess(
     skip_bad_lines: bool = False,
     txt_mode: str = "file",
     workers: Optional[int] = None,
-    batch_chars: int = 1 << 22,
+    batch_chars: Optional[int] = None,
     progress: Optional[bool] = None,
     log=None,
 ) -> PreprocessSummary:
@@ -69,8 +72,9 @@ def preprocess(
 
     Bad records (invalid JSON, missing key, non-string value, undecodable bytes) raise
     BadRecord naming file and line, unless `skip_bad_lines`, which counts and skips them.
-    Documents whose text is empty or only whitespace are skipped and counted. `progress`:
-    None shows a bar when stderr is a terminal.
+    Documents whose text is empty or only whitespace are skipped and counted. `workers`:
+    tokenizer threads (None: all cores). `batch_chars`: text per tokenizer batch (None: 2M
+    characters per thread, between 16M and 32M). `progress`: None shows a bar when stderr is a terminal.
     """
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     keys = list(keys)
@@ -79,6 +83,10 @@ def preprocess(
     files = expand_inputs(inputs)
     summary = PreprocessSummary(files=len(files))
     tokenizer.set_num_threads(workers)
+    if batch_chars is None:
+        # Large batches keep every thread busy when documents are long (whole books); the cap
+        # bounds memory: encoding takes ~50 bytes per character, for IN_FLIGHT batches at once.
+        batch_chars = min(32, max(16, 2 * (workers or os.cpu_count() or 1))) * 1_000_000
     eod = tokenizer.eod if append_eod else None
     dtype = token_dtype_for_vocab(tokenizer.vocab_size)
     prefixes = output_prefixes(output_prefix, keys)
@@ -106,7 +114,7 @@ def preprocess(
 
             for rec in read_records(files, keys=keys, txt_mode=txt_mode, on_bad=on_bad, on_bytes=count_bytes):
                 for k, text in enumerate(rec.texts):
-                    if not text.strip():
+                    if not text or text.isspace():
                         summary.empty_skipped += 1
                         continue
                     batch.append((k, text))
@@ -125,7 +133,25 @@ def preprocess(
     start = time.perf_counter()
     reader = threading.Thread(target=produce, name="preprocess-reader", daemon=True)
     writers = [IndexedDatasetWriter(p, dtype) for p in prefixes]
+    pool = ThreadPoolExecutor(max_workers=IN_FLIGHT, thread_name_prefix="preprocess-tokenize")
+    in_flight: collections.deque = collections.deque()
     empty_tokenized = 0
+
+    def write_oldest() -> None:
+        nonlocal empty_tokenized
+        batch, future = in_flight.popleft()
+        for (k, _), doc in zip(batch, future.result()):
+            if len(doc) == 0:
+                empty_tokenized += 1  # counted apart: the reader thread updates empty_skipped
+                continue
+            writers[k].add_document(doc, end_token=eod)
+        summary.documents = sum(w.num_documents for w in writers)
+        summary.tokens = sum(w.num_tokens for w in writers)
+        if bar is not None:
+            bar.update(read_bytes[0] - bar.n)
+            elapsed = max(time.perf_counter() - start, 1e-9)
+            bar.set_postfix_str(f"{summary.documents / elapsed:,.0f} docs/s, {summary.tokens / elapsed / 1e6:.3f} M tok/s", refresh=False)
+
     try:
         reader.start()
         while True:
@@ -134,22 +160,18 @@ def preprocess(
                 break
             if isinstance(item, BaseException):
                 raise item
-            ids = tokenizer.tokenize_batch([text for _, text in item])
-            for (k, _), doc in zip(item, ids):
-                if len(doc) == 0:
-                    empty_tokenized += 1  # counted apart: the reader thread updates empty_skipped
-                    continue
-                writers[k].add_document(doc, end_token=eod)
-            summary.documents = sum(w.num_documents for w in writers)
-            summary.tokens = sum(w.num_tokens for w in writers)
-            if bar is not None:
-                bar.update(read_bytes[0] - bar.n)
-                elapsed = max(time.perf_counter() - start, 1e-9)
-                bar.set_postfix_str(f"{summary.documents / elapsed:,.0f} docs/s, {summary.tokens / elapsed / 1e6:.3f} M tok/s", refresh=False)
+            in_flight.append((item, pool.submit(tokenizer.tokenize_batch, [text for _, text in item])))
+            # The next batch encodes while the oldest is written, and the tail of one batch (its
+            # longest documents) overlaps the start of the next, so all cores stay busy.
+            if len(in_flight) >= IN_FLIGHT:
+                write_oldest()
+        while in_flight:
+            write_oldest()
         for w in writers:
             w.finalize()
     finally:
         stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
         for w in writers:
             if not w.finished:
                 w.abort()
