@@ -30,7 +30,7 @@ _DEFAULTS: dict[tuple[str, int], BlockConfig] = {
     (DQ, 128): BlockConfig(128, 64, 8, 2),
     (DQ, 256): BlockConfig(64, 32, 4, 2),
     (DKDV, 64): BlockConfig(64, 128, 8, 2),
-    (DKDV, 128): BlockConfig(64, 128, 8, 2),
+    (DKDV, 128): BlockConfig(64, 64, 8, 2),
     (DKDV, 256): BlockConfig(32, 64, 4, 2),
 }
 
@@ -38,9 +38,9 @@ CANDIDATES: dict[str, list[BlockConfig]] = {
     FWD: [BlockConfig(128, 64, 4, 3), BlockConfig(128, 64, 8, 3), BlockConfig(128, 128, 8, 3),
           BlockConfig(128, 128, 8, 2), BlockConfig(64, 64, 4, 3), BlockConfig(128, 32, 4, 4)],
     DQ: [BlockConfig(128, 64, 8, 2), BlockConfig(128, 64, 4, 3), BlockConfig(64, 64, 4, 3),
-         BlockConfig(128, 32, 4, 3), BlockConfig(128, 128, 8, 2), BlockConfig(64, 32, 4, 4)],
+         BlockConfig(128, 32, 4, 3), BlockConfig(64, 32, 4, 4), BlockConfig(128, 32, 8, 3)],
     DKDV: [BlockConfig(64, 128, 8, 2), BlockConfig(32, 128, 4, 3), BlockConfig(64, 64, 4, 3),
-           BlockConfig(64, 128, 4, 3), BlockConfig(128, 128, 8, 2), BlockConfig(32, 64, 4, 3)],
+           BlockConfig(64, 64, 8, 2), BlockConfig(128, 64, 8, 2), BlockConfig(32, 64, 4, 3)],
 }
 
 # Small tiles for TRITON_INTERPRET=1 (CPU tests): any shape works there, small ones run fast.

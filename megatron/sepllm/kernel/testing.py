@@ -122,3 +122,34 @@ def random_case(seed: int, max_len: int = 96, max_dim: int = 32) -> Case:
         B=rnd.choice([1, 2]), H=H, Hkv=Hkv, L=rnd.randint(20, max_len), D=rnd.choice([16, 24, max_dim]),
         vocab=rnd.choice([8, 12, 25, 60]), sep=sep, docs=rnd.random() < 0.3, left_pad=left_pad, seed=seed,
     )
+
+
+def mask_rows(plan: AttentionPlan, layer: int, rows: torch.Tensor) -> torch.Tensor:
+    """[B, len(rows), L] bool: the SepLLM rule for some query rows only (spot checks at long L)."""
+    ref = plan._ref()
+    B, L = ref.shape
+    i = rows.to(ref.device)[:, None]
+    j = torch.arange(L, device=ref.device)[None, :]
+    mask = (j <= i).expand(B, -1, -1)
+    window = plan.windows[layer]
+    if window is not None:
+        dist = i - j
+        in_window = (dist < window) if plan.exclude_diagonal else (dist <= window)
+        mask = mask & (in_window[None] | plan.layer_kept(layer)[:, None, :])
+    if plan.doc_ids is not None:
+        mask = mask & (plan.doc_ids[:, rows][:, :, None] == plan.doc_ids[:, None, :])
+    if plan.key_valid is not None:
+        mask = mask & (plan.key_valid[:, None, :] | (i == j)[None])
+    return mask
+
+
+def spot_check_rows(out, q, k, v, plan: AttentionPlan, layer: int, rows: torch.Tensor, scale: float) -> float:
+    """Relative error of `out` on some query rows against float32 masked attention on those rows."""
+    rep = q.shape[1] // k.shape[1]
+    qs = q[:, :, rows].float()
+    kk = k.float().repeat_interleave(rep, dim=1)
+    vv = v.float().repeat_interleave(rep, dim=1)
+    s = torch.matmul(qs, kk.transpose(-1, -2)) * scale
+    s = s.masked_fill(~mask_rows(plan, layer, rows)[:, None], float("-inf"))
+    ref = torch.matmul(torch.softmax(s, dim=-1), vv)
+    return rel_err(out[:, :, rows], ref)

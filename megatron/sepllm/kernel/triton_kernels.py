@@ -16,7 +16,8 @@ Metadata (built once per micro-batch by layout.py, shared by all layers):
 
 LSE is kept in log2 units (m + log2 l), the scores as s * scale * log2(e), so exp2 applies.
 Block loops are split into masked and mask-free ranges; a masked block uses -inf scores and a
-guarded running max so that rows with no visible key yet stay finite.
+guarded running max so that rows with no visible key yet stay finite. Sequence length, window,
+head counts and group size are not specialized on: one compile serves every model layer and batch.
 """
 import triton
 import triton.language as tl
@@ -24,8 +25,12 @@ import triton.language as tl
 
 @triton.jit
 def _rows(base, rows, stride, offs_d, row_ok, D: tl.constexpr, BLOCK_D: tl.constexpr, CHECK_ROWS: tl.constexpr):
-    """Load [len(rows), BLOCK_D] from base + rows * stride (rows may be gathered positions)."""
-    ptrs = base + rows[:, None].to(tl.int64) * stride + offs_d[None, :]
+    """Load [len(rows), BLOCK_D] from base + rows * stride (rows may be gathered positions).
+
+    Offsets inside one head stay int32 (the launcher checks they fit): int64 offset tensors
+    cost registers in every pipelined load.
+    """
+    ptrs = base + (rows[:, None] * stride + offs_d[None, :])
     if CHECK_ROWS:
         if BLOCK_D == D:
             x = tl.load(ptrs, mask=row_ok[:, None], other=0.0)
@@ -41,7 +46,7 @@ def _rows(base, rows, stride, offs_d, row_ok, D: tl.constexpr, BLOCK_D: tl.const
 
 @triton.jit
 def _store_rows(base, rows, stride, offs_d, row_ok, x, D: tl.constexpr, BLOCK_D: tl.constexpr):
-    ptrs = base + rows[:, None].to(tl.int64) * stride + offs_d[None, :]
+    ptrs = base + (rows[:, None] * stride + offs_d[None, :])
     if BLOCK_D == D:
         tl.store(ptrs, x, mask=row_ok[:, None])
     else:
@@ -69,7 +74,12 @@ def _online_softmax_step(acc, m_i, l_i, qk, vis, v, MASKED: tl.constexpr):
 @triton.jit
 def _query_block_ranges(KCOUNT, DOC_START, krow, row, q0, q_last, W,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_DOCS: tl.constexpr, HAS_VALID: tl.constexpr):
-    """Key-block ranges of one query block [q0, q_last]: far blocks (compact) and band blocks."""
+    """Key-block ranges of one query block [q0, q_last]: far blocks (compact) and band blocks.
+
+    Each part has one mask-free run of blocks and up to two masked runs around it; the masked
+    runs are walked by one loop (see _masked_far_start / _masked_band_start) to keep the
+    kernels small.
+    """
     if HAS_DOCS:
         first_start = tl.load(DOC_START + row + q0)
         last_start = tl.load(DOC_START + row + q_last)
@@ -98,16 +108,33 @@ def _query_block_ranges(KCOUNT, DOC_START, krow, row, q0, q_last, W,
         fs = tl.minimum(tl.cdiv(t, BLOCK_N) * BLOCK_N, q0)
         fs = tl.maximum(fs, lo)
         fe = tl.maximum(q0, fs)
-    return c_lo, c_hi, n_far, k1, k2, lo, fs, fe, hi
+    # masked blocks: compact kb in [0, k1) and [k2, n_far); band s in [lo, fs) and [fe, hi)
+    n_far_masked = k1 + (n_far - k2)
+    n_lo = (fs - lo) // BLOCK_N
+    n_band_masked = n_lo + tl.cdiv(hi - fe, BLOCK_N)
+    return c_lo, c_hi, k1, k2, n_far_masked, lo, fs, fe, n_lo, n_band_masked
 
 
 @triton.jit
+def _masked_far_start(t, c_lo, k1, k2, BLOCK_N: tl.constexpr):
+    """Start of the t-th masked far block: blocks 0..k1-1, then k2, k2+1, ..."""
+    kb = tl.where(t < k1, t, t - k1 + k2)
+    return c_lo + kb * BLOCK_N
+
+
+@triton.jit
+def _masked_band_start(t, lo, fe, n_lo, BLOCK_N: tl.constexpr):
+    """Start of the t-th masked band block: [lo, fs) (window edge), then [fe, hi) (diagonal)."""
+    return tl.where(t < n_lo, lo + t * BLOCK_N, fe + (t - n_lo) * BLOCK_N)
+
+
+@triton.jit(do_not_specialize=["L", "W", "H", "GROUP"])
 def _fwd_kernel(
     Q, K, V, O, LSE,
     KEPT_POS, KCOUNT, DOC, DOC_START, VALID,
     s_qb, s_qh, s_ql, s_kb, s_kh, s_kl, s_vb, s_vh, s_vl, s_ob, s_oh, s_ol,
     L, W, H, qk_scale,
-    GROUP: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
+    GROUP, D: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_DOCS: tl.constexpr, HAS_VALID: tl.constexpr,
 ):
@@ -139,35 +166,27 @@ def _fwd_kernel(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
-    c_lo, c_hi, n_far, k1, k2, lo, fs, fe, hi = _query_block_ranges(
+    c_lo, c_hi, k1, k2, n_far_masked, lo, fs, fe, n_lo, n_band_masked = _query_block_ranges(
         KCOUNT, DOC_START, krow, row, q0, q_last, W, BLOCK_M, BLOCK_N, HAS_DOCS, HAS_VALID)
 
-    # far part, blocks needing a mask before the mask-free run (other documents)
-    for kb in range(0, k1):
-        acc, m_i, l_i = _fwd_far_block(acc, m_i, l_i, q, k_base, v_base, s_kl, s_vl, KEPT_POS, DOC, row,
-                                       c_lo + kb * BLOCK_N, c_hi, offs_n, offs_m, offs_d, doc_q, W, qk_scale,
-                                       True, D, BLOCK_D, HAS_DOCS)
+    # far part: the mask-free run, then the masked blocks (last ones, other documents)
     for kb in range(k1, k2):
         acc, m_i, l_i = _fwd_far_block(acc, m_i, l_i, q, k_base, v_base, s_kl, s_vl, KEPT_POS, DOC, row,
                                        c_lo + kb * BLOCK_N, c_hi, offs_n, offs_m, offs_d, doc_q, W, qk_scale,
                                        False, D, BLOCK_D, HAS_DOCS)
-    for kb in range(k2, n_far):
+    for t in range(0, n_far_masked):
         acc, m_i, l_i = _fwd_far_block(acc, m_i, l_i, q, k_base, v_base, s_kl, s_vl, KEPT_POS, DOC, row,
-                                       c_lo + kb * BLOCK_N, c_hi, offs_n, offs_m, offs_d, doc_q, W, qk_scale,
-                                       True, D, BLOCK_D, HAS_DOCS)
-    # band part
-    for s in range(lo, fs, BLOCK_N):
-        acc, m_i, l_i = _fwd_band_block(acc, m_i, l_i, q, k_base, v_base, s_kl, s_vl, DOC, VALID, row,
-                                        s, offs_n, offs_m, offs_d, doc_q, L, W, qk_scale,
-                                        True, D, BLOCK_D, HAS_DOCS, HAS_VALID)
+                                       _masked_far_start(t, c_lo, k1, k2, BLOCK_N), c_hi, offs_n, offs_m, offs_d,
+                                       doc_q, W, qk_scale, True, D, BLOCK_D, HAS_DOCS)
+    # band part: the mask-free middle of the window, then its edge and the diagonal
     for s in range(fs, fe, BLOCK_N):
         acc, m_i, l_i = _fwd_band_block(acc, m_i, l_i, q, k_base, v_base, s_kl, s_vl, DOC, VALID, row,
                                         s, offs_n, offs_m, offs_d, doc_q, L, W, qk_scale,
                                         False, D, BLOCK_D, HAS_DOCS, HAS_VALID)
-    for s in range(fe, hi, BLOCK_N):
+    for t in range(0, n_band_masked):
         acc, m_i, l_i = _fwd_band_block(acc, m_i, l_i, q, k_base, v_base, s_kl, s_vl, DOC, VALID, row,
-                                        s, offs_n, offs_m, offs_d, doc_q, L, W, qk_scale,
-                                        True, D, BLOCK_D, HAS_DOCS, HAS_VALID)
+                                        _masked_band_start(t, lo, fe, n_lo, BLOCK_N), offs_n, offs_m, offs_d,
+                                        doc_q, L, W, qk_scale, True, D, BLOCK_D, HAS_DOCS, HAS_VALID)
 
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_safe[:, None]
@@ -229,7 +248,7 @@ def _fwd_band_block(acc, m_i, l_i, q, k_base, v_base, s_kl, s_vl, DOC, VALID, ro
     return _online_softmax_step(acc, m_i, l_i, qk, vis, v, MASKED)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["L", "H"])
 def _bwd_delta_kernel(O, DO, DELTA, s_ob, s_oh, s_ol, s_db, s_dh, s_dl, L, H,
                       D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr):
     """DELTA[b, h, i] = sum_d O * dO: the softmax-gradient row term."""
@@ -295,13 +314,13 @@ def _dq_band_block(dq, q, do, lse, delta, k_base, v_base, s_kl, s_vl, DOC, VALID
     return _dq_step(dq, q, do, k, v, lse, delta, vis, qk_scale, MASKED)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["L", "W", "H", "GROUP"])
 def _bwd_dq_kernel(
     Q, K, V, DO, DQ, LSE, DELTA,
     KEPT_POS, KCOUNT, DOC, DOC_START, VALID,
     s_qb, s_qh, s_ql, s_kb, s_kh, s_kl, s_vb, s_vh, s_vl, s_db, s_dh, s_dl, s_gb, s_gh, s_gl,
     L, W, H, qk_scale, sm_scale,
-    GROUP: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
+    GROUP, D: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_DOCS: tl.constexpr, HAS_VALID: tl.constexpr,
 ):
@@ -333,29 +352,23 @@ def _bwd_dq_kernel(
         doc_q = offs_m
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
-    c_lo, c_hi, n_far, k1, k2, lo, fs, fe, hi = _query_block_ranges(
+    c_lo, c_hi, k1, k2, n_far_masked, lo, fs, fe, n_lo, n_band_masked = _query_block_ranges(
         KCOUNT, DOC_START, krow, row, q0, q_last, W, BLOCK_M, BLOCK_N, HAS_DOCS, HAS_VALID)
-    for kb in range(0, k1):
-        dq = _dq_far_block(dq, q, do, lse, delta, k_base, v_base, s_kl, s_vl, KEPT_POS, DOC, row,
-                           c_lo + kb * BLOCK_N, c_hi, offs_n, offs_m, offs_d, doc_q, W, qk_scale,
-                           True, D, BLOCK_D, HAS_DOCS)
     for kb in range(k1, k2):
         dq = _dq_far_block(dq, q, do, lse, delta, k_base, v_base, s_kl, s_vl, KEPT_POS, DOC, row,
                            c_lo + kb * BLOCK_N, c_hi, offs_n, offs_m, offs_d, doc_q, W, qk_scale,
                            False, D, BLOCK_D, HAS_DOCS)
-    for kb in range(k2, n_far):
+    for t in range(0, n_far_masked):
         dq = _dq_far_block(dq, q, do, lse, delta, k_base, v_base, s_kl, s_vl, KEPT_POS, DOC, row,
-                           c_lo + kb * BLOCK_N, c_hi, offs_n, offs_m, offs_d, doc_q, W, qk_scale,
-                           True, D, BLOCK_D, HAS_DOCS)
-    for s in range(lo, fs, BLOCK_N):
-        dq = _dq_band_block(dq, q, do, lse, delta, k_base, v_base, s_kl, s_vl, DOC, VALID, row,
-                            s, offs_n, offs_m, offs_d, doc_q, L, W, qk_scale, True, D, BLOCK_D, HAS_DOCS, HAS_VALID)
+                           _masked_far_start(t, c_lo, k1, k2, BLOCK_N), c_hi, offs_n, offs_m, offs_d, doc_q, W,
+                           qk_scale, True, D, BLOCK_D, HAS_DOCS)
     for s in range(fs, fe, BLOCK_N):
         dq = _dq_band_block(dq, q, do, lse, delta, k_base, v_base, s_kl, s_vl, DOC, VALID, row,
                             s, offs_n, offs_m, offs_d, doc_q, L, W, qk_scale, False, D, BLOCK_D, HAS_DOCS, HAS_VALID)
-    for s in range(fe, hi, BLOCK_N):
+    for t in range(0, n_band_masked):
         dq = _dq_band_block(dq, q, do, lse, delta, k_base, v_base, s_kl, s_vl, DOC, VALID, row,
-                            s, offs_n, offs_m, offs_d, doc_q, L, W, qk_scale, True, D, BLOCK_D, HAS_DOCS, HAS_VALID)
+                            _masked_band_start(t, lo, fe, n_lo, BLOCK_N), offs_n, offs_m, offs_d, doc_q, L, W,
+                            qk_scale, True, D, BLOCK_D, HAS_DOCS, HAS_VALID)
     dq = dq * sm_scale
     _store_rows(DQ + b64 * s_gb + h.to(tl.int64) * s_gh, offs_m, s_gl, offs_d, m_ok, dq.to(DQ.dtype.element_ty), D, BLOCK_D)
 
@@ -390,13 +403,13 @@ def _load_query_block(LSE, DELTA, q_base, do_base, s_ql, s_dl, bh, s, L, offs_mb
     return offs_m, m_ok, q, do, lse, delta
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["L", "W", "H", "GROUP"])
 def _bwd_dkdv_band_kernel(
     Q, K, V, DO, DK, DV, LSE, DELTA, DOC, VALID,
     s_qb, s_qh, s_ql, s_kb, s_kh, s_kl, s_vb, s_vh, s_vl, s_db, s_dh, s_dl,
     s_gkb, s_gkh, s_gkl, s_gvb, s_gvh, s_gvl,
     L, W, H, qk_scale, sm_scale,
-    GROUP: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
+    GROUP, D: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_DOCS: tl.constexpr, HAS_VALID: tl.constexpr,
 ):
@@ -444,13 +457,13 @@ def _bwd_dkdv_band_kernel(
     _store_rows(DV + b64 * s_gvb + hk.to(tl.int64) * s_gvh, offs_n, s_gvl, offs_d, n_ok, dv.to(DV.dtype.element_ty), D, BLOCK_D)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["L", "W", "H", "GROUP"])
 def _bwd_dkdv_far_kernel(
     Q, K, V, DO, DK, DV, LSE, DELTA, KEPT_POS, KCOUNT, DOC, DOC_END,
     s_qb, s_qh, s_ql, s_kb, s_kh, s_kl, s_vb, s_vh, s_vl, s_db, s_dh, s_dl,
     s_gkb, s_gkh, s_gkl, s_gvb, s_gvh, s_gvl,
     L, W, H, qk_scale, sm_scale,
-    GROUP: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
+    GROUP, D: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_DOCS: tl.constexpr,
 ):
@@ -476,35 +489,21 @@ def _bwd_dkdv_far_kernel(
         pos_first = tl.load(KEPT_POS + row + cs)
         pos_last = tl.load(KEPT_POS + row + tl.minimum(cs + BLOCK_N, n_kept) - 1)
         s0 = ((pos_first + W) // BLOCK_M) * BLOCK_M
-        l_floor = (L // BLOCK_M) * BLOCK_M
         if HAS_DOCS:
             doc_k = tl.load(DOC + row + pos, mask=c_ok, other=-2)
             q_end = tl.load(DOC_END + row + pos_last)
-            sf = s0
-            se = s0
         else:
             q_end = L
-            # mask-free query blocks: every query at least W past the block's last kept key
-            sf = tl.maximum(tl.minimum(tl.cdiv(pos_last + W, BLOCK_M) * BLOCK_M, l_floor), s0)
-            se = tl.maximum(l_floor, sf)
         dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
         dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+        # One always-masked loop: next to four matrix products per tile the mask is cheap, and a
+        # second pipelined loop would cost registers (spills) for the whole kernel.
         for g in range(GROUP):
             h = hk * GROUP + g
             bh = b64 * H + h
             q_base = Q + b64 * s_qb + h.to(tl.int64) * s_qh
             do_base = DO + b64 * s_db + h.to(tl.int64) * s_dh
-            for s in range(s0, sf, BLOCK_M):
-                offs_m, m_ok, q, do, lse, delta = _load_query_block(
-                    LSE, DELTA, q_base, do_base, s_ql, s_dl, bh, s, L, offs_mb, offs_d, D, BLOCK_D, True)
-                vis = c_ok[:, None] & ((pos[:, None] + W) <= offs_m[None, :]) & m_ok[None, :]
-                dk, dv = _dkdv_step(dk, dv, k, v, q, do, lse, delta, vis, qk_scale, True)
-            for s in range(sf, se, BLOCK_M):
-                offs_m, m_ok, q, do, lse, delta = _load_query_block(
-                    LSE, DELTA, q_base, do_base, s_ql, s_dl, bh, s, L, offs_mb, offs_d, D, BLOCK_D, False)
-                # mask-free: padding lanes (c >= n_kept) only touch their own rows, which are never stored
-                dk, dv = _dkdv_step(dk, dv, k, v, q, do, lse, delta, m_ok, qk_scale, False)
-            for s in range(se, q_end, BLOCK_M):
+            for s in range(s0, q_end, BLOCK_M):
                 offs_m, m_ok, q, do, lse, delta = _load_query_block(
                     LSE, DELTA, q_base, do_base, s_ql, s_dl, bh, s, L, offs_mb, offs_d, D, BLOCK_D, True)
                 vis = c_ok[:, None] & ((pos[:, None] + W) <= offs_m[None, :]) & m_ok[None, :]
