@@ -131,6 +131,8 @@ def _warm(spec: dict) -> str:
 
     device = torch.device("cuda")
     D, kind = spec["D"], spec["kind"]
+    if spec.get("configs"):
+        apply_configs(Path(spec["configs"]))
     row = Row(1024, D, 2, 2, 1, 64, "iid15" + ("+docs" if spec.get("docs") else ""))
     try:
         ids, doc_ids = make_ids(row, 0, device)
@@ -143,10 +145,10 @@ def _warm(spec: dict) -> str:
         out, lse = ops.launch_forward(q, k, v, layout, 64, scale, cfg if kind == C.FWD else None)
         if kind != C.FWD:
             delta = ops.launch_delta(out, do)
-            if kind in (C.DQ, "all"):
-                ops.launch_dq(do, q, k, v, lse, delta, layout, 64, scale, cfg if kind == C.DQ else None)
-            if kind in (C.DKDV, "all"):
-                ops.launch_dkdv(do, q, k, v, lse, delta, layout, 64, scale, cfg if kind == C.DKDV else None)
+            if kind == C.DQ:
+                ops.launch_dq(do, q, k, v, lse, delta, layout, 64, scale, cfg)
+            if kind == C.DKDV:
+                ops.launch_dkdv(do, q, k, v, lse, delta, layout, 64, scale, cfg)
         torch.cuda.synchronize()
     except Exception as exc:  # noqa: BLE001 - reported by the parent
         return f"{spec}: {str(exc).splitlines()[0][:200]}"
@@ -283,7 +285,7 @@ def table(results: list[dict], layers: int) -> str:
     return "\n".join(lines)
 
 
-def sweep(device, jobs: int) -> str:
+def sweep(device, jobs: int, best_path: Path | None = None, precompile_only: bool = False) -> str:
     """Time every candidate block config of each kernel at the 2k/64 and 8k/128 settings."""
     from megatron.sepllm.kernel import configs as C
     from megatron.sepllm.kernel import ops
@@ -291,7 +293,10 @@ def sweep(device, jobs: int) -> str:
 
     precompile([dict(D=D, kind=kind, cfg=tuple(asdict(c).values())) for D in (64, 128)
                 for kind in (C.FWD, C.DQ, C.DKDV) for c in C.CANDIDATES[kind]], jobs)
+    if precompile_only:
+        return ""
     lines = ["| shape | kernel | block_m | block_n | warps | stages | ms |", "|---|---|---|---|---|---|---|"]
+    best: dict = {}
     for row in (Row(2048, 64, 12, 12, 8, 64, "pg19"), Row(8192, 128, 16, 16, 2, 256, "pg19")):
         ids, _ = make_ids(row, 0, device)
         plan = build_attention_plan(ids, SepLLMArgs(separator_token_ids="gpt-neox-20b", prefill_local_window_size=row.n), 1)
@@ -317,7 +322,18 @@ def sweep(device, jobs: int) -> str:
                 shape = f"L{row.L} D{row.D} H{row.H} B{row.B} n{row.n}"
                 lines.append(f"| {shape} | {kind} | {cfg.block_m} | {cfg.block_n} | {cfg.num_warps} | {cfg.num_stages} | {ms:.3f} |")
                 print(lines[-1], flush=True)
+                if ms == ms and ms < best.get((kind, row.D), (None, float("inf")))[1]:
+                    best[(kind, row.D)] = (asdict(cfg), ms)
+    if best_path is not None:
+        best_path.write_text(json.dumps([dict(kind=k, D=d, cfg=c, ms=ms) for (k, d), (c, ms) in best.items()], indent=1))
     return "\n".join(lines)
+
+
+def apply_configs(path: Path) -> None:
+    from megatron.sepllm.kernel.configs import load_overrides
+
+    for item in load_overrides(path):
+        print(f"config override {item['kind']} D{item['D']}: {item['cfg']}", flush=True)
 
 
 def main(argv=None) -> None:
@@ -328,6 +344,8 @@ def main(argv=None) -> None:
     ap.add_argument("--layers", type=int, default=12, help="layers sharing one batch's plan and layout")
     ap.add_argument("--sweep", action="store_true", help="time the block-size candidates of each kernel")
     ap.add_argument("--out", type=Path, help="directory for results.json and table.md")
+    ap.add_argument("--configs", type=Path, help="best_configs.json of a --sweep run to use instead of the defaults")
+    ap.add_argument("--precompile-only", action="store_true", help="only compile the kernel variants a run needs")
     ap.add_argument("--jobs", type=int, default=min(12, os.cpu_count() or 1), help="parallel compile processes")
     args = ap.parse_args(argv)
 
@@ -338,15 +356,21 @@ def main(argv=None) -> None:
     if device.type == "cuda":
         print(f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
     if args.sweep:
-        text = sweep(device, args.jobs)
-        print(text)
         if args.out:
             args.out.mkdir(parents=True, exist_ok=True)
+        text = sweep(device, args.jobs, args.out / "best_configs.json" if args.out else None, args.precompile_only)
+        print(text)
+        if args.out:
             (args.out / "sweep.md").write_text(text + "\n")
         return
+    if args.configs:
+        apply_configs(args.configs)
     rows = [Row.parse(r) for r in args.rows] if args.rows else DEFAULT_ROWS
-    precompile([dict(D=D, docs=docs, kind="all") for D, docs in sorted({(r.D, r.pattern.endswith("+docs")) for r in rows})],
-               args.jobs)
+    precompile([dict(D=D, docs=docs, kind=kind, configs=str(args.configs) if args.configs else None)
+                for D, docs in sorted({(r.D, r.pattern.endswith("+docs")) for r in rows})
+                for kind in ("fwd", "dq", "dkdv")], args.jobs)
+    if args.precompile_only:
+        return
     results = []
     for row in rows:
         try:

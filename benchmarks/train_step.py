@@ -90,8 +90,13 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--masked-up-to", type=int, default=2048, help="also time the masked reference path up to this length")
+    ap.add_argument("--configs", type=Path, help="best_configs.json of benchmarks/sep_attention.py --sweep")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
+    if args.configs:
+        from megatron.sepllm.kernel.configs import load_overrides
+
+        load_overrides(args.configs)
     if not (len(args.seqs) == len(args.micro_batch) == len(args.window)):
         raise SystemExit("--seqs, --micro-batch and --window need one value each per sequence length")
 

@@ -7,7 +7,9 @@ per shape, which is why it is off by default).
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Hashable, Iterable
 
 FWD, DQ, DKDV = "fwd", "dq", "dkdv"
@@ -47,7 +49,7 @@ CANDIDATES: dict[str, list[BlockConfig]] = {
 INTERPRETER = BlockConfig(16, 16, 1, 1)
 
 _tuned: dict[Hashable, BlockConfig] = {}
-_overrides: dict[str, BlockConfig] = {}
+_overrides: dict[tuple[str, int], BlockConfig] = {}
 
 
 def head_dim_bucket(head_dim: int) -> int:
@@ -58,17 +60,17 @@ def head_dim_bucket(head_dim: int) -> int:
 
 
 def default_config(kind: str, head_dim: int) -> BlockConfig:
-    if kind in _overrides:
-        return _overrides[kind]
-    return _DEFAULTS[(kind, head_dim_bucket(head_dim))]
+    key = (kind, head_dim_bucket(head_dim))
+    return _overrides.get(key, _DEFAULTS[key])
 
 
-def set_override(kind: str, config: BlockConfig | None) -> None:
-    """Force a config for one kernel kind (the benchmark sweep uses this); None clears it."""
+def set_override(kind: str, head_dim: int, config: BlockConfig | None) -> None:
+    """Force the config of one kernel kind and head-dim bucket (benchmarks use this); None clears it."""
+    key = (kind, head_dim_bucket(head_dim))
     if config is None:
-        _overrides.pop(kind, None)
+        _overrides.pop(key, None)
     else:
-        _overrides[kind] = config
+        _overrides[key] = config
 
 
 def tuned_config(kind: str, key: Hashable, candidates: Iterable[BlockConfig],
@@ -89,3 +91,11 @@ def tuned_config(kind: str, key: Hashable, candidates: Iterable[BlockConfig],
             raise RuntimeError(f"no Sep-Attention {kind} config compiled for {key}: " + "; ".join(errors))
         _tuned[full_key] = best
     return _tuned[full_key]
+
+
+def load_overrides(path: Path | str) -> list[dict]:
+    """Apply a sweep's best configs (benchmarks/sep_attention.py --sweep writes best_configs.json)."""
+    items = json.loads(Path(path).read_text())
+    for item in items:
+        set_override(item["kind"], item["D"], BlockConfig(**item["cfg"]))
+    return items
