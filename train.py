@@ -16,6 +16,7 @@ def main(argv: list[str]) -> None:
         sys.exit("usage: python train.py CONFIG.yml [MORE.yml ...]")
     try:
         args = NeoXArgs.from_files(argv)
+        args.validate_for("train")
     except ConfigError as e:  # validation happens before any process group or GPU work
         sys.exit(f"config error: {e}")
     prepare_accelerator_env()

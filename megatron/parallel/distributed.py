@@ -37,19 +37,29 @@ def prepare_accelerator_env() -> None:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
-def init_distributed(backend: str | None = None) -> DistEnv:
-    """Initialise torch.distributed through DeepSpeed (gloo on CPU, NCCL on GPU)."""
+def init_distributed(backend: str | None = None, launcher=None) -> DistEnv:
+    """Initialise torch.distributed through DeepSpeed (gloo on CPU, NCCL on GPU).
+
+    `launcher` (LauncherArgs) lets ranks started directly by srun or mpirun find their rank
+    from SLURM_* / OMPI_* variables.
+    """
     prepare_accelerator_env()
-    if "RANK" not in os.environ and "OMPI_COMM_WORLD_RANK" not in os.environ:
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=os.environ.get("MASTER_PORT", str(_free_port())))
+    if "RANK" not in os.environ:
+        from megatron.neox_arguments.distributed import distributed_env
+
+        found = distributed_env(launcher)
+        if found.world_size > 1:
+            os.environ.update(found.as_environ())
+        else:
+            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                              MASTER_PORT=os.environ.get("MASTER_PORT", str(_free_port())))
     import deepspeed
 
     cuda = torch.cuda.is_available()
     if backend is None or (backend == "nccl" and not cuda):
         backend = "nccl" if cuda else "gloo"
     if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery="RANK" not in os.environ)
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
     rank = torch.distributed.get_rank()
     world = torch.distributed.get_world_size()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

@@ -45,7 +45,7 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor)
 class Trainer:
     def __init__(self, args, env: Optional[DistEnv] = None):
         self.args = args
-        self.env = env or init_distributed(args.parallel.distributed_backend)
+        self.env = env or init_distributed(args.parallel.distributed_backend, args.launcher)
         self._build()
 
     # ------------------------------------------------------------------ building
@@ -67,10 +67,9 @@ class Trainer:
         self.num_params = count_parameters(model)
         self.num_params_non_embedding = count_parameters(model, exclude_embeddings=True)
         optimizer = build_optimizer(model, a.optimizer.optimizer, a.optimizer.weight_decay)
-        lr_params = a.optimizer.optimizer.get("params", {})
         self.scheduler = AnnealingLR(
-            optimizer, max_lr=lr_params.get("lr", 1e-4), min_lr=a.lr.min_lr, warmup=a.lr.warmup,
-            decay_iters=a.lr.lr_decay_iters or a.training.train_iters, style=a.lr.lr_decay_style,
+            optimizer, max_lr=a.optimizer.lr, min_lr=a.lr.min_lr, warmup=a.lr.warmup,
+            decay_iters=a.lr.decay_iters(a.training.train_iters), style=a.lr.lr_decay_style,
         )
         self.dp_size = env.world_size  # data parallel only until tensor/pipeline parallelism lands
         ds_config = a.deepspeed_config(self.dp_size)
@@ -78,7 +77,7 @@ class Trainer:
             model=model, optimizer=optimizer, lr_scheduler=self.scheduler, config=ds_config,
             dist_init_required=False,
         )
-        self.micro_batch = a.training.train_micro_batch_size_per_gpu
+        self.micro_batch = self.engine.train_micro_batch_size_per_gpu()
         self.grad_acc = self.engine.gradient_accumulation_steps()
         self.global_batch = self.micro_batch * self.grad_acc * self.dp_size
         self.state = TrainState()
@@ -217,9 +216,9 @@ class Trainer:
         c = self.args.checkpoint
         if not c.save:
             return False
-        if c.checkpoint_factor and it % c.checkpoint_factor == 0:
-            return True
-        return it in set(c.extra_save_iters or [])
+        if not hasattr(self, "_save_iters"):
+            self._save_iters = set(c.save_iters(self.args.training.train_iters))
+        return it in self._save_iters
 
     # ------------------------------------------------------------------ loop
     def train(self) -> list[float]:
