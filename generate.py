@@ -32,12 +32,17 @@ def read_prompts(path: str, prompt_end: str) -> list[str]:
     return [p for p in text.split(prompt_end) if p.strip()] if prompt_end else [text]
 
 
-def generation_config(gen, tokenizer):
-    """transformers GenerationConfig of GPT-NeoX's generation keys (0 disables top_k / top_p; temperature 0 is greedy)."""
+def generation_config(gen, tokenizer, vocab_rows: int):
+    """transformers GenerationConfig of GPT-NeoX's generation keys (0 disables top_k / top_p; temperature 0 is greedy).
+
+    The rows that pad the vocabulary (ids the tokenizer does not have) are never generated.
+    """
     from transformers import GenerationConfig
 
     sample = gen.temperature > 0
+    padding_rows = list(range(len(tokenizer), vocab_rows))
     return GenerationConfig(
+        suppress_tokens=padding_rows or None,
         max_new_tokens=int(gen.maximum_tokens),
         do_sample=sample,
         temperature=float(gen.temperature) if sample else 1.0,
@@ -125,7 +130,7 @@ def main(argv: list[str]) -> list[dict]:
     torch.manual_seed(int(args.training.seed))
     model, tokenizer = inference_model(args)
     gen = args.generation
-    config = generation_config(gen, tokenizer)
+    config = generation_config(gen, tokenizer, model.config.vocab_size)
     interactive = gen.text_gen_type == "interactive"
     records = []
     for prompt in prompts_for(gen):

@@ -3,6 +3,7 @@ tokenizer, tiny model configs of each shape, and checkpoints written by the trai
 from __future__ import annotations
 
 import importlib.util
+import string
 import sys
 from pathlib import Path
 
@@ -17,6 +18,12 @@ TEXT = (
     "The quick brown fox jumps over the lazy dog. It was a bright cold day in April, and the clocks were "
     "striking thirteen! Was it? Yes; maybe: later.\n\tA second line, with commas, and more words.\n"
 )
+# Trains the tokenizer, with TEXT: enough pairs for 300 tokens.
+EXTRA_TEXT = (
+    "Separators soak up attention: commas, periods, question marks and newlines. Each query sees the initial tokens, "
+    "every earlier separator and a local window of neighbours; the rest is masked. Training keeps the same rule as "
+    "generation, so the converted model must keep it too! Numbers 0123456789 and CAPITALS ABCDEFGHIJKLMNOPQRSTUVWXYZ.\n"
+)
 VOCAB_ROWS = 320  # the 300-token tokenizer padded to a multiple of 64
 
 NEOX = dict(num_layers=2, hidden_size=32, num_attention_heads=4, seq_length=64, max_position_embeddings=64,
@@ -29,21 +36,29 @@ FULL = dict(USE_ORIGINAL_FULL_ATTEN=True, USE_SEP_ATTN_KERNEL_ACCELERATOR=False)
 
 
 def sepllm(window: int = 4, **extra) -> dict:
-    return dict(USE_SEP_ATTN_KERNEL_ACCELERATOR=False, init_tok_max_idx=1, prefill_local_window_size=window,
-                generate_local_window_size=window, **extra)
+    """SepLLM settings with window `window` for prefill and generation (overridable in `extra`)."""
+    return {**dict(USE_SEP_ATTN_KERNEL_ACCELERATOR=False, init_tok_max_idx=1, prefill_local_window_size=window,
+                   generate_local_window_size=window), **extra}
 
 
 def make_tokenizer(folder: Path) -> Path:
-    """A 300-token byte-level BPE (with <|endoftext|> and <|padding|>) as tokenizer.json in `folder`."""
+    """A 300-token byte-level BPE (with <|endoftext|> and <|padding|>) as tokenizer.json in `folder`.
+
+    Its alphabet is printable ASCII only, so every token decodes to readable text and generated
+    texts can be compared as strings.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     folder.mkdir(parents=True, exist_ok=True)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    alphabet = sorted(set("".join(piece for piece, _ in byte_level.pre_tokenize_str(string.printable))))
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>", "<|padding|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator([TEXT] * 10, trainer)
+                                  initial_alphabet=alphabet, show_progress=False)
+    tok.train_from_iterator([TEXT + EXTRA_TEXT] * 10, trainer)
+    assert tok.get_vocab_size() == 300
     path = folder / "tokenizer.json"
     tok.save(str(path))
     return path
@@ -65,11 +80,19 @@ def write_config(path: Path, vocab_file: Path, save: Path, **keys) -> Path:
 
 
 def randomise(model: torch.nn.Module, seed: int) -> None:
-    # Norms at 1 and biases at 0 would hide swapped tensors; random values exercise every one.
+    """Random values in every tensor: norms at 1 and biases at 0 would hide swapped tensors.
+
+    Norm gains stay near 1 and their biases small, so that the logits depend on the input rather
+    than on the final norm's bias (a model that always predicts one token tests nothing).
+    """
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=gen)
+            if "norm" in name:
+                p.copy_(1 + 0.1 * noise if name.endswith("weight") else 0.1 * noise)
+            else:
+                p.copy_(0.2 * noise)
 
 
 def save_checkpoint_of(config: Path, seed: int = 0, iteration: int = 5):

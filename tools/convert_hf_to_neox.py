@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 HF_ARCHS = {"gpt_neox": "neox", "llama": "llama", "sepllm_gpt_neox": "neox", "sepllm_llama": "llama"}
 TOKENIZER_DIR = "tokenizer"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 DEFAULT_CONFIG_NAME = "model.yml"
 
 
@@ -57,10 +58,9 @@ def load_hf(path: str | os.PathLike):
     else:
         raise FileNotFoundError(f"--hf_model {path} is neither a transformers directory nor a .gguf file")
     model = AutoModelForCausalLM.from_pretrained(**where, dtype=torch.float32, local_files_only=True)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(**where, local_files_only=True)
-    except (OSError, ValueError):
-        tokenizer = None
+    # transformers builds an empty tokenizer for a folder without tokenizer files; that is "none".
+    has_files = path.is_file() or any((path / name).exists() for name in TOKENIZER_FILES)
+    tokenizer = AutoTokenizer.from_pretrained(**where, local_files_only=True) if has_files else None
     return model.eval(), tokenizer
 
 
@@ -172,7 +172,8 @@ def import_model(hf_model, tokenizer, output_dir: str | os.PathLike, config_out:
     save_dir = Path(output_dir).resolve()
     config_out = Path(config_out).resolve() if config_out else save_dir / DEFAULT_CONFIG_NAME
     if tokenizer is None or not getattr(tokenizer, "is_fast", False):
-        raise ValueError(f"{source} has no fast (tokenizer.json) tokenizer; the imported model needs one for training")
+        raise ValueError(f"{source} has no fast (tokenizer.json) tokenizer; save one next to the model "
+                         "(tokenizer.save_pretrained) so that training and conversion back can use it")
     plain = plain_hf_config(hf_model.config)
     model_args = model_args_from_hf_config(plain)
     sep_args = sep_args_from_hf_config(hf_model.config)
