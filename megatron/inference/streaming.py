@@ -1,0 +1,156 @@
+"""Streaming evaluation: read a long token stream through a fixed-size SepLLM / StreamingLLM cache.
+
+Token mode (chunk_size=1) feeds one token per forward pass, as upstream Streaming-SepLLM does.
+Chunked mode feeds chunk_size tokens per forward pass: each query sees exactly the entries the
+token-by-token cache would hold at its step (see megatron.sepllm.cache.planner), and the cache
+compresses after the chunk. Without position shifting the two modes agree up to float rounding;
+with it, the keys of a chunk share one set of cache positions, so the modes differ slightly
+(benchmarks/streaming.py reports the perplexity difference).
+
+Works with any transformers model `apply_sepllm` supports (our checkpoints convert to the HF
+GPT-NeoX / Llama formats). The full-attention baseline uses a DynamicCache.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, Optional
+
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
+
+from megatron.sepllm.cache.budget import SEPLLM, STREAMINGLLM
+from megatron.sepllm.hf import SepCache, apply_sepllm
+
+FULL = "full"
+METHODS = (SEPLLM, STREAMINGLLM, FULL)
+
+
+@dataclass
+class StreamingSettings:
+    """One streaming method and its cache sizes (upstream names)."""
+
+    method: str = SEPLLM
+    init_cache_size: int = 4
+    sep_cache_size: int = 64
+    local_size: int = 224
+    cache_size: int = 324
+    enable_pos_shift: bool = True
+    shift_strategy: str = "evict"
+    chunk_size: int = 1
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method {self.method!r} is unknown; choose one of {METHODS}")
+        if self.chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
+        self.new_cache()  # validates the sizes now rather than at the first text
+
+    def new_cache(self):
+        """A fresh cache for this method (None for the full-attention baseline's DynamicCache)."""
+        if self.method == FULL:
+            return DynamicCache()
+        if self.method == STREAMINGLLM:
+            return SepCache(self.init_cache_size, 0, self.local_size, self.cache_size, policy=STREAMINGLLM,
+                            pos_shift=self.enable_pos_shift, shift_strategy=self.shift_strategy)
+        return SepCache(self.init_cache_size, self.sep_cache_size, self.local_size, self.cache_size,
+                        pos_shift=self.enable_pos_shift, shift_strategy=self.shift_strategy)
+
+
+def prepare_model(model, settings: StreamingSettings, *, separator_ids=None, tokenizer=None):
+    """Install the SepLLM runtime (needed by SepCache) unless this is the full-attention baseline."""
+    if settings.method == FULL:
+        return None
+    kw = {"separator_token_ids": separator_ids} if separator_ids is not None else {}
+    return apply_sepllm(model, tokenizer=tokenizer, **kw)
+
+
+@dataclass
+class StepResult:
+    nll: torch.Tensor  # [k] negative log-likelihoods of the tokens predicted in this forward
+    cache_entries: int  # entries the cache holds after this forward (per layer)
+    tokens_done: int
+
+
+@torch.no_grad()
+def stream_text(model, ids: torch.Tensor, cache, chunk_size: int, max_tokens: Optional[int] = None) -> Iterator[StepResult]:
+    """Feed one text (1-D token ids) through `model` with `cache`; yields the NLL of each predicted token.
+
+    The last token is never fed (it has no label), as upstream does.
+    """
+    ids = ids.view(1, -1).to(model.device)
+    n_pred = ids.shape[1] - 1
+    if max_tokens is not None:
+        n_pred = min(n_pred, max_tokens)
+    done = 0
+    while done < n_pred:
+        k = min(chunk_size, n_pred - done)
+        inp = ids[:, done:done + k]
+        out = model(inp, past_key_values=cache, use_cache=True)
+        logits = out.logits[0].float()
+        nll = F.cross_entropy(logits, ids[0, done + 1:done + k + 1], reduction="none")
+        done += k
+        yield StepResult(nll, _entries(cache), done)
+
+
+def _entries(cache) -> int:
+    if isinstance(cache, SepCache):
+        return cache.core.held(0)
+    return cache.get_seq_length()
+
+
+@dataclass
+class StreamReport:
+    nlls: list[float]
+    seconds: float
+    peak_memory: Optional[int]
+    max_entries: int
+
+    @property
+    def ppl(self) -> float:
+        return math.exp(sum(self.nlls) / max(1, len(self.nlls)))
+
+    @property
+    def tokens_per_second(self) -> float:
+        return len(self.nlls) / max(self.seconds, 1e-9)
+
+
+def evaluate_stream(model, texts: Iterable[torch.Tensor], settings: StreamingSettings, *, num_eval_tokens: Optional[int] = None,
+                    concat: bool = False, on_step: Optional[Callable[[StepResult, float], None]] = None) -> StreamReport:
+    """Stream `texts` (token id tensors) until num_eval_tokens predictions; a new cache per text
+    unless `concat` (then the texts form one stream, as upstream's evaluation does)."""
+    if concat:
+        texts = [torch.cat([t.view(-1) for t in texts])]
+    nlls: list[float] = []
+    pending: list[torch.Tensor] = []
+    max_entries = 0
+    cuda = torch.cuda.is_available() and next(model.parameters()).is_cuda
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    last_flush = start
+    for ids in texts:
+        if num_eval_tokens is not None and len(nlls) + sum(p.numel() for p in pending) >= num_eval_tokens:
+            break
+        cache = settings.new_cache()
+        left = None if num_eval_tokens is None else num_eval_tokens - len(nlls) - sum(p.numel() for p in pending)
+        for step in stream_text(model, ids, cache, settings.chunk_size, left):
+            pending.append(step.nll)
+            max_entries = max(max_entries, step.cache_entries)
+            now = time.perf_counter()
+            if now - last_flush > 1.0:  # syncing with the device once a second keeps token mode fast
+                nlls.extend(torch.cat(pending).tolist())
+                pending = []
+                last_flush = now
+                if on_step is not None:
+                    on_step(StepResult(torch.tensor(nlls[-1:]), step.cache_entries, len(nlls)), now - start)
+    if pending:
+        nlls.extend(torch.cat(pending).tolist())
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated() if cuda else None
+    return StreamReport(nlls, seconds, peak, max_entries)
