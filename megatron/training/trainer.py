@@ -15,9 +15,9 @@ from typing import Iterator, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from megatron.parallel.distributed import DistEnv, barrier, init_distributed
+from megatron.parallel.loss import lm_loss  # noqa: F401  (kept importable from here)
 
 
 @dataclass
@@ -35,13 +35,6 @@ def set_seed(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
-def lm_loss(logits: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over the tokens whose loss_mask is 1."""
-    losses = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), reduction="none")
-    mask = loss_mask.flatten().float()
-    return (losses * mask).sum() / mask.sum().clamp(min=1.0)
-
-
 class Trainer:
     def __init__(self, args, env: Optional[DistEnv] = None):
         self.args = args
@@ -50,33 +43,31 @@ class Trainer:
 
     # ------------------------------------------------------------------ building
     def _build(self) -> None:
-        import deepspeed
-
         from megatron.data.tokenizers import build_tokenizer
         from megatron.model import GPTModel, count_parameters, padded_vocab_size
+        from megatron.parallel.parallelize import parallelize
         from megatron.training.lr_schedule import AnnealingLR
         from megatron.training.optimizer import build_optimizer
 
         a, env = self.args, self.env
         set_seed(a.training.seed)
         self.tokenizer = build_tokenizer(a.tokenizer.tokenizer_type, a.tokenizer.vocab_file, a.tokenizer.merge_file)
-        self.vocab_size = padded_vocab_size(self.tokenizer.vocab_size, a.model.make_vocab_size_divisible_by)
+        self.vocab_size = padded_vocab_size(self.tokenizer.vocab_size, a.model.make_vocab_size_divisible_by,
+                                            a.parallel.model_parallel_size)
         model = GPTModel(a.model, a.sepllm, self.vocab_size)
         if a.training.checkpoint_activations:
             model.enable_activation_checkpointing(a.training.checkpoint_num_layers)
         self.num_params = count_parameters(model)
         self.num_params_non_embedding = count_parameters(model, exclude_embeddings=True)
-        optimizer = build_optimizer(model, a.optimizer.optimizer, a.optimizer.weight_decay)
+        # Tensor, sequence, pipeline and data parallelism are applied from outside the model.
+        self.parallel = parallelize(model, a, env.world_size, env.rank)
+        optimizer = build_optimizer(self.parallel.module, a.optimizer.optimizer, a.optimizer.weight_decay)
         self.scheduler = AnnealingLR(
             optimizer, max_lr=a.optimizer.lr, min_lr=a.lr.min_lr, warmup=a.lr.warmup,
             decay_iters=a.lr.decay_iters(a.training.train_iters), style=a.lr.lr_decay_style,
         )
-        self.dp_size = env.world_size  # data parallel only until tensor/pipeline parallelism lands
-        ds_config = a.deepspeed_config(self.dp_size)
-        self.engine, _, _, _ = deepspeed.initialize(
-            model=model, optimizer=optimizer, lr_scheduler=self.scheduler, config=ds_config,
-            dist_init_required=False,
-        )
+        self.dp_size, self.dp_rank = self.parallel.dp_size, self.parallel.dp_rank
+        self.engine = self.parallel.initialize(optimizer, self.scheduler, a.deepspeed_config(self.dp_size))
         self.micro_batch = self.engine.train_micro_batch_size_per_gpu()
         self.grad_acc = self.engine.gradient_accumulation_steps()
         self.global_batch = self.micro_batch * self.grad_acc * self.dp_size
@@ -129,7 +120,7 @@ class Trainer:
         def loader(ds, consumed):
             if ds is None:
                 return None
-            return build_data_loader(ds, micro_batch_size=self.micro_batch, dp_rank=self.env.rank,
+            return build_data_loader(ds, micro_batch_size=self.micro_batch, dp_rank=self.dp_rank,
                                      dp_size=self.dp_size, consumed_samples=consumed,
                                      num_workers=d.num_workers, seed=t.seed)
 
@@ -150,27 +141,31 @@ class Trainer:
 
     def _forward(self, batch: dict) -> torch.Tensor:
         logits = self.engine(batch["input_ids"], position_ids=batch["position_ids"], doc_ids=batch["doc_ids"])
-        return lm_loss(logits, batch["labels"], batch["loss_mask"])
+        return self.parallel.lm_loss(logits, batch["labels"], batch["loss_mask"])
 
     def train_step(self) -> dict[str, float]:
         self.engine.train()
-        losses = []
         grad_norm = None
-        for micro in range(self.grad_acc):
-            batch = self._batch(self.train_iter)
-            loss = self._forward(batch)
-            self.engine.backward(loss)
-            if micro == self.grad_acc - 1 and self.engine.zero_optimization_stage() == 0:
-                grad_norm = self._unclipped_grad_norm()  # DeepSpeed reports it only under ZeRO
-            self.engine.step()
-            losses.append(loss.detach())
+        if self.parallel.pipelined:
+            # Every stage reads the batches (only the first and last use them) so loaders stay in step.
+            batches = [self._batch(self.train_iter) for _ in range(self.grad_acc)]
+            loss = self.engine.train_batch(self.parallel.pipe_batches(batches))  # mean over micro-batches and dp
+            batch = batches[-1]
+        else:
+            losses = []
+            for micro in range(self.grad_acc):
+                batch = self._batch(self.train_iter)
+                loss = self._forward(batch)
+                self.engine.backward(loss)
+                if micro == self.grad_acc - 1 and self.engine.zero_optimization_stage() == 0:
+                    # DeepSpeed reports the norm only under ZeRO; gradients are dp-averaged by now.
+                    grad_norm = self.parallel.grad_norm(self.engine.module.parameters())
+                self.engine.step()
+                losses.append(loss.detach())
+            loss = self.parallel.mean_over_data_parallel(torch.stack(losses).mean())
         self.last_batch = batch
         self.state.iteration += 1
         self.state.consumed_train_samples += self.global_batch
-        loss = torch.stack(losses).mean()
-        if self.dp_size > 1:
-            torch.distributed.all_reduce(loss)
-            loss /= self.dp_size
         out = {"loss": float(loss), "lr": self.scheduler.get_lr()}
         if grad_norm is None:
             grad_norm = self.engine.get_global_grad_norm()
@@ -179,27 +174,21 @@ class Trainer:
         return out
 
     @torch.no_grad()
-    def _unclipped_grad_norm(self) -> float:
-        grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
-        if not grads:
-            return 0.0
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
-        # Gradients are already averaged over data-parallel ranks after backward at the boundary.
-        return float(norm)
-
-    @torch.no_grad()
     def evaluate(self) -> Optional[float]:
         if self.valid_iter is None:
             return None
         self.engine.eval()
         losses = []
-        for _ in range(self.args.training.eval_iters * self.grad_acc):
-            losses.append(self._forward(self._batch(self.valid_iter)))
+        for _ in range(self.args.training.eval_iters):
+            batches = [self._batch(self.valid_iter) for _ in range(self.grad_acc)]
+            if self.parallel.pipelined:
+                losses.append(self.engine.eval_batch(self.parallel.pipe_batches(batches)).reshape(()))
+            else:
+                losses.extend(self._forward(b) for b in batches)
         self.state.consumed_valid_samples += self.args.training.eval_iters * self.global_batch
         loss = torch.stack(losses).mean()
-        if self.dp_size > 1:
-            torch.distributed.all_reduce(loss)
-            loss /= self.dp_size
+        if not self.parallel.pipelined:  # eval_batch already averages over data-parallel ranks
+            loss = self.parallel.mean_over_data_parallel(loss)
         return float(loss)
 
     def save(self) -> None:

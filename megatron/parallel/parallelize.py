@@ -1,0 +1,169 @@
+"""Apply tensor, sequence, pipeline and data parallelism to a built model, from outside it.
+
+    parallel = parallelize(model, args, env)          # shards `model` for this rank
+    optimizer = build_optimizer(parallel.module, ...)
+    engine = parallel.initialize(optimizer, scheduler, args.deepspeed_config(parallel.dp_size))
+    loss = parallel.lm_loss(logits, labels, loss_mask)          # vocab-parallel under TP
+    loss = engine.train_batch(parallel.pipe_batches(batches))   # when parallel.pipelined
+
+With model_parallel_size 1 and one pipeline stage the model and the DeepSpeed engine are exactly
+what a data-parallel run uses (no mpu, plain cross-entropy).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+import torch
+from torch import nn
+
+from megatron.parallel.layout import Layout, model_problems, resolve_layout, zero_problems
+from megatron.parallel.loss import lm_loss, vocab_parallel_lm_loss
+
+
+@dataclass
+class Parallel:
+    """This rank's share of the model and the groups it works with."""
+
+    layout: Layout
+    module: nn.Module  # the (tensor-parallel) GPTModel, or the PipelineModule of this stage
+    mpu: Optional[object]  # DeepSpeed's mpu; None for data parallelism only
+    tp_rank: int = 0
+    pp_rank: int = 0
+    dp_rank: int = 0
+    sequence_parallel: bool = False
+    pass_doc_ids: bool = False
+
+    @property
+    def dp_size(self) -> int:
+        return self.layout.dp
+
+    @property
+    def pipelined(self) -> bool:
+        return self.layout.pp > 1
+
+    @property
+    def dp_group(self):
+        """The data-parallel group (None: the world, when there is no model parallelism)."""
+        return None if self.mpu is None else self.mpu.get_data_parallel_group()
+
+    def lm_loss(self, logits: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+        if self.layout.tp == 1:
+            return lm_loss(logits, labels, loss_mask)
+        return vocab_parallel_lm_loss(logits, labels, loss_mask)
+
+    def _pipe_loss(self, logits: torch.Tensor, labels: tuple) -> torch.Tensor:
+        return self.lm_loss(logits, *labels)
+
+    def deepspeed_config(self, config: dict) -> dict:
+        """`config` (NeoXArgs.deepspeed_config) with what this layout adds."""
+        config = dict(config)
+        if self.pipelined:
+            # DeepSpeed splits the activation it sends between stages over the tensor-parallel ranks,
+            # assuming every rank holds the same tensor; under sequence parallelism each holds a
+            # different slice of the sequence, so it must send them whole.
+            split = self.layout.tp > 1 and not self.sequence_parallel
+            config["pipeline"] = {**config.get("pipeline", {}), "pipe_partitioned": split, "grad_partitioned": split}
+        return config
+
+    def initialize(self, optimizer, lr_scheduler, config: dict):
+        """The DeepSpeed engine (a PipelineEngine when pipelined) over this rank's module."""
+        import deepspeed
+
+        engine, _, _, _ = deepspeed.initialize(
+            model=self.module, optimizer=optimizer, lr_scheduler=lr_scheduler,
+            config=self.deepspeed_config(config), mpu=None if self.pipelined else self.mpu,
+            dist_init_required=False,
+        )
+        return engine
+
+    def pipe_batches(self, batches: list[dict]) -> Iterator[tuple]:
+        """Micro-batches (get_batch dicts) as DeepSpeed's pipeline engine reads them."""
+        for b in batches:
+            tokens = (b["input_ids"], b["position_ids"])
+            if self.pass_doc_ids:
+                tokens = tokens + (b["doc_ids"],)
+            yield tokens, (b["labels"], b["loss_mask"])
+
+    def mean_over_data_parallel(self, value: torch.Tensor) -> torch.Tensor:
+        """The mean of `value` over data-parallel ranks (model-parallel ranks hold the same value)."""
+        if self.dp_size == 1:
+            return value
+        value = value.clone()
+        torch.distributed.all_reduce(value, group=self.dp_group)
+        return value / self.dp_size
+
+    @torch.no_grad()
+    def grad_norm(self, parameters) -> float:
+        """L2 norm of the gradients of the whole model: split parameters count on every
+        tensor-parallel rank, whole ones once, and the pipeline stages add up."""
+        from deepspeed.runtime.utils import is_model_parallel_parameter
+
+        squares = [
+            p.grad.detach().float().pow(2).sum()
+            for p in parameters
+            if p.grad is not None and not getattr(p, "ds_pipe_replicated", False)
+            and (self.tp_rank == 0 or is_model_parallel_parameter(p))
+        ]
+        device = next(iter(self.module.parameters())).device
+        total = torch.stack(squares).sum() if squares else torch.zeros((), device=device)
+        if self.mpu is not None:
+            torch.distributed.all_reduce(total, group=self.mpu.get_model_parallel_group())
+        return float(total) ** 0.5
+
+
+def check_fits(args, layout: Layout, mlp_width: Optional[int] = None) -> None:
+    """Raise ValueError listing every reason `args` cannot run with `layout`."""
+    m, p = args.model, args.parallel
+    problems = model_problems(
+        layout.tp, layout.pp, num_layers=m.num_layers, num_heads=m.num_attention_heads, num_kv_heads=m.num_kv_heads,
+        mlp_width=mlp_width, seq_length=m.seq_length, sequence_parallel=p.sequence_parallel,
+    )
+    problems += zero_problems(args.optimizer.zero_stage, layout.tp, layout.pp)
+    if problems:
+        raise ValueError(f"the config does not fit the layout {layout}:\n  - " + "\n  - ".join(problems))
+
+
+def configure_checkpointing(mpu, partition_activations: bool) -> None:
+    """DeepSpeed's activation checkpointing (used by the pipeline's checkpointed stages)."""
+    import deepspeed
+
+    deepspeed.checkpointing.configure(mpu, partition_activations=partition_activations)
+
+
+def parallelize(model: nn.Module, args, world_size: int, rank: int) -> Parallel:
+    """Collective. Split `model` (a whole, initialised GPTModel) for this rank of a `world_size` job."""
+    from megatron.parallel import groups
+    from megatron.parallel.pipeline import build_pipeline
+    from megatron.parallel.tensor_parallel import tensor_parallelize
+
+    p, t = args.parallel, args.training
+    layout = resolve_layout(world_size, p.model_parallel_size, p.pipe_parallel_size)
+    check_fits(args, layout, mlp_width=model.dims.mlp_width)
+    if layout.tp == 1 and layout.pp == 1:
+        return Parallel(layout, model, None, dp_rank=rank)
+
+    groups.init_megatron_core(layout)
+    from megatron.core import parallel_state
+
+    tp_rank, pp_rank, dp_rank = layout.coords(rank)
+    sequence_parallel = bool(p.sequence_parallel) and layout.tp > 1
+    if layout.tp > 1:
+        tensor_parallelize(model, rank=tp_rank, size=layout.tp, group=parallel_state.get_tensor_model_parallel_group(),
+                           sequence_parallel=sequence_parallel)
+    parallel = Parallel(layout, model, None, tp_rank, pp_rank, dp_rank, sequence_parallel,
+                        pass_doc_ids=bool(args.data.reset_attention_mask))
+    if layout.pp > 1:
+        # The pipeline runs blocks one by one and checkpoints them itself (GPTModel.run_layers is unused).
+        interval = t.checkpoint_num_layers if t.checkpoint_activations else 0
+        parallel.module = build_pipeline(
+            model, topology=groups.topology(layout), loss_fn=parallel._pipe_loss,
+            partition_method=p.pipe_partition_method, checkpoint_interval=interval,
+        )
+        grid = parallel.module.mpu()
+    else:
+        grid = groups.build_grid(layout)
+    groups.check_coordinates(layout, grid)
+    parallel.mpu = groups.Mpu(grid)
+    configure_checkpointing(parallel.mpu, bool(t.partition_activations))
+    return parallel
