@@ -59,6 +59,7 @@ class Row:
 DEFAULT_ROWS = [
     Row(2048, 64, 12, 12, 8, 64, "pg19"), Row(2048, 64, 12, 12, 8, 64, "iid5"),
     Row(2048, 64, 12, 12, 8, 64, "iid15"), Row(2048, 64, 12, 12, 8, 64, "iid30"),
+    Row(8192, 64, 12, 12, 2, 256, "pg19"),
     Row(8192, 128, 16, 16, 2, 256, "pg19"), Row(8192, 128, 16, 16, 2, 256, "iid5"),
     Row(8192, 128, 16, 16, 2, 256, "iid15"), Row(8192, 128, 16, 16, 2, 256, "iid30"),
     Row(32768, 128, 16, 16, 1, 256, "pg19"), Row(32768, 128, 16, 16, 1, 256, "iid5"),
@@ -144,9 +145,7 @@ def _warm(spec: dict) -> str:
         scale = 1.0 / math.sqrt(D)
         out, lse = ops.launch_forward(q, k, v, layout, 64, scale, cfg if kind == C.FWD else None)
         if kind != C.FWD:
-            delta = ops.launch_delta(out, do)
-            if kind == C.DQ:
-                ops.launch_dq(do, q, k, v, lse, delta, layout, 64, scale, cfg)
+            _, delta = ops.launch_dq(do, q, k, v, out, lse, layout, 64, scale, cfg if kind == C.DQ else None)
             if kind == C.DKDV:
                 ops.launch_dkdv(do, q, k, v, lse, delta, layout, 64, scale, cfg)
         torch.cuda.synchronize()
@@ -306,10 +305,10 @@ def sweep(device, jobs: int, best_path: Path | None = None, precompile_only: boo
         k, v = torch.randn_like(q), torch.randn_like(q)
         do = torch.randn_like(q)
         out, lse = ops.launch_forward(q, k, v, layout, W, scale)
-        delta = ops.launch_delta(out, do)
+        _, delta = ops.launch_dq(do, q, k, v, out, lse, layout, W, scale)
         runs = {
             C.FWD: lambda c: ops.launch_forward(q, k, v, layout, W, scale, c),
-            C.DQ: lambda c: ops.launch_dq(do, q, k, v, lse, delta, layout, W, scale, c),
+            C.DQ: lambda c: ops.launch_dq(do, q, k, v, out, lse, layout, W, scale, c),
             C.DKDV: lambda c: ops.launch_dkdv(do, q, k, v, lse, delta, layout, W, scale, c),
         }
         for kind, fn in runs.items():

@@ -30,7 +30,7 @@ from typing import Optional
 import torch
 
 from megatron.sepllm.kernel.layout import SepLayout, build_layout, plan_layout
-from megatron.sepllm.kernel.ops import compiled_kernel_count, default_scale, interpreted
+from megatron.sepllm.kernel.ops import compiled_kernel_count, default_scale, interpreted, sep_attention
 from megatron.sepllm.mask import AttentionPlan
 
 __all__ = ["sep_attention_kernel", "effective_window", "SepLayout", "build_layout", "plan_layout",
@@ -93,8 +93,4 @@ def sep_attention_kernel(
     window = effective_window(plan, layer, L)
     layout = plan_layout(plan, layer, q.device)
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
-    out, _ = torch.ops.sepllm.sep_attention_fwd(
-        q, k, v, layout.kept_pos, layout.kept_count, layout.doc, layout.doc_start, layout.doc_end, layout.valid,
-        window, float(scale if scale is not None else default_scale(D)), bool(recompile),
-    )
-    return out
+    return sep_attention(q, k, v, layout, window, float(scale if scale is not None else default_scale(D)), bool(recompile))

@@ -24,25 +24,26 @@ class BlockConfig:
 
 
 # Keyed by (kernel, head-dim bucket). fwd/dq need block_m % block_n == 0 (band alignment).
+# Fastest of CANDIDATES on one H100 (bf16; 2k tokens for 64, 8k for 128; benchmarks/RESULTS.md).
 _DEFAULTS: dict[tuple[str, int], BlockConfig] = {
     (FWD, 64): BlockConfig(128, 64, 4, 3),
-    (FWD, 128): BlockConfig(128, 64, 8, 3),
+    (FWD, 128): BlockConfig(64, 64, 4, 3),
     (FWD, 256): BlockConfig(64, 32, 4, 2),
-    (DQ, 64): BlockConfig(128, 64, 8, 2),
-    (DQ, 128): BlockConfig(128, 64, 8, 2),
+    (DQ, 64): BlockConfig(64, 32, 4, 4),
+    (DQ, 128): BlockConfig(64, 32, 4, 4),
     (DQ, 256): BlockConfig(64, 32, 4, 2),
-    (DKDV, 64): BlockConfig(64, 128, 8, 2),
-    (DKDV, 128): BlockConfig(64, 64, 8, 2),
+    (DKDV, 64): BlockConfig(32, 64, 4, 3),
+    (DKDV, 128): BlockConfig(32, 64, 4, 3),
     (DKDV, 256): BlockConfig(32, 64, 4, 2),
 }
 
 CANDIDATES: dict[str, list[BlockConfig]] = {
-    FWD: [BlockConfig(128, 64, 4, 3), BlockConfig(128, 64, 8, 3), BlockConfig(128, 128, 8, 3),
-          BlockConfig(128, 128, 8, 2), BlockConfig(64, 64, 4, 3), BlockConfig(128, 32, 4, 4)],
-    DQ: [BlockConfig(128, 64, 8, 2), BlockConfig(128, 64, 4, 3), BlockConfig(64, 64, 4, 3),
-         BlockConfig(128, 32, 4, 3), BlockConfig(64, 32, 4, 4), BlockConfig(128, 32, 8, 3)],
-    DKDV: [BlockConfig(64, 128, 8, 2), BlockConfig(32, 128, 4, 3), BlockConfig(64, 64, 4, 3),
-           BlockConfig(64, 64, 8, 2), BlockConfig(128, 64, 8, 2), BlockConfig(32, 64, 4, 3)],
+    FWD: [BlockConfig(128, 64, 4, 3), BlockConfig(64, 64, 4, 3), BlockConfig(128, 32, 4, 4),
+          BlockConfig(128, 64, 8, 3), BlockConfig(64, 64, 4, 4), BlockConfig(64, 32, 4, 3), BlockConfig(128, 32, 8, 4)],
+    DQ: [BlockConfig(64, 32, 4, 4), BlockConfig(64, 32, 4, 3), BlockConfig(128, 32, 4, 3),
+         BlockConfig(64, 64, 4, 3), BlockConfig(32, 32, 4, 4), BlockConfig(64, 16, 4, 4), BlockConfig(128, 32, 8, 4)],
+    DKDV: [BlockConfig(32, 64, 4, 3), BlockConfig(64, 64, 4, 3), BlockConfig(32, 64, 4, 4),
+           BlockConfig(16, 64, 4, 3), BlockConfig(32, 64, 8, 3), BlockConfig(32, 128, 8, 2), BlockConfig(64, 128, 8, 2)],
 }
 
 # Small tiles for TRITON_INTERPRET=1 (CPU tests): any shape works there, small ones run fast.

@@ -90,7 +90,10 @@ def plan_layout(plan: AttentionPlan, layer: int, device: torch.device) -> SepLay
     key comes from the plan's structure, not from object ids, so that torch.compile guards on
     the same things for every batch and never recompiles.
     """
-    cache = plan.__dict__.setdefault(_CACHE_ATTR, {})
+    cache = getattr(plan, _CACHE_ATTR, None)
+    if cache is None:  # getattr/setattr rather than __dict__: torch.compile traces these
+        cache = {}
+        setattr(plan, _CACHE_ATTR, cache)
     if plan.windows[layer] is None:
         key, kept = "full", None
     else:

@@ -1,9 +1,9 @@
 """Launchers of the Sep-Attention kernels and their registration as differentiable torch ops.
 
-The forward and backward are `torch.library` custom ops (sepllm::sep_attention_fwd/bwd), so
-torch.compile treats them as opaque calls with fixed output shapes: a new batch with other
-separator counts changes no shape and no guard, and nothing can silently fall back to an
-unfused path.
+Eager calls go through a torch.autograd.Function; under torch.compile the same launchers run as
+`torch.library` custom ops (sepllm::sep_attention_fwd/bwd), opaque calls with fixed output
+shapes: a new batch with other separator counts changes no shape and no guard, and nothing can
+silently fall back to an unfused path.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from megatron.sepllm.kernel import triton_kernels as T
 from megatron.sepllm.kernel.layout import SepLayout
 
 LOG2E = 1.4426950408889634
-_KERNELS = (T._fwd_kernel, T._bwd_delta_kernel, T._bwd_dq_kernel, T._bwd_dkdv_band_kernel, T._bwd_dkdv_far_kernel)
+_KERNELS = (T._fwd_kernel, T._bwd_dq_kernel, T._bwd_dkdv_band_kernel, T._bwd_dkdv_far_kernel)
 
 
 def interpreted() -> bool:
@@ -38,7 +38,11 @@ def compiled_kernel_count() -> int:
 
 
 def _block_d(head_dim: int) -> int:
-    return max(16, triton.next_power_of_2(head_dim))
+    return max(16, 1 << (head_dim - 1).bit_length())
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
 
 
 def _meta(layout: SepLayout):
@@ -72,7 +76,7 @@ def launch_forward(q, k, v, layout: SepLayout, window: int, scale: float, cfg: O
     out = torch.empty_like(q)
     lse = torch.empty(B, H, L, device=q.device, dtype=torch.float32)
     doc, doc_start, _, valid, has_docs, has_valid = _meta(layout)
-    grid = (triton.cdiv(L, cfg.block_m), B * H)
+    grid = (_cdiv(L, cfg.block_m), B * H)
     _launch(
         T._fwd_kernel, grid, cfg,
         q, k, v, out, lse, layout.kept_pos, layout.kept_count, doc, doc_start, valid,
@@ -84,33 +88,23 @@ def launch_forward(q, k, v, layout: SepLayout, window: int, scale: float, cfg: O
     return out, lse
 
 
-def launch_delta(out, do):
-    B, H, L, D = out.shape
-    delta = torch.empty(B, H, L, device=out.device, dtype=torch.float32)
-    block_m = 16 if interpreted() else 64
-    _launch(
-        T._bwd_delta_kernel, (triton.cdiv(L, block_m), B * H), C.BlockConfig(block_m, 16, 4, 1),
-        out, do, delta, *out.stride()[:3], *do.stride()[:3], L, H,
-        D=D, BLOCK_D=_block_d(D), BLOCK_M=block_m,
-    )
-    return delta
-
-
-def launch_dq(do, q, k, v, lse, delta, layout: SepLayout, window: int, scale: float, cfg: Optional[C.BlockConfig] = None):
+def launch_dq(do, q, k, v, out, lse, layout: SepLayout, window: int, scale: float, cfg: Optional[C.BlockConfig] = None):
+    """dQ, and DELTA = rowsum(out * dO) that the dK/dV kernels need (launch them after this)."""
     B, H, L, D = q.shape
     Hkv = k.shape[1]
     cfg = cfg or _cfg(C.DQ, D)
     dq = torch.empty_like(q)
+    delta = torch.empty(B, H, L, device=q.device, dtype=torch.float32)
     doc, doc_start, _, valid, has_docs, has_valid = _meta(layout)
     _launch(
-        T._bwd_dq_kernel, (triton.cdiv(L, cfg.block_m), B * H), cfg,
-        q, k, v, do, dq, lse, delta, layout.kept_pos, layout.kept_count, doc, doc_start, valid,
-        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dq.stride()[:3],
+        T._bwd_dq_kernel, (_cdiv(L, cfg.block_m), B * H), cfg,
+        q, k, v, out, do, dq, lse, delta, layout.kept_pos, layout.kept_count, doc, doc_start, valid,
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], *do.stride()[:3], *dq.stride()[:3],
         L, window, H, scale * LOG2E, scale,
         GROUP=H // Hkv, D=D, BLOCK_D=_block_d(D), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         HAS_DOCS=has_docs, HAS_VALID=has_valid,
     )
-    return dq
+    return dq, delta
 
 
 def launch_dkdv(do, q, k, v, lse, delta, layout: SepLayout, window: int, scale: float,
@@ -123,7 +117,7 @@ def launch_dkdv(do, q, k, v, lse, delta, layout: SepLayout, window: int, scale: 
     doc, _, doc_end, valid, has_docs, has_valid = _meta(layout)
     strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dk.stride()[:3], *dv.stride()[:3])
     common = dict(GROUP=H // Hkv, D=D, BLOCK_D=_block_d(D), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HAS_DOCS=has_docs)
-    grid = (triton.cdiv(L, cfg.block_n), B * Hkv)
+    grid = (_cdiv(L, cfg.block_n), B * Hkv)
     _launch(
         T._bwd_dkdv_band_kernel, grid, cfg,
         q, k, v, do, dk, dv, lse, delta, doc, valid, *strides,
@@ -143,6 +137,8 @@ def _shape_key(q, k, layout: SepLayout, window: int):
 
 
 def _bench(fn) -> float:
+    import triton.testing
+
     return float(triton.testing.do_bench(fn, warmup=5, rep=20, return_mode="median"))
 
 
@@ -154,6 +150,51 @@ def _layout(kept_pos, kept_count, doc, doc_start, doc_end, valid) -> SepLayout:
     return SepLayout(kept_pos, kept_count, doc, doc_start, doc_end, valid)
 
 
+def forward(q, k, v, layout: SepLayout, window: int, scale: float, recompile: bool):
+    """(out, lse) of the Sep-Attention forward."""
+    cfg = None
+    if recompile and not interpreted():
+        cfg = _tuned(C.FWD, _shape_key(q, k, layout, window),
+                     lambda c: launch_forward(q, k, v, layout, window, scale, c))
+    return launch_forward(q, k, v, layout, window, scale, cfg)
+
+
+def backward(do, q, k, v, out, lse, layout: SepLayout, window: int, scale: float, recompile: bool):
+    """(dq, dk, dv) of the Sep-Attention backward."""
+    if do.stride(-1) != 1:
+        do = do.contiguous()
+    cfg_dq = cfg_kv = None
+    if recompile and not interpreted():
+        key = _shape_key(q, k, layout, window)
+        cfg_dq = _tuned(C.DQ, key, lambda c: launch_dq(do, q, k, v, out, lse, layout, window, scale, c))
+        _, delta = launch_dq(do, q, k, v, out, lse, layout, window, scale, cfg_dq)
+        cfg_kv = _tuned(C.DKDV, key, lambda c: launch_dkdv(do, q, k, v, lse, delta, layout, window, scale, c))
+    dq, delta = launch_dq(do, q, k, v, out, lse, layout, window, scale, cfg_dq)
+    dk, dv = launch_dkdv(do, q, k, v, lse, delta, layout, window, scale, cfg_kv)
+    return dq, dk, dv
+
+
+class SepAttentionFunction(torch.autograd.Function):
+    """Eager autograd path: far less Python per call than a custom op (which matters at 2k tokens)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, kept_pos, kept_count, doc, doc_start, doc_end, valid, window, scale, recompile):
+        layout = SepLayout(kept_pos, kept_count, doc, doc_start, doc_end, valid)
+        out, lse = forward(q, k, v, layout, window, scale, recompile)
+        ctx.save_for_backward(q, k, v, out, lse, kept_pos, kept_count, doc, doc_start, doc_end, valid)
+        ctx.window, ctx.scale, ctx.recompile = window, scale, recompile
+        return out
+
+    @staticmethod
+    def backward(ctx, d_out):
+        q, k, v, out, lse, *meta = ctx.saved_tensors
+        dq, dk, dv = backward(d_out, q, k, v, out, lse, SepLayout(*meta), ctx.window, ctx.scale, ctx.recompile)
+        return dq, dk, dv, None, None, None, None, None, None, None, None, None
+
+
+# The same computation as torch.library custom ops, for torch.compile: opaque calls with fixed
+# output shapes, so a new batch changes no shape and no guard, and nothing can fall back to an
+# unfused path. Eager mode uses SepAttentionFunction (less dispatch overhead).
 @torch.library.custom_op("sepllm::sep_attention_fwd", mutates_args=())
 def sep_attention_fwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -161,12 +202,7 @@ def sep_attention_fwd(
     doc: Optional[torch.Tensor], doc_start: Optional[torch.Tensor], doc_end: Optional[torch.Tensor],
     valid: Optional[torch.Tensor], window: int, scale: float, recompile: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    layout = _layout(kept_pos, kept_count, doc, doc_start, doc_end, valid)
-    cfg = None
-    if recompile and not interpreted():
-        cfg = _tuned(C.FWD, _shape_key(q, k, layout, window),
-                     lambda c: launch_forward(q, k, v, layout, window, scale, c))
-    return launch_forward(q, k, v, layout, window, scale, cfg)
+    return forward(q, k, v, SepLayout(kept_pos, kept_count, doc, doc_start, doc_end, valid), window, scale, recompile)
 
 
 @sep_attention_fwd.register_fake
@@ -182,18 +218,8 @@ def sep_attention_bwd(
     doc: Optional[torch.Tensor], doc_start: Optional[torch.Tensor], doc_end: Optional[torch.Tensor],
     valid: Optional[torch.Tensor], window: int, scale: float, recompile: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    if do.stride(-1) != 1:
-        do = do.contiguous()
-    layout = _layout(kept_pos, kept_count, doc, doc_start, doc_end, valid)
-    delta = launch_delta(out, do)
-    cfg_dq = cfg_kv = None
-    if recompile and not interpreted():
-        key = _shape_key(q, k, layout, window)
-        cfg_dq = _tuned(C.DQ, key, lambda c: launch_dq(do, q, k, v, lse, delta, layout, window, scale, c))
-        cfg_kv = _tuned(C.DKDV, key, lambda c: launch_dkdv(do, q, k, v, lse, delta, layout, window, scale, c))
-    dq = launch_dq(do, q, k, v, lse, delta, layout, window, scale, cfg_dq)
-    dk, dv = launch_dkdv(do, q, k, v, lse, delta, layout, window, scale, cfg_kv)
-    return dq, dk, dv
+    layout = SepLayout(kept_pos, kept_count, doc, doc_start, doc_end, valid)
+    return backward(do, q, k, v, out, lse, layout, window, scale, recompile)
 
 
 @sep_attention_bwd.register_fake
@@ -208,16 +234,22 @@ def _setup_context(ctx, inputs, output):
     ctx.window, ctx.scale, ctx.recompile = window, scale, recompile
 
 
-def _backward(ctx, d_out, d_lse):
-    q, k, v, out, lse, kept_pos, kept_count, doc, doc_start, doc_end, valid = ctx.saved_tensors
-    dq, dk, dv = torch.ops.sepllm.sep_attention_bwd(
-        d_out, q, k, v, out, lse, kept_pos, kept_count, doc, doc_start, doc_end, valid,
-        ctx.window, ctx.scale, ctx.recompile,
-    )
+def _op_backward(ctx, d_out, d_lse):
+    q, k, v, out, lse, *meta = ctx.saved_tensors
+    dq, dk, dv = torch.ops.sepllm.sep_attention_bwd(d_out, q, k, v, out, lse, *meta, ctx.window, ctx.scale, ctx.recompile)
     return dq, dk, dv, None, None, None, None, None, None, None, None, None
 
 
-sep_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
+sep_attention_fwd.register_autograd(_op_backward, setup_context=_setup_context)
+
+
+def sep_attention(q, k, v, layout: SepLayout, window: int, scale: float, recompile: bool) -> torch.Tensor:
+    """Differentiable Sep-Attention output: the custom op under torch.compile, the Function in eager."""
+    args = (q, k, v, layout.kept_pos, layout.kept_count, layout.doc, layout.doc_start, layout.doc_end, layout.valid,
+            window, scale, recompile)
+    if torch.compiler.is_compiling():
+        return torch.ops.sepllm.sep_attention_fwd(*args)[0]
+    return SepAttentionFunction.apply(*args)
 
 
 def default_scale(head_dim: int) -> float:

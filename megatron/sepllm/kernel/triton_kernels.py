@@ -248,23 +248,6 @@ def _fwd_band_block(acc, m_i, l_i, q, k_base, v_base, s_kl, s_vl, DOC, VALID, ro
     return _online_softmax_step(acc, m_i, l_i, qk, vis, v, MASKED)
 
 
-@triton.jit(do_not_specialize=["L", "H"])
-def _bwd_delta_kernel(O, DO, DELTA, s_ob, s_oh, s_ol, s_db, s_dh, s_dl, L, H,
-                      D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr):
-    """DELTA[b, h, i] = sum_d O * dO: the softmax-gradient row term."""
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b64 = (pid_bh // H).to(tl.int64)
-    h64 = (pid_bh % H).to(tl.int64)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    m_ok = offs_m < L
-    o = _rows(O + b64 * s_ob + h64 * s_oh, offs_m, s_ol, offs_d, m_ok, D, BLOCK_D, True)
-    do = _rows(DO + b64 * s_db + h64 * s_dh, offs_m, s_dl, offs_d, m_ok, D, BLOCK_D, True)
-    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
-    tl.store(DELTA + pid_bh.to(tl.int64) * L + offs_m, delta, mask=m_ok)
-
-
 @triton.jit
 def _dq_step(dq, q, do, k, v, lse, delta, vis, qk_scale, MASKED: tl.constexpr):
     qk = tl.dot(q, tl.trans(k)) * qk_scale
@@ -316,9 +299,9 @@ def _dq_band_block(dq, q, do, lse, delta, k_base, v_base, s_kl, s_vl, DOC, VALID
 
 @triton.jit(do_not_specialize=["L", "W", "H", "GROUP"])
 def _bwd_dq_kernel(
-    Q, K, V, DO, DQ, LSE, DELTA,
+    Q, K, V, O, DO, DQ, LSE, DELTA,
     KEPT_POS, KCOUNT, DOC, DOC_START, VALID,
-    s_qb, s_qh, s_ql, s_kb, s_kh, s_kl, s_vb, s_vh, s_vl, s_db, s_dh, s_dl, s_gb, s_gh, s_gl,
+    s_qb, s_qh, s_ql, s_kb, s_kh, s_kl, s_vb, s_vh, s_vl, s_ob, s_oh, s_ol, s_db, s_dh, s_dl, s_gb, s_gh, s_gl,
     L, W, H, qk_scale, sm_scale,
     GROUP, D: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -343,7 +326,11 @@ def _bwd_dq_kernel(
     q = _rows(Q + b64 * s_qb + h.to(tl.int64) * s_qh, offs_m, s_ql, offs_d, m_ok, D, BLOCK_D, True)
     do = _rows(DO + b64 * s_db + h.to(tl.int64) * s_dh, offs_m, s_dl, offs_d, m_ok, D, BLOCK_D, True)
     lse = tl.load(LSE + pid_bh.to(tl.int64) * L + offs_m, mask=m_ok, other=0.0)
-    delta = tl.load(DELTA + pid_bh.to(tl.int64) * L + offs_m, mask=m_ok, other=0.0)
+    # DELTA = rowsum(O * dO), the softmax-gradient row term; the dK/dV kernels (launched after
+    # this one) read it back.
+    o = _rows(O + b64 * s_ob + h.to(tl.int64) * s_oh, offs_m, s_ol, offs_d, m_ok, D, BLOCK_D, True)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(DELTA + pid_bh.to(tl.int64) * L + offs_m, delta, mask=m_ok)
     k_base = K + b64 * s_kb + hk.to(tl.int64) * s_kh
     v_base = V + b64 * s_vb + hk.to(tl.int64) * s_vh
     if HAS_DOCS:
