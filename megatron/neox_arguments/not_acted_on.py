@@ -9,7 +9,6 @@ from typing import Any, Callable
 
 # Fields we keep (and write back out) but no code reads. Notice when a config sets a non-default value.
 _FUSED = "fused CUDA kernels; plain PyTorch ops run instead"
-_TENSOR_PARALLEL_ONLY = "only matters with tensor parallelism, which runs as 1"
 NOT_ACTED_ON: dict[str, str] = {
     "scaled_upper_triang_masked_softmax_fusion": _FUSED,
     "scaled_masked_softmax_fusion": _FUSED,
@@ -17,26 +16,12 @@ NOT_ACTED_ON: dict[str, str] = {
     "bias_dropout_fusion": _FUSED,
     "rope_fusion": _FUSED,
     "layernorm_fusion": _FUSED,
-    "partition_activations": _TENSOR_PARALLEL_ONLY,
-    "output_layer_parallelism": _TENSOR_PARALLEL_ONLY,
-    "pipe_partition_method": "only matters with pipeline parallelism, which runs as 1",
     "synchronize_each_layer": "a CUDA-sync debugging aid",
     "data_impl": "the mmap indexed format is always read",
 }
 
 # Fields whose value is accepted but run differently, with the notice to print when `when(value)`.
-RUN_DIFFERENTLY: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "pipe_parallel_size": (
-        lambda v: v > 1,
-        "pipeline parallelism is not implemented yet: every rank holds all layers (runs as pipe_parallel_size 1)",
-    ),
-    "model_parallel_size": (
-        lambda v: v > 1,
-        "tensor parallelism is not implemented yet: every rank holds the whole model and all ranks are "
-        "data-parallel (runs as model_parallel_size 1)",
-    ),
-    "sequence_parallel": (lambda v: bool(v), "needs tensor parallelism, which is not implemented yet; no effect"),
-}
+RUN_DIFFERENTLY: dict[str, tuple[Callable[[Any], bool], str]] = {}
 
 # GPT-NeoX keys without a field here: (GPT-NeoX's default, reason). At the default they are
 # accepted with a notice; any other value is "not supported yet".

@@ -24,6 +24,7 @@ def resolve_and_validate(args: "NeoXArgs", f: Findings) -> None:
     _model(args, f)
     _parallel_and_batch(args, f)
     _optimizer(args, f)
+    _layout(args, f)
     _lr(args, f)
     _precision(args, f)
     _data(args, f)
@@ -107,6 +108,30 @@ def _parallel_and_batch(args: "NeoXArgs", f: Findings) -> None:
             t.batch_sizes(p.data_parallel_size(p.global_num_gpus))
         except ConfigError as exc:
             f.problem(f"with {f.key('global_num_gpus', p.global_num_gpus)}: {exc.problems[0]}")
+
+
+def _layout(args: "NeoXArgs", f: Findings) -> None:
+    """Tensor/pipeline sizes against the model and ZeRO (the world size is checked at startup)."""
+    from megatron.parallel.layout import model_problems, pipeline_stages, zero_problems
+
+    p, m, t = args.parallel, args.model, args.training
+    if p.model_parallel_size is None or p.model_parallel_size < 1 or p.pipe_parallel_size is None or p.pipe_parallel_size < 0:
+        return
+    tp, pp = p.model_parallel_size, pipeline_stages(p.pipe_parallel_size)
+    for problem in model_problems(tp, pp, num_layers=m.num_layers, num_heads=m.num_attention_heads,
+                                  num_kv_heads=m.num_kv_heads, seq_length=m.seq_length,
+                                  sequence_parallel=p.sequence_parallel):
+        f.problem(f"with {f.key('model_parallel_size', tp)} and {f.key('pipe_parallel_size', p.pipe_parallel_size)}: {problem}")
+    stage = args.optimizer.zero_optimization.get("stage")
+    if stage in (0, 1, 2, 3) and not isinstance(stage, bool):  # other values are reported by _optimizer
+        for problem in zero_problems(stage, tp, pp):
+            f.problem(problem)
+    if p.sequence_parallel and tp == 1:
+        f.notice(f"{f.key('sequence_parallel', True)} has no effect with model_parallel_size 1")
+    if t.partition_activations and not (t.checkpoint_activations and tp > 1 and pp > 1):
+        f.notice(f"{f.key('partition_activations', True)} only acts on activations checkpointed by the pipeline "
+                 "(checkpoint_activations with pipe_parallel_size > 1 and model_parallel_size > 1); "
+                 "sequence_parallel splits the activations between layers in every layout")
 
 
 def _optimizer(args: "NeoXArgs", f: Findings) -> None:

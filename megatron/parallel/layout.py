@@ -12,12 +12,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-# ZeRO stages each kind of layout can use, and why the others cannot.
-PIPELINE_ZERO_STAGES = (0, 1)  # DeepSpeed's PipelineEngine refuses ZeRO-2/3 (gradients live per micro-batch stage)
-TENSOR_PARALLEL_ZERO_STAGES = (0, 1, 2)  # ZeRO-3 would shard megatron-core's already-sharded weights again
+# ZeRO stages each kind of layout can use. DeepSpeed's pipeline engine refuses ZeRO-2/3, and under
+# ZeRO-0 its gradient clipping drops the gradients of every stage but the first from the norm (it
+# counts whole parameters only on "model-parallel rank 0", which spans the stages); ZeRO-3 would
+# shard megatron-core's already split weights again.
+PIPELINE_ZERO_STAGES = (1,)
+TENSOR_PARALLEL_ZERO_STAGES = (0, 1, 2)
 SUPPORTED_ZERO = (
     "supported combinations: ZeRO 0-3 with data parallelism only; ZeRO 0-2 with tensor parallelism "
-    "(model_parallel_size > 1); ZeRO 0-1 with pipeline parallelism (pipe_parallel_size > 1)"
+    "(model_parallel_size > 1); ZeRO 1 with pipeline parallelism (pipe_parallel_size > 1), alone or with tensor parallelism"
 )
 
 
@@ -92,8 +95,8 @@ def model_problems(
                 f"num_attention_heads {num_heads} is not divisible by model_parallel_size {tp}: every tensor-parallel "
                 "rank must hold whole heads. Choose a model_parallel_size that divides the head count"
             )
-        kv = num_kv_heads or num_heads
-        if kv and kv % tp:
+        kv = num_kv_heads
+        if kv and kv != num_heads and kv % tp:
             problems.append(
                 f"num_kv_heads {kv} is not divisible by model_parallel_size {tp}: every tensor-parallel rank must "
                 "hold whole key/value heads (with their query heads). Choose a model_parallel_size that divides it"
@@ -121,8 +124,8 @@ def zero_problems(zero_stage: int, tp: int, pp: int) -> list[str]:
     if pp > 1 and zero_stage not in PIPELINE_ZERO_STAGES:
         return [
             f"ZeRO stage {zero_stage} does not work with pipeline parallelism (pipe_parallel_size {pp}): DeepSpeed's "
-            f"pipeline engine supports ZeRO stage 0 or 1 only. Set zero_optimization.stage to 1 or pipe_parallel_size "
-            f"to 1; {SUPPORTED_ZERO}"
+            f"pipeline engine refuses ZeRO 2 and 3 and computes the clipping norm wrong under ZeRO 0. Set "
+            f"zero_optimization.stage to 1, or pipe_parallel_size to 1; {SUPPORTED_ZERO}"
         ]
     if tp > 1 and zero_stage not in TENSOR_PARALLEL_ZERO_STAGES:
         return [

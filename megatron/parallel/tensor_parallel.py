@@ -61,7 +61,7 @@ def _no_init(_weight: torch.Tensor) -> None:
 def _mark_split(param: Optional[nn.Parameter], dim: int) -> None:
     # DeepSpeed's gradient-norm code counts a parameter with this attribute on every tensor-parallel
     # rank and any other parameter once; megatron-core sets it only when it initialises weights itself.
-    if param is not None:
+    if param is not None and not hasattr(param, "tensor_model_parallel"):
         from megatron.core.tensor_parallel.layers import set_tensor_model_parallel_attributes
 
         set_tensor_model_parallel_attributes(param, is_parallel=True, dim=dim, stride=1)
