@@ -152,11 +152,12 @@ def write_checkpoint(state_dict, args, save_dir: Path) -> Path:
 
 
 def _fresh_dir(path: Path, overwrite: bool) -> None:
-    if path.exists() and any(path.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"output directory {path} is not empty; choose another one or pass --overwrite")
+    from megatron.checkpointing.export import check_output_dir
+
+    check_output_dir(path, overwrite)
+    if path.exists():
         shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
+    path.mkdir(parents=True)
 
 
 def import_model(hf_model, tokenizer, output_dir: str | os.PathLike, config_out: str | os.PathLike | None = None,
@@ -193,7 +194,10 @@ def import_model(hf_model, tokenizer, output_dir: str | os.PathLike, config_out:
 
 
 def main(argv: list[str]) -> Path:
+    from megatron.checkpointing.export import check_output_dir
+
     a = parse_args(argv)
+    check_output_dir(a.output_dir, a.overwrite)
     hf_model, tokenizer = load_hf(a.hf_model)
     return import_model(hf_model, tokenizer, a.output_dir, a.config_out, source=str(a.hf_model), overwrite=a.overwrite)
 
@@ -201,5 +205,5 @@ def main(argv: list[str]) -> Path:
 if __name__ == "__main__":
     try:
         main(sys.argv[1:])
-    except (ValueError, FileNotFoundError, FileExistsError) as exc:
+    except (ValueError, OSError) as exc:  # bad input: a message, not a traceback
         sys.exit(f"convert_hf_to_neox: {exc}")

@@ -39,6 +39,7 @@ def main(argv: list[str]) -> Path:
     from megatron.checkpointing import export
     from megatron.checkpointing.sepllm_hf import kv_report
 
+    export.check_output_dir(args.output_dir, args.overwrite)
     folder = export.checkpoint_folder(args.input_dir, args.iteration)
     config = export.checkpoint_args(folder, args.config_file)
     tokenizer = None if args.skip_tokenizer else export.hf_tokenizer(config.tokenizer)
@@ -52,7 +53,9 @@ def main(argv: list[str]) -> Path:
 
 
 if __name__ == "__main__":
+    from megatron.checkpointing.checkpoint import CheckpointError
+
     try:
         main(sys.argv[1:])
-    except (ValueError, FileNotFoundError, FileExistsError, OSError) as exc:
+    except (CheckpointError, ValueError, OSError) as exc:  # bad input: a message, not a traceback
         sys.exit(f"convert_neox_to_hf: {exc}")

@@ -14,13 +14,14 @@ optimizer files; DeepSpeed's zero_to_fp32 helpers gather the fp32 master weights
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
 
-from megatron.checkpointing.checkpoint import LATEST, CheckpointError, resolve_tag, verify_checkpoint
+from megatron.checkpointing.checkpoint import LATEST, MANIFEST, CheckpointError, resolve_tag, verify_checkpoint
 from megatron.checkpointing.hf_mapping import hf_config_from_args, to_hf_state_dict
 
 MODEL_STATES = "mp_rank_00_model_states.pt"
@@ -41,10 +42,15 @@ def checkpoint_folder(path: str | os.PathLike, iteration: Optional[int] = None) 
     if not path.is_dir():
         raise CheckpointError(f"checkpoint path {path} is not a directory; pass the `save` directory or one of its global_stepN folders")
     if iteration is not None or (path / LATEST).exists():
-        tag = resolve_tag(str(path), iteration)
-        folder = path / tag
+        folder = path / resolve_tag(str(path), iteration)
+    elif (path / MANIFEST).exists() or re.fullmatch(r"global_step\d+", path.name):
+        folder = path  # verify_checkpoint tells an interrupted save from a complete one
     else:
-        folder = path
+        steps = sorted(p.name for p in path.glob("global_step*") if p.is_dir())
+        raise CheckpointError(
+            f"{path} is neither a checkpoint folder nor a save directory with `latest`"
+            + (f"; pass one of its checkpoints ({', '.join(steps[-3:])}) or --iteration N" if steps else "")
+        )
     verify_checkpoint(folder)
     return folder
 
@@ -230,14 +236,20 @@ def _check_same_encoding(tokenizer, ours) -> None:
 # ------------------------------------------------------------------------------ writing
 
 
+def check_output_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Refuse a non-empty output directory unless `overwrite` (checked before any slow work)."""
+    out = Path(out_dir).resolve()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise FileExistsError(f"output directory {out} is not empty; choose another one or pass --overwrite")
+    return out
+
+
 def save_hf_directory(model, tokenizer, out_dir: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Write a from_pretrained-loadable directory; atomic: a crash leaves no half-written `out_dir`."""
     from megatron.checkpointing.atomic import fsync_dir, fsync_tree
     from megatron.checkpointing.sepllm_hf import is_sepllm_model, remote_code_auto_map, write_remote_code
 
-    out = Path(out_dir).resolve()
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"output directory {out} is not empty; choose another one or pass --overwrite")
+    out = check_output_dir(out_dir, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -259,7 +271,6 @@ def save_hf_directory(model, tokenizer, out_dir: str | os.PathLike, *, overwrite
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return out
-
 
 
 # ------------------------------------------------------------------------------ inference
