@@ -99,9 +99,13 @@ class _Builder:
         if seq_length is None or seq_length < 1:
             raise ValueError(f"seq_length must be a positive integer, got {seq_length}")
         self.seq_length, self.seed, self.vocab_size, self.cache_dir = seq_length, seed, vocab_size, cache_dir
+        self._opened: dict[str, OpenedDataset] = {}  # train/valid/test of one data_path share one reader
 
     def dataset(self, part: _Part, *, may_build: bool) -> GPTDataset:
-        data = open_indexed_dataset(part.prefix, vocab_size=self.vocab_size, cache_dir=self.cache_dir, write_cache=may_build)
+        data = self._opened.get(part.prefix)
+        if data is None:
+            data = open_indexed_dataset(part.prefix, vocab_size=self.vocab_size, cache_dir=self.cache_dir, write_cache=may_build)
+            self._opened[part.prefix] = data
         start, end = part.doc_range
         identity = {
             "version": FORMAT_VERSION,
@@ -188,6 +192,8 @@ def build_train_valid_test_datasets(
         weight_lists = (train_data_weights, valid_data_weights, test_data_weights)
         for name, paths, weights, n in zip(SPLIT_NAMES, path_lists, weight_lists, wanted):
             if not paths or n == 0:
+                if n > 0:
+                    log.warning("%s_samples=%d but no %s_data_paths: that dataset is None", name, n, name)
                 plans.append(None)
                 continue
             paths = [paths] if isinstance(paths, str) else list(paths)

@@ -18,7 +18,6 @@ from megatron.data.atomic_io import atomic_write_json, read_json_or_none
 from megatron.data.indexed_format import (
     IndexedDatasetError,
     IndexedFiles,
-    files_fingerprint,
     inspect_indexed_dataset,
     max_token_id,
 )
@@ -100,4 +99,4 @@ def cache_prefix(prefix: str, cache_dir: Optional[str]) -> str:
     return os.path.join(cache_dir, f"{os.path.basename(prefix)}_{tag}")
 
 
-__all__ = ["OpenedDataset", "open_indexed_dataset", "token_stats", "check_vocab", "cache_prefix", "files_fingerprint"]
+__all__ = ["OpenedDataset", "open_indexed_dataset", "token_stats", "check_vocab", "cache_prefix"]

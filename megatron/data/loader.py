@@ -76,7 +76,7 @@ def build_data_loader(
         micro_batch_size=micro_batch_size, dp_rank=dp_rank, dp_size=dp_size,
     )
     generator = torch.Generator()
-    generator.manual_seed(int(seed) * 1000 + dp_rank)
+    generator.manual_seed(int(seed) * 1000 + dp_rank)  # distinct worker seeds per data-parallel rank
     return torch.utils.data.DataLoader(
         dataset,
         batch_sampler=sampler,
