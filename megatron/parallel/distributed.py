@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from dataclasses import dataclass
 
 import torch
@@ -53,6 +54,10 @@ def init_distributed(backend: str | None = None, launcher=None) -> DistEnv:
         else:
             os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
                               MASTER_PORT=os.environ.get("MASTER_PORT", str(_free_port())))
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and os.environ.get("RANK", "0") != "0":
+        wait_for_master(os.environ.get("MASTER_ADDR", "127.0.0.1"), int(os.environ.get("MASTER_PORT", "29500")),
+                        rank=int(os.environ["RANK"]),
+                        timeout_s=float(os.environ.get("SEPLLM_MASTER_TIMEOUT", MASTER_TIMEOUT_S)))
     import deepspeed
 
     cuda = torch.cuda.is_available()
@@ -69,6 +74,31 @@ def init_distributed(backend: str | None = None, launcher=None) -> DistEnv:
     else:
         device = torch.device("cpu")
     return DistEnv(rank, world, local_rank, device)
+
+
+MASTER_TIMEOUT_S = 300.0  # rank 0 may still be importing; SEPLLM_MASTER_TIMEOUT overrides it
+
+
+def wait_for_master(addr: str, port: int, *, rank: int, timeout_s: float = MASTER_TIMEOUT_S) -> None:
+    """Return once MASTER_ADDR:MASTER_PORT accepts TCP connections; raise a clear error after `timeout_s`.
+
+    torch.distributed would otherwise retry silently for its 30-minute store timeout when a rank
+    cannot reach rank 0 (wrong MASTER_ADDR, a firewall, a hostfile naming the wrong interface).
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((addr, port), timeout=min(5.0, max(timeout_s, 0.1))):
+                return
+        except OSError as exc:
+            if time.monotonic() >= deadline:
+                raise RuntimeError(
+                    f"rank {rank} cannot reach the master at {addr}:{port} ({exc}) after {timeout_s:.0f} s. "
+                    "Check that MASTER_ADDR names an address of the first host that this host can reach "
+                    "(hostfile / --master_addr), that port MASTER_PORT is open between the hosts, and that "
+                    "rank 0 started; SEPLLM_MASTER_TIMEOUT sets how long to wait"
+                ) from exc
+        time.sleep(0.5)
 
 
 def barrier() -> None:
