@@ -10,7 +10,9 @@
 Full attention: every SDPA backend (cuDNN, FlashAttention-2, memory-efficient) pinned in turn,
 the fastest kept. SepLLM time = kernel forward + backward + the per-batch cost (separator
 detection, plan and kernel layout) divided by --layers, since one batch's layout serves all
-layers. Extra memory = peak during SepLLM forward + backward beyond inputs, output and gradients.
+layers. Times are medians of eager calls (Python launch cost included: at 2k tokens a standalone
+call is bound by it, inside a model it overlaps other layers' GPU work) and of CUDA-graph replays
+(GPU time only). Extra memory = peak during SepLLM forward + backward beyond inputs, output and gradients.
 """
 from __future__ import annotations
 
@@ -146,8 +148,9 @@ def _warm(spec: dict) -> str:
         out, lse = ops.launch_forward(q, k, v, layout, 64, scale, cfg if kind == C.FWD else None)
         if kind != C.FWD:
             _, delta = ops.launch_dq(do, q, k, v, out, lse, layout, 64, scale, cfg if kind == C.DQ else None)
-            if kind == C.DKDV:
-                ops.launch_dkdv(do, q, k, v, lse, delta, layout, 64, scale, cfg)
+            if kind in (C.DKDV, C.DKDV_FAR):
+                dk, dv = ops.launch_dkdv_band(do, q, k, v, lse, delta, layout, 64, scale, cfg if kind == C.DKDV else None)
+                ops.launch_dkdv_far(do, q, k, v, lse, delta, layout, 64, scale, dk, dv, cfg if kind == C.DKDV_FAR else None)
         torch.cuda.synchronize()
     except Exception as exc:  # noqa: BLE001 - reported by the parent
         return f"{spec}: {str(exc).splitlines()[0][:200]}"
@@ -184,6 +187,19 @@ def timer(fn) -> float:
     return float(np.median(times))
 
 
+def graph_timer(fn) -> float:
+    """Median ms of fn replayed from a CUDA graph: GPU time without Python launch overhead."""
+    if not torch.cuda.is_available():
+        return float("nan")
+    import triton.testing
+
+    try:
+        return float(triton.testing.do_bench_cudagraph(fn, rep=100, return_mode="median"))
+    except Exception as exc:  # noqa: BLE001 - reported, the eager number still stands
+        print(f"  graph timing failed: {str(exc).splitlines()[0][:150]}", flush=True)
+        return float("nan")
+
+
 def full_attention(q, k, v, dout) -> tuple[str, float]:
     """Fastest SDPA backend for causal forward + backward: (name, ms)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -193,9 +209,9 @@ def full_attention(q, k, v, dout) -> tuple[str, float]:
         [("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash2", SDPBackend.FLASH_ATTENTION), ("efficient", SDPBackend.EFFICIENT_ATTENTION)]
         if q.is_cuda else [("math", SDPBackend.MATH)]
     )
-    best = ("none", float("inf"))
+    best = ("none", float("inf"), None)
     for name, backend in backends:
-        def step():
+        def step(backend=backend):
             with sdpa_kernel([backend]):
                 out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
             torch.autograd.grad(out, (q, k, v), dout)
@@ -206,7 +222,7 @@ def full_attention(q, k, v, dout) -> tuple[str, float]:
             continue
         print(f"  full {name}: {ms:.3f} ms", flush=True)
         if ms < best[1]:
-            best = (name, ms)
+            best = (name, ms, step)
     return best
 
 
@@ -227,7 +243,8 @@ def bench_row(row: Row, layers: int, device, seed: int = 0) -> dict:
     dout = torch.randn(row.B, row.H, row.L, row.D, device=device, dtype=dtype, generator=g)
     print(f"{row}: separators {sep_rate:.3f}, density {density:.3f}", flush=True)
 
-    full_name, full_ms = full_attention(q, k, v, dout)
+    full_name, full_ms, full_step = full_attention(q, k, v, dout)
+    full_graph_ms = graph_timer(full_step)
 
     def per_batch():
         p = build_attention_plan(ids, cfg, 1, doc_ids=doc_ids)
@@ -241,6 +258,7 @@ def bench_row(row: Row, layers: int, device, seed: int = 0) -> dict:
 
     sep_step()  # compile and build the layout outside the timing
     kernel_ms = timer(sep_step)
+    kernel_graph_ms = graph_timer(sep_step)
 
     extra_mib = float("nan")
     if device.type == "cuda":
@@ -263,23 +281,28 @@ def bench_row(row: Row, layers: int, device, seed: int = 0) -> dict:
         err = spot_check_rows(out, q, k, v, plan, 0, rows, 1.0 / math.sqrt(row.D))
 
     sep_ms = kernel_ms + batch_ms / layers
+    sep_graph_ms = kernel_graph_ms + batch_ms / layers
     result = dict(asdict(row), sep_rate=sep_rate, density=density, full_backend=full_name, full_ms=full_ms,
                   kernel_ms=kernel_ms, per_batch_ms=batch_ms, sep_ms=sep_ms, speedup=full_ms / sep_ms,
+                  full_graph_ms=full_graph_ms, sep_graph_ms=sep_graph_ms, speedup_graph=full_graph_ms / sep_graph_ms,
                   extra_mib=extra_mib, extra_pct=100 * extra_mib / qkv_mib, spot_err=err)
     print(f"  sepllm {sep_ms:.3f} ms (kernel {kernel_ms:.3f} + per-batch {batch_ms:.3f}/{layers}) "
-          f"speedup {result['speedup']:.2f}x, extra {extra_mib:.1f} MiB, spot err {err:.2e}", flush=True)
+          f"speedup {result['speedup']:.2f}x (graphs: {full_graph_ms:.3f} vs {sep_graph_ms:.3f} ms, "
+          f"{result['speedup_graph']:.2f}x), extra {extra_mib:.1f} MiB, spot err {err:.2e}", flush=True)
     return result
 
 
 def table(results: list[dict], layers: int) -> str:
     head = ("| L | D | H/Hkv | B | n | pattern | seps | density | full backend | full ms | SepLLM ms | "
-            f"per-batch ms (/{layers}) | speedup | extra MiB (% qkv) | spot err |")
+            f"per-batch ms (/{layers}) | speedup | full ms (graph) | SepLLM ms (graph) | speedup (graph) | "
+            "extra MiB (% qkv) | spot err |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
         lines.append(
             f"| {r['L']} | {r['D']} | {r['H']}/{r['Hkv']} | {r['B']} | {r['n']} | {r['pattern']} | {r['sep_rate']:.3f} | "
             f"{r['density']:.3f} | {r['full_backend']} | {r['full_ms']:.3f} | {r['sep_ms']:.3f} | {r['per_batch_ms']:.3f} | "
-            f"{r['speedup']:.2f}x | {r['extra_mib']:.1f} ({r['extra_pct']:.1f}%) | {r['spot_err']:.1e} |"
+            f"{r['speedup']:.2f}x | {r['full_graph_ms']:.3f} | {r['sep_graph_ms']:.3f} | {r['speedup_graph']:.2f}x | "
+            f"{r['extra_mib']:.1f} ({r['extra_pct']:.1f}%) | {r['spot_err']:.1e} |"
         )
     return "\n".join(lines)
 
@@ -291,7 +314,7 @@ def sweep(device, jobs: int, best_path: Path | None = None, precompile_only: boo
     from megatron.sepllm.kernel import plan_layout
 
     precompile([dict(D=D, kind=kind, cfg=tuple(asdict(c).values())) for D in (64, 128)
-                for kind in (C.FWD, C.DQ, C.DKDV) for c in C.CANDIDATES[kind]], jobs)
+                for kind in C.CANDIDATES for c in C.CANDIDATES[kind]], jobs)
     if precompile_only:
         return ""
     lines = ["| shape | kernel | block_m | block_n | warps | stages | ms |", "|---|---|---|---|---|---|---|"]
@@ -306,10 +329,13 @@ def sweep(device, jobs: int, best_path: Path | None = None, precompile_only: boo
         do = torch.randn_like(q)
         out, lse = ops.launch_forward(q, k, v, layout, W, scale)
         _, delta = ops.launch_dq(do, q, k, v, out, lse, layout, W, scale)
+        dk, dv = ops.launch_dkdv_band(do, q, k, v, lse, delta, layout, W, scale)
         runs = {
             C.FWD: lambda c: ops.launch_forward(q, k, v, layout, W, scale, c),
             C.DQ: lambda c: ops.launch_dq(do, q, k, v, out, lse, layout, W, scale, c),
-            C.DKDV: lambda c: ops.launch_dkdv(do, q, k, v, lse, delta, layout, W, scale, c),
+            C.DKDV: lambda c: ops.launch_dkdv_band(do, q, k, v, lse, delta, layout, W, scale, c),
+            # adds into the same dk, dv on every call: harmless for timing
+            C.DKDV_FAR: lambda c: ops.launch_dkdv_far(do, q, k, v, lse, delta, layout, W, scale, dk, dv, c),
         }
         for kind, fn in runs.items():
             for cfg in C.CANDIDATES[kind]:
@@ -367,7 +393,7 @@ def main(argv=None) -> None:
     rows = [Row.parse(r) for r in args.rows] if args.rows else DEFAULT_ROWS
     precompile([dict(D=D, docs=docs, kind=kind, configs=str(args.configs) if args.configs else None)
                 for D, docs in sorted({(r.D, r.pattern.endswith("+docs")) for r in rows})
-                for kind in ("fwd", "dq", "dkdv")], args.jobs)
+                for kind in ("fwd", "dq", "dkdv", "dkdv_far")], args.jobs)
     if args.precompile_only:
         return
     results = []

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Hashable, Iterable
 
-FWD, DQ, DKDV = "fwd", "dq", "dkdv"
+FWD, DQ, DKDV, DKDV_FAR = "fwd", "dq", "dkdv", "dkdv_far"  # DKDV: the band part
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class BlockConfig:
 # Keyed by (kernel, head-dim bucket). fwd/dq need block_m % block_n == 0 (band alignment).
 # Fastest of CANDIDATES on one H100 (bf16; 2k tokens for 64, 8k for 128; benchmarks/RESULTS.md).
 _DEFAULTS: dict[tuple[str, int], BlockConfig] = {
-    (FWD, 64): BlockConfig(128, 64, 4, 3),
+    (FWD, 64): BlockConfig(64, 32, 4, 3),
     (FWD, 128): BlockConfig(64, 64, 4, 3),
     (FWD, 256): BlockConfig(64, 32, 4, 2),
     (DQ, 64): BlockConfig(64, 32, 4, 4),
@@ -35,6 +35,9 @@ _DEFAULTS: dict[tuple[str, int], BlockConfig] = {
     (DKDV, 64): BlockConfig(32, 64, 4, 3),
     (DKDV, 128): BlockConfig(32, 64, 4, 3),
     (DKDV, 256): BlockConfig(32, 64, 4, 2),
+    (DKDV_FAR, 64): BlockConfig(32, 64, 4, 3),
+    (DKDV_FAR, 128): BlockConfig(32, 64, 4, 3),
+    (DKDV_FAR, 256): BlockConfig(32, 64, 4, 2),
 }
 
 CANDIDATES: dict[str, list[BlockConfig]] = {
@@ -43,7 +46,9 @@ CANDIDATES: dict[str, list[BlockConfig]] = {
     DQ: [BlockConfig(64, 32, 4, 4), BlockConfig(64, 32, 4, 3), BlockConfig(128, 32, 4, 3),
          BlockConfig(64, 64, 4, 3), BlockConfig(32, 32, 4, 4), BlockConfig(64, 16, 4, 4), BlockConfig(128, 32, 8, 4)],
     DKDV: [BlockConfig(32, 64, 4, 3), BlockConfig(64, 64, 4, 3), BlockConfig(32, 64, 4, 4),
-           BlockConfig(16, 64, 4, 3), BlockConfig(32, 64, 8, 3), BlockConfig(32, 128, 8, 2), BlockConfig(64, 128, 8, 2)],
+           BlockConfig(16, 64, 4, 3), BlockConfig(32, 32, 4, 3), BlockConfig(64, 128, 8, 2)],
+    DKDV_FAR: [BlockConfig(32, 64, 4, 3), BlockConfig(64, 64, 4, 3), BlockConfig(32, 64, 4, 4),
+               BlockConfig(16, 64, 4, 3), BlockConfig(32, 32, 4, 3), BlockConfig(64, 32, 4, 3), BlockConfig(64, 128, 8, 2)],
 }
 
 # Small tiles for TRITON_INTERPRET=1 (CPU tests): any shape works there, small ones run fast.

@@ -107,29 +107,43 @@ def launch_dq(do, q, k, v, out, lse, layout: SepLayout, window: int, scale: floa
     return dq, delta
 
 
-def launch_dkdv(do, q, k, v, lse, delta, layout: SepLayout, window: int, scale: float,
-                cfg: Optional[C.BlockConfig] = None, dk=None, dv=None):
+def _dkdv_args(do, q, k, v, dk, dv):
     B, H, L, D = q.shape
-    Hkv = k.shape[1]
-    cfg = cfg or _cfg(C.DKDV, D)
-    dk = torch.empty_like(k) if dk is None else dk
-    dv = torch.empty_like(v) if dv is None else dv
-    doc, _, doc_end, valid, has_docs, has_valid = _meta(layout)
     strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dk.stride()[:3], *dv.stride()[:3])
-    common = dict(GROUP=H // Hkv, D=D, BLOCK_D=_block_d(D), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HAS_DOCS=has_docs)
-    grid = (_cdiv(L, cfg.block_n), B * Hkv)
+    return B, H, k.shape[1], L, D, strides
+
+
+def launch_dkdv_band(do, q, k, v, lse, delta, layout: SepLayout, window: int, scale: float,
+                     cfg: Optional[C.BlockConfig] = None):
+    """dK, dV from the window band: writes every row of new dk, dv tensors."""
+    dk, dv = torch.empty_like(k), torch.empty_like(v)
+    B, H, Hkv, L, D, strides = _dkdv_args(do, q, k, v, dk, dv)
+    cfg = cfg or _cfg(C.DKDV, D)
+    doc, _, _, valid, has_docs, has_valid = _meta(layout)
     _launch(
-        T._bwd_dkdv_band_kernel, grid, cfg,
+        T._bwd_dkdv_band_kernel, (_cdiv(L, cfg.block_n), B * Hkv), cfg,
         q, k, v, do, dk, dv, lse, delta, doc, valid, *strides,
-        L, window, H, scale * LOG2E, scale, HAS_VALID=has_valid, **common,
+        L, window, H, scale * LOG2E, scale,
+        GROUP=H // Hkv, D=D, BLOCK_D=_block_d(D), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+        HAS_DOCS=has_docs, HAS_VALID=has_valid,
     )
-    if window <= L:  # a window covering the sequence leaves no far part
-        _launch(
-            T._bwd_dkdv_far_kernel, grid, cfg,
-            q, k, v, do, dk, dv, lse, delta, layout.kept_pos, layout.kept_count, doc, doc_end, *strides,
-            L, window, H, scale * LOG2E, scale, **common,
-        )
     return dk, dv
+
+
+def launch_dkdv_far(do, q, k, v, lse, delta, layout: SepLayout, window: int, scale: float, dk, dv,
+                    cfg: Optional[C.BlockConfig] = None):
+    """Adds the far-part gradient of the kept keys to dk, dv in place (after launch_dkdv_band)."""
+    B, H, Hkv, L, D, strides = _dkdv_args(do, q, k, v, dk, dv)
+    if window > L:  # a window covering the sequence leaves no far part
+        return
+    cfg = cfg or _cfg(C.DKDV_FAR, D)
+    doc, _, doc_end, _, has_docs, _ = _meta(layout)
+    _launch(
+        T._bwd_dkdv_far_kernel, (_cdiv(L, cfg.block_n), B * Hkv), cfg,
+        q, k, v, do, dk, dv, lse, delta, layout.kept_pos, layout.kept_count, doc, doc_end, *strides,
+        L, window, H, scale * LOG2E, scale,
+        GROUP=H // Hkv, D=D, BLOCK_D=_block_d(D), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HAS_DOCS=has_docs,
+    )
 
 
 def _shape_key(q, k, layout: SepLayout, window: int):
@@ -163,14 +177,18 @@ def backward(do, q, k, v, out, lse, layout: SepLayout, window: int, scale: float
     """(dq, dk, dv) of the Sep-Attention backward."""
     if do.stride(-1) != 1:
         do = do.contiguous()
-    cfg_dq = cfg_kv = None
+    cfg_dq = cfg_band = cfg_far = None
     if recompile and not interpreted():
         key = _shape_key(q, k, layout, window)
         cfg_dq = _tuned(C.DQ, key, lambda c: launch_dq(do, q, k, v, out, lse, layout, window, scale, c))
         _, delta = launch_dq(do, q, k, v, out, lse, layout, window, scale, cfg_dq)
-        cfg_kv = _tuned(C.DKDV, key, lambda c: launch_dkdv(do, q, k, v, lse, delta, layout, window, scale, c))
+        cfg_band = _tuned(C.DKDV, key, lambda c: launch_dkdv_band(do, q, k, v, lse, delta, layout, window, scale, c))
+        dk, dv = launch_dkdv_band(do, q, k, v, lse, delta, layout, window, scale, cfg_band)
+        cfg_far = _tuned(C.DKDV_FAR, key,
+                         lambda c: launch_dkdv_far(do, q, k, v, lse, delta, layout, window, scale, dk, dv, c))
     dq, delta = launch_dq(do, q, k, v, out, lse, layout, window, scale, cfg_dq)
-    dk, dv = launch_dkdv(do, q, k, v, lse, delta, layout, window, scale, cfg_kv)
+    dk, dv = launch_dkdv_band(do, q, k, v, lse, delta, layout, window, scale, cfg_band)
+    launch_dkdv_far(do, q, k, v, lse, delta, layout, window, scale, dk, dv, cfg_far)
     return dq, dk, dv
 
 
