@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -223,3 +224,21 @@ def test_argument_errors_are_clear(tmp_path):
         build_train_valid_test_datasets(data_path=str(tmp_path / "d"), **{**common, "train_samples": -1})
     with pytest.raises(IndexedDatasetError, match="file not found"):
         build_train_valid_test_datasets(data_path=str(tmp_path / "missing"), **common)
+
+
+def test_read_only_data_folder_asks_for_a_cache_dir(tmp_path, monkeypatch):
+    import megatron.data.atomic_io as atomic_io
+
+    make_dataset(tmp_path / "ro" / "d")
+    real_commit = atomic_io.commit
+
+    def commit(tmp, target):  # the data folder refuses writes, as a read-only mount would
+        if Path(target).parent == tmp_path / "ro":
+            raise PermissionError(13, "Permission denied", str(target))
+        real_commit(tmp, target)
+
+    monkeypatch.setattr(atomic_io, "commit", commit)
+    with pytest.raises(PermissionError, match="pass cache_dir"):
+        build(tmp_path / "ro" / "d")
+    assert len(build(tmp_path / "ro" / "d", cache_dir=str(tmp_path / "cache"))[0]) >= 50
+    assert not list((tmp_path / "ro").glob("*indexmap*")) and list((tmp_path / "cache").glob("*indexmap*.json"))

@@ -102,6 +102,14 @@ class _Builder:
         self._opened: dict[str, OpenedDataset] = {}  # train/valid/test of one data_path share one reader
 
     def dataset(self, part: _Part, *, may_build: bool) -> GPTDataset:
+        try:
+            return self._dataset(part, may_build=may_build)
+        except PermissionError as e:
+            raise PermissionError(
+                f"cannot write the index caches of {part.prefix} ({e}): pass cache_dir, a writable folder that every rank sees"
+            ) from e
+
+    def _dataset(self, part: _Part, *, may_build: bool) -> GPTDataset:
         data = self._opened.get(part.prefix)
         if data is None:
             data = open_indexed_dataset(part.prefix, vocab_size=self.vocab_size, cache_dir=self.cache_dir, write_cache=may_build)
