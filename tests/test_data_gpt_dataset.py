@@ -242,3 +242,13 @@ def test_read_only_data_folder_asks_for_a_cache_dir(tmp_path, monkeypatch):
         build(tmp_path / "ro" / "d")
     assert len(build(tmp_path / "ro" / "d", cache_dir=str(tmp_path / "cache"))[0]) >= 50
     assert not list((tmp_path / "ro").glob("*indexmap*")) and list((tmp_path / "cache").glob("*indexmap*.json"))
+
+
+def test_a_validation_set_made_of_the_training_file_is_read_in_another_order(tmp_path):
+    make_dataset(tmp_path / "d")
+    train, valid, _ = build_train_valid_test_datasets(
+        train_data_paths=[str(tmp_path / "d")], valid_data_paths=[str(tmp_path / "d")],
+        seq_length=8, seed=3, train_samples=20, valid_samples=20, test_samples=0,
+    )
+    assert train.doc_range == valid.doc_range
+    assert items(train, 20) != items(valid, 20)

@@ -92,6 +92,7 @@ class _Part:
     prefix: str
     doc_range: tuple[int, int]
     num_samples: int
+    split_id: int  # 0 train, 1 valid, 2 test
 
 
 class _Builder:
@@ -121,6 +122,7 @@ class _Builder:
             "doc_range": [start, end],
             "seq_length": self.seq_length,
             "seed": self.seed,
+            "split_id": part.split_id,
         }
         base = cache_base(cache_prefix(part.prefix, self.cache_dir), part.name, identity)
         index = read_cache(base, identity, part.num_samples)
@@ -134,7 +136,8 @@ class _Builder:
             if int(np.sum(lengths, dtype=np.int64)) == 0:
                 raise ValueError(f"{part.prefix}: documents [{start}, {end}) of the {part.name} split hold no tokens")
             index = build_sample_index(
-                np.arange(start, end), lengths, seq_length=self.seq_length, seed=self.seed, num_samples=part.num_samples
+                np.arange(start, end), lengths, seq_length=self.seq_length, seed=self.seed,
+                num_samples=part.num_samples, split_id=part.split_id,
             )
             write_cache(base, identity, index)
         return GPTDataset(part.name, data, index, self.seq_length, (start, end))
@@ -187,18 +190,18 @@ def build_train_valid_test_datasets(
         if not isinstance(data_path, str):
             raise ValueError(f"data_path must be one dataset prefix (a string), got {data_path!r}; use train_data_paths to blend several")
         ranges = split_ranges(split, inspect_indexed_dataset(data_path).num_sequences)
-        for name, rng, n in zip(SPLIT_NAMES, ranges, wanted):
+        for s, (name, rng, n) in enumerate(zip(SPLIT_NAMES, ranges, wanted)):
             if n == 0 or rng[0] == rng[1]:
                 if n > 0:
                     log.warning("split %r leaves no documents of %s for %s; that dataset is None", split, data_path, name)
                 plans.append(None)
             else:
-                plans.append(([_Part(name, data_path, rng, n)], None, None))
+                plans.append(([_Part(name, data_path, rng, n, s)], None, None))
     else:
         if not train_data_paths:
             raise ValueError("no training data: set data_path, or train_data_paths (with valid/test_data_paths)")
         weight_lists = (train_data_weights, valid_data_weights, test_data_weights)
-        for name, paths, weights, n in zip(SPLIT_NAMES, path_lists, weight_lists, wanted):
+        for s, (name, paths, weights, n) in enumerate(zip(SPLIT_NAMES, path_lists, weight_lists, wanted)):
             if not paths or n == 0:
                 if n > 0:
                     log.warning("%s_samples=%d but no %s_data_paths: that dataset is None", name, n, name)
@@ -211,12 +214,12 @@ def build_train_valid_test_datasets(
             else:
                 w = normalized_weights(weights, len(paths), f"{name}_data_weights")
             if len(paths) == 1:
-                plans.append(([_Part(name, paths[0], (0, files[0].num_sequences), n)], None, None))
+                plans.append(([_Part(name, paths[0], (0, files[0].num_sequences), n, s)], None, None))
                 continue
             indices = blending_indices(w, n)
             counts = np.bincount(indices[0], minlength=len(paths))
             parts = [
-                _Part(f"{name}{k}", p, (0, f.num_sequences), max(int(c), 1))
+                _Part(f"{name}{k}", p, (0, f.num_sequences), max(int(c), 1), s)
                 for k, (p, f, c) in enumerate(zip(paths, files, counts))
             ]
             plans.append((parts, w, indices))

@@ -6,7 +6,7 @@ token j * seq_length, so consecutive samples share one token (the last label of 
 first input of the next) and documents are packed across sample boundaries.
 
 Unlike Megatron's index (one shuffle over all samples of all epochs, sized by the number of
-samples the run asks for), every random choice here depends only on (seed, epoch):
+samples the run asks for), every random choice here depends only on (seed, split, epoch):
   * the document order of epoch e is a permutation drawn from (seed, e);
   * samples are shuffled within groups: group e holds the samples that *start* in epoch e.
 So the first K samples are the same whatever number of samples a run requests: raising
@@ -27,7 +27,7 @@ import numpy as np
 
 from megatron.data.atomic_io import atomic_save_npy, atomic_write_json, read_json_or_none, remove_quietly
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _DOC_STREAM, _SAMPLE_STREAM = 0, 1
 ARRAYS = ("doc_idx", "sample_idx", "shuffle_idx")
 
@@ -44,8 +44,8 @@ class SampleIndex:
         return int(self.shuffle_idx.shape[0])
 
 
-def _rng(seed: int, epoch: int, stream: int) -> np.random.Generator:
-    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, epoch, stream])))
+def _rng(seed: int, split_id: int, epoch: int, stream: int) -> np.random.Generator:
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, split_id, epoch, stream])))
 
 
 def samples_starting_before_epoch(epoch: int, tokens_per_epoch: int, seq_length: int) -> int:
@@ -60,9 +60,15 @@ def epochs_for(num_samples: int, tokens_per_epoch: int, seq_length: int) -> int:
 
 
 def build_sample_index(
-    doc_ids: np.ndarray, doc_lengths: np.ndarray, *, seq_length: int, seed: int, num_samples: int
+    doc_ids: np.ndarray, doc_lengths: np.ndarray, *, seq_length: int, seed: int, num_samples: int, split_id: int = 0
 ) -> SampleIndex:
-    """The sample order of the documents `doc_ids` (with lengths `doc_lengths`); see the module doc."""
+    """The sample order of the documents `doc_ids` (with lengths `doc_lengths`); see the module doc.
+
+    `split_id` (0 train, 1 valid, 2 test) draws each split's order from its own random stream, so
+    a validation set made of the training files is not read in the training order.
+    """
+    if split_id < 0:
+        raise ValueError(f"split_id must be >= 0, got {split_id}")
     if seq_length < 1:
         raise ValueError(f"seq_length must be >= 1, got {seq_length}")
     if seed < 0:
@@ -78,7 +84,7 @@ def build_sample_index(
     doc_epochs = -(-(total_samples * seq_length + 1) // tokens_per_epoch)
 
     id_dtype = np.int32 if doc_ids.size == 0 or doc_ids.max() < 2**31 else np.int64
-    order = [_rng(seed, e, _DOC_STREAM).permutation(doc_ids.size) for e in range(doc_epochs)]
+    order = [_rng(seed, split_id, e, _DOC_STREAM).permutation(doc_ids.size) for e in range(doc_epochs)]
     doc_idx = np.concatenate([doc_ids[o] for o in order]).astype(id_dtype)
     stream_lengths = np.concatenate([doc_lengths[o] for o in order])
     doc_starts = np.zeros(stream_lengths.size + 1, dtype=np.int64)
@@ -93,7 +99,7 @@ def build_sample_index(
     for e in range(num_epochs):
         lo = samples_starting_before_epoch(e, tokens_per_epoch, seq_length)
         hi = samples_starting_before_epoch(e + 1, tokens_per_epoch, seq_length)
-        shuffle.append(lo + _rng(seed, e, _SAMPLE_STREAM).permutation(hi - lo))
+        shuffle.append(lo + _rng(seed, split_id, e, _SAMPLE_STREAM).permutation(hi - lo))
     shuffle_idx = np.concatenate(shuffle).astype(np.int64)
     return SampleIndex(doc_idx, sample_idx, shuffle_idx, num_epochs)
 
@@ -108,7 +114,7 @@ def build_sample_index(
 
 def cache_base(cache_prefix: str, name: str, identity: dict) -> str:
     """File-name base of a cache; stable across data changes (the description holds the rest)."""
-    key = {k: identity[k] for k in ("doc_range", "seq_length", "seed")}
+    key = {k: identity[k] for k in ("doc_range", "seq_length", "seed", "split_id")}
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
     return f"{cache_prefix}_{name}_indexmap_{identity['seq_length']}sl_{identity['seed']}s_{digest}"
 
