@@ -155,3 +155,30 @@ def test_refusals(tmp_path, vocab_file):
     (tmp_path / "save" / "latest").unlink()
     with pytest.raises(CheckpointError, match="pass one of its checkpoints \\(global_step5\\)"):
         convert.main(["--input_dir", str(tmp_path / "save"), "--output_dir", str(tmp_path / "o")])
+
+
+def test_tokenizer_types_export_with_the_same_ids(tmp_path, vocab_file):
+    import sentencepiece as spm
+    from tokenizers import Tokenizer
+
+    from megatron.checkpointing.export import hf_tokenizer
+    from megatron.data.tokenizers import build_tokenizer
+    from megatron.neox_arguments.tokenizer import TokenizerArgs
+    from test_convert_fixtures import EXTRA_TEXT
+
+    Tokenizer.from_file(str(vocab_file)).model.save(str(tmp_path))  # vocab.json + merges.txt
+    spm.SentencePieceTrainer.train(sentence_iterator=iter([TEXT, EXTRA_TEXT] * 20), model_prefix=str(tmp_path / "sp"),
+                                   vocab_size=120, user_defined_symbols=["<|endoftext|>"], minloglevel=2)
+    cases = {
+        "GPT2BPETokenizer": TokenizerArgs("GPT2BPETokenizer", str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt")),
+        "SPMTokenizer": TokenizerArgs("SPMTokenizer", str(tmp_path / "sp.model")),
+    }
+    for name, tok_args in cases.items():
+        ours = build_tokenizer(tok_args.tokenizer_type, tok_args.vocab_file, tok_args.merge_file)
+        exported = hf_tokenizer(tok_args)
+        exported.save_pretrained(tmp_path / name)
+        again = AutoTokenizer.from_pretrained(tmp_path / name)
+        assert again(TEXT)["input_ids"] == ours.tokenize(TEXT), name
+        assert again.eos_token_id == ours.eod, name
+    with pytest.raises(ValueError, match="no transformers equivalent"):
+        hf_tokenizer(TokenizerArgs("CharLevelTokenizer"))

@@ -13,6 +13,7 @@ optimizer files; DeepSpeed's zero_to_fp32 helpers gather the fp32 master weights
 """
 from __future__ import annotations
 
+import copy
 import os
 import re
 import shutil
@@ -186,7 +187,7 @@ def hf_tokenizer(tok_args):
     next to a tokenizer_config.json (what convert_hf_to_neox.py writes) loads with that config, so
     chat templates and special tokens survive a round trip.
     """
-    from transformers import AutoTokenizer, GPT2TokenizerFast, LlamaTokenizerFast, PreTrainedTokenizerFast
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast, SentencePieceBackend
 
     from megatron.data.tokenizers import build_tokenizer
 
@@ -206,10 +207,11 @@ def hf_tokenizer(tok_args):
         else:
             tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     elif kind == "gpt2bpetokenizer":
-        tokenizer = GPT2TokenizerFast(vocab_file=str(vocab), merges_file=str(merges))
+        # Our GPT2BPETokenizer is a `tokenizers` BPE with GPT-2's byte-level rules; wrap that very object.
+        tokenizer = PreTrainedTokenizerFast(tokenizer_object=copy.deepcopy(ours._tok))
     elif kind == "spmtokenizer":
-        # Our SPMTokenizer encodes documents without BOS/EOS.
-        tokenizer = LlamaTokenizerFast(vocab_file=str(vocab), add_bos_token=False, add_eos_token=False)
+        # sentencepiece itself, as our SPMTokenizer uses it (no BOS/EOS added to documents).
+        tokenizer = SentencePieceBackend(vocab_file=str(vocab))
     else:
         raise ValueError(f"tokenizer_type {tok_args.tokenizer_type} has no transformers equivalent; convert with --skip_tokenizer")
     tokenizer.eos_token = tokenizer.convert_ids_to_tokens(ours.eod)
