@@ -25,6 +25,7 @@ class DataArgs:
     reset_attention_mask: bool = arg(False, "Stop attention across end-of-document tokens.")
     eod_mask_loss: bool = arg(False, "Exclude end-of-document tokens from the loss.")
     weight_by_num_documents: bool = arg(False, "Weigh datasets by their document counts (replaces the *_data_weights).")
+    data_cache_path: Optional[str] = arg(None, "Folder for the dataset index caches; default: beside the data (set it when the data folder is read-only).")
     weighted_sampler_alpha: float = arg(1.0, "Exponent alpha of the document-count weighting (p ~ n^alpha; only with weight_by_num_documents).")
 
     def split_fractions(self) -> tuple[float, float, float]:

@@ -114,7 +114,7 @@ class Trainer:
             test_data_weights=d.test_data_weights, weight_by_num_documents=d.weight_by_num_documents,
             weighted_sampler_alpha=d.weighted_sampler_alpha, seq_length=a.model.seq_length, seed=t.seed,
             train_samples=train_samples, valid_samples=valid_samples, test_samples=test_samples,
-            vocab_size=self.vocab_size, rank=self.env.rank, barrier=barrier,
+            vocab_size=self.vocab_size, rank=self.env.rank, barrier=barrier, cache_dir=d.data_cache_path,
         )
 
         def loader(ds, consumed):
