@@ -120,6 +120,9 @@ def test_bad_input_fails_loudly():
         sep_attention_kernel(q[:, :, :16], k[:, :, :16], v[:, :, :16], plan, 0)
     with pytest.raises(ValueError, match="heads"):
         sep_attention_kernel(q, k[:, :1].expand(-1, 3, -1, -1), v[:, :1].expand(-1, 3, -1, -1), plan, 0)
+    wide = Case(L=32, D=160, sep=dict(prefill_local_window_size=4))
+    with pytest.raises(ValueError, match="head dim"):
+        sep_attention_kernel(*random_qkv(wide), wide.build()[1], 0)
     zero = Case(L=32, D=16, sep=dict(prefill_local_window_size=0))
     _, plan0, _ = zero.build()
     with pytest.raises(ValueError, match="window"):

@@ -20,7 +20,7 @@ Flags (SepLLMArgs):
     once per process; separator counts never reach a compile key, so no batch recompiles.
 
 Limits (each raises a clear error, never a silent fallback): CUDA tensors (or TRITON_INTERPRET=1
-for CPU tests), fp16/bf16/fp32, head dim <= 256, no attention dropout, doc ids one contiguous
+for CPU tests), fp16/bf16/fp32, head dim <= 128, no attention dropout, doc ids one contiguous
 run per document.
 """
 from __future__ import annotations
@@ -29,6 +29,7 @@ from typing import Optional
 
 import torch
 
+from megatron.sepllm.kernel.configs import MAX_HEAD_DIM
 from megatron.sepllm.kernel.layout import SepLayout, build_layout, plan_layout
 from megatron.sepllm.kernel.ops import compiled_kernel_count, default_scale, interpreted, sep_attention
 from megatron.sepllm.mask import AttentionPlan
@@ -64,8 +65,11 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: AttentionPla
         raise ValueError(f"k/v shape {tuple(k.shape)} does not match q {tuple(q.shape)} (heads must divide evenly)")
     if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise ValueError(f"q, k, v must share one of float16/bfloat16/float32; got {q.dtype}, {k.dtype}, {v.dtype}")
-    if D > 256:
-        raise ValueError(f"head dim {D} is above 256, which the Sep-Attention kernel does not support")
+    if D > MAX_HEAD_DIM:
+        raise ValueError(
+            f"head dim {D} is above {MAX_HEAD_DIM}, which the Sep-Attention kernel does not support; "
+            "use USE_SEP_ATTN_KERNEL_ACCELERATOR: false"
+        )
     ref = plan._ref()
     if tuple(ref.shape) != (B, L):
         raise ValueError(f"the attention plan is for batch x length {tuple(ref.shape)}, the inputs are {(B, L)}")

@@ -24,20 +24,17 @@ class BlockConfig:
 
 
 # Keyed by (kernel, head-dim bucket). fwd/dq need block_m % block_n == 0 (band alignment).
-# Fastest of CANDIDATES on one H100 (bf16; 2k tokens for 64, 8k for 128; benchmarks/RESULTS.md).
+# The fastest CANDIDATES on one H100, bf16 (2k tokens for head dim 64, 8k for 128): the sweep
+# table is in benchmarks/RESULTS.md.
 _DEFAULTS: dict[tuple[str, int], BlockConfig] = {
     (FWD, 64): BlockConfig(64, 32, 4, 3),
-    (FWD, 128): BlockConfig(64, 64, 4, 3),
-    (FWD, 256): BlockConfig(64, 32, 4, 2),
-    (DQ, 64): BlockConfig(64, 32, 4, 4),
-    (DQ, 128): BlockConfig(64, 32, 4, 4),
-    (DQ, 256): BlockConfig(64, 32, 4, 2),
-    (DKDV, 64): BlockConfig(32, 64, 4, 3),
+    (FWD, 128): BlockConfig(128, 32, 4, 4),
+    (DQ, 64): BlockConfig(64, 32, 4, 3),
+    (DQ, 128): BlockConfig(64, 32, 4, 3),
+    (DKDV, 64): BlockConfig(16, 64, 4, 3),
     (DKDV, 128): BlockConfig(32, 64, 4, 3),
-    (DKDV, 256): BlockConfig(32, 64, 4, 2),
     (DKDV_FAR, 64): BlockConfig(32, 64, 4, 3),
     (DKDV_FAR, 128): BlockConfig(32, 64, 4, 3),
-    (DKDV_FAR, 256): BlockConfig(32, 64, 4, 2),
 }
 
 CANDIDATES: dict[str, list[BlockConfig]] = {
@@ -58,11 +55,14 @@ _tuned: dict[Hashable, BlockConfig] = {}
 _overrides: dict[tuple[str, int], BlockConfig] = {}
 
 
+MAX_HEAD_DIM = 128  # larger heads would need other tiles (registers), untuned and untested
+
+
 def head_dim_bucket(head_dim: int) -> int:
-    for bucket in (64, 128, 256):
+    for bucket in (64, 128):
         if head_dim <= bucket:
             return bucket
-    raise ValueError(f"head dim {head_dim} is above 256, which the Sep-Attention kernel does not support")
+    raise ValueError(f"head dim {head_dim} is above {MAX_HEAD_DIM}, which the Sep-Attention kernel does not support")
 
 
 def default_config(kind: str, head_dim: int) -> BlockConfig:
