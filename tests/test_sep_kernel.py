@@ -14,7 +14,7 @@ if torch.cuda.is_available():
 os.environ["TRITON_INTERPRET"] = "1"
 pytest.importorskip("triton", reason="triton is needed for the kernel tests (requirements/requirements-test.txt)")
 
-from megatron.sepllm.kernel import build_layout, sep_attention_kernel  # noqa: E402
+from megatron.sepllm.kernel import build_layout, plan_layout, sep_attention_kernel  # noqa: E402
 from megatron.sepllm.kernel.ops import interpreted  # noqa: E402
 from megatron.sepllm.kernel.testing import Case, check_case, random_case, random_qkv, rel_err, reference_attention  # noqa: E402
 from megatron.sepllm.mask import build_attention_plan  # noqa: E402
@@ -69,10 +69,9 @@ def test_fixllm_layers_use_their_own_anchors():
     for layer in range(2):
         check_case(sep_attention_kernel, case, layer=layer)
     _, plan, _ = case.build()
-    q, k, v = random_qkv(case)
-    for layer in range(2):
-        sep_attention_kernel(q, k, v, plan, layer)
-    assert len(plan._sep_kernel_layouts) == 2, "one layout per distinct kept pattern"
+    layouts = [plan_layout(plan, layer, torch.device("cpu")) for layer in range(2)]
+    assert layouts[0] is not layouts[1] and len(plan._sep_kernel_layouts) == 2, "one layout per kept pattern"
+    assert plan_layout(plan, 1, torch.device("cpu")) is layouts[1], "layouts are cached on the plan"
 
 
 def test_strided_inputs_and_custom_scale():
