@@ -36,7 +36,7 @@ def test_smollm2_sepcache_matches_vanilla_and_streams_within_capacity():
         out = model.generate(**inputs, max_new_tokens=100, do_sample=False, past_key_values=cache)
     hook.remove()
     assert max(held) <= 96 and cache.core.layout.seen.item() == n_prompt + 99
-    assert runtime.kv_report()["kv_ratio"] <= 96 / (n_prompt + 99)
+    assert runtime.kv_report()["kv_ratio"] <= 96 / (n_prompt + 99) + 1e-9
     # Coherent continuation: the full-attention model finds the generated text likely.
     remove_sepllm(model)
     with torch.no_grad():
