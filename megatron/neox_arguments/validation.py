@@ -128,10 +128,10 @@ def _layout(args: "NeoXArgs", f: Findings) -> None:
             f.problem(problem)
     if p.sequence_parallel and tp == 1:
         f.notice(f"{f.key('sequence_parallel', True)} has no effect with model_parallel_size 1")
-    if t.partition_activations and not (t.checkpoint_activations and tp > 1 and pp > 1):
+    if t.partition_activations and (p.sequence_parallel or not (t.checkpoint_activations and tp > 1 and pp > 1)):
         f.notice(f"{f.key('partition_activations', True)} only acts on activations checkpointed by the pipeline "
-                 "(checkpoint_activations with pipe_parallel_size > 1 and model_parallel_size > 1); "
-                 "sequence_parallel splits the activations between layers in every layout")
+                 "(checkpoint_activations with pipe_parallel_size > 1 and model_parallel_size > 1) and not with "
+                 "sequence_parallel, which already splits the activations between layers, in every layout")
 
 
 def _optimizer(args: "NeoXArgs", f: Findings) -> None:

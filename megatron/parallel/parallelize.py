@@ -165,5 +165,7 @@ def parallelize(model: nn.Module, args, world_size: int, rank: int) -> Parallel:
         grid = groups.build_grid(layout)
     groups.check_coordinates(layout, grid)
     parallel.mpu = groups.Mpu(grid)
-    configure_checkpointing(parallel.mpu, bool(t.partition_activations))
+    # DeepSpeed partitions a checkpointed input assuming every tensor-parallel rank holds all of it;
+    # under sequence parallelism each holds its own slice, which is already the saving it would bring.
+    configure_checkpointing(parallel.mpu, bool(t.partition_activations) and not sequence_parallel)
     return parallel

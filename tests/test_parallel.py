@@ -1,0 +1,259 @@
+"""3D parallelism on CPU (gloo): every layout trains to the losses of one process with the same global batch.
+
+Each layout is one launch of this file as a worker (`python tests/test_parallel.py OUT.json A.yml B.yml`),
+which trains a vanilla and a SepLLM config in turn, so the process start-up is paid once per layout.
+The two configs between them cover tied and untied embeddings, parallel and sequential residuals,
+GQA, SwiGLU, document masks passed along the pipeline, activation checkpointing, sequence
+parallelism and active gradient clipping (so the gradient norm must be right in every layout).
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CHAR_SEPARATORS = [ord(c) for c in ".,?!;: \t\n"]
+STEPS = 5
+
+COMMON = {
+    "num_layers": 4, "hidden_size": 64, "num_attention_heads": 4, "seq_length": 64, "max_position_embeddings": 64,
+    "pos_emb": "rotary", "rotary_pct": 0.25, "make_vocab_size_divisible_by": 128,
+    "separator_token_ids": CHAR_SEPARATORS, "init_tok_max_idx": 2, "prefill_local_window_size": 8,
+    "USE_SEP_ATTN_KERNEL_ACCELERATOR": False,
+    "train_iters": STEPS, "train_micro_batch_size_per_gpu": 4,
+    "optimizer": {"type": "Adam", "params": {"lr": 3.0e-3, "betas": [0.9, 0.95], "eps": 1.0e-8}},
+    "min_lr": 3.0e-4, "lr_decay_style": "cosine", "warmup": 0.2, "weight_decay": 0.1,
+    "gradient_clipping": 0.1, "zero_optimization": {"stage": 1}, "precision": "fp32", "seed": 11,
+    "split": "90,10,0", "tokenizer_type": "CharLevelTokenizer", "eval_interval": 1000, "eval_iters": 1,
+    "log_interval": 1, "num_workers": 0,
+}
+MODELS = {
+    "vanilla": {"USE_ORIGINAL_FULL_ATTEN": True, "gpt_j_residual": True, "no_weight_tying": False},
+    "sepllm": {
+        "gpt_j_residual": False, "no_weight_tying": True, "activation": "swiglu", "mlp_multiple_of": 32, "norm": "rmsnorm",
+        "num_kv_heads": 2, "reset_attention_mask": True, "reset_position_ids": True,
+        "checkpoint_activations": True, "checkpoint_num_layers": 1,
+    },
+}
+# name -> (processes, settings). Global batch 8 everywhere: micro 4 x accumulation x data-parallel ranks.
+LAYOUTS = {
+    "one": (1, {"gradient_accumulation_steps": 2}),
+    "tp2": (2, {"model_parallel_size": 2, "gradient_accumulation_steps": 2}),
+    "pp2": (2, {"pipe_parallel_size": 2, "gradient_accumulation_steps": 2}),
+    "dp2": (2, {"gradient_accumulation_steps": 1}),
+    "tp2pp2": (4, {"model_parallel_size": 2, "pipe_parallel_size": 2, "gradient_accumulation_steps": 2}),
+}
+# Only where tensor parallelism is on (a single process has nothing to split): the SepLLM model runs
+# sequence-parallel, the vanilla one partitions its checkpointed activations over the tensor-parallel ranks.
+TENSOR_PARALLEL_EXTRAS = {
+    "sepllm": {"sequence_parallel": True},
+    "vanilla": {"checkpoint_activations": True, "checkpoint_num_layers": 1, "partition_activations": True},
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_config(folder: Path, name: str, corpus: str, model: str, layout: str, **extra) -> Path:
+    cfg = {**COMMON, **MODELS[model], **LAYOUTS[layout][1], "data_path": corpus, **extra}
+    if cfg.get("model_parallel_size", 1) > 1:
+        cfg.update(TENSOR_PARALLEL_EXTRAS[model])
+    path = folder / f"{name}.yml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def launch(folder: Path, nproc: int, configs: list[Path], timeout: int = 600) -> list[dict]:
+    """Run this file as a worker on `nproc` gloo ranks; returns one {"start", "losses"} per config."""
+    out = folder / f"result_{os.urandom(4).hex()}.json"
+    worker = [str(Path(__file__).resolve()), str(out), *map(str, configs)]
+    if nproc == 1:
+        cmd = [sys.executable, *worker]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+               "--master_port", str(_free_port()), *worker]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    from megatron.data.preprocess import preprocess
+    from megatron.data.tokenizers import build_tokenizer
+
+    out = tmp_path_factory.mktemp("corpus")
+    preprocess(inputs=str(ROOT / "tests" / "fixtures" / "train_corpus.txt"), output_prefix=str(out / "corpus"),
+               tokenizer=build_tokenizer("CharLevelTokenizer", None), txt_mode="paragraph",
+               append_eod=True, progress=False, log=lambda _: None)
+    return str(out / "corpus_text_document")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, corpus):
+    """Losses per layout and model, each layout launched once, on first use."""
+    folder = tmp_path_factory.mktemp("parallel")
+    cache: dict[str, dict[str, list[float]]] = {}
+
+    def get(layout: str) -> dict[str, list[float]]:
+        if layout not in cache:
+            configs = [write_config(folder, f"{layout}_{m}", corpus, m, layout) for m in MODELS]
+            results = launch(folder, LAYOUTS[layout][0], configs)
+            cache[layout] = {m: r["losses"] for m, r in zip(MODELS, results)}
+        return cache[layout]
+
+    return get
+
+
+def assert_same_losses(got: dict, want: dict) -> None:
+    for model in MODELS:
+        assert len(got[model]) == STEPS
+        assert got[model] == pytest.approx(want[model], rel=2e-5, abs=2e-5), model
+
+
+@pytest.mark.multiproc
+@pytest.mark.parametrize("layout", ["tp2", "pp2", "dp2"])
+def test_layout_matches_one_process(runs, layout):
+    assert_same_losses(runs(layout), runs("one"))
+
+
+@pytest.mark.multiproc
+@pytest.mark.slow
+def test_tensor_x_pipeline_matches_one_process(runs):
+    assert_same_losses(runs("tp2pp2"), runs("one"))
+
+
+def test_reference_run_learns(runs):
+    for losses in runs("one").values():
+        assert losses[-1] < losses[0] - 0.3, losses
+
+
+# ------------------------------------------------------------------------------ fast checks
+
+
+def test_layout_coordinates_follow_deepspeed_and_megatron_order():
+    from megatron.parallel.layout import Layout
+
+    layout = Layout(tp=2, pp=3, dp=4)
+    coords = [layout.coords(r) for r in range(layout.world)]
+    assert len(set(coords)) == 24 and all(layout.rank(*c) == r for r, c in enumerate(coords))
+    assert coords[1] == (1, 0, 0) and coords[2] == (0, 0, 1) and coords[8] == (0, 1, 0)
+
+
+def test_world_size_must_factor_into_the_layout():
+    from megatron.parallel.layout import resolve_layout
+
+    assert resolve_layout(8, 2, 2).dp == 2 and resolve_layout(3, 1, 0).dp == 3
+    with pytest.raises(ValueError, match="6 ranks of this job do not factor into pipe_parallel_size 2 x model_parallel_size 2"):
+        resolve_layout(6, 2, 2)
+
+
+def test_model_and_zero_checks_name_the_setting():
+    from megatron.parallel.layout import model_problems, zero_problems
+
+    assert model_problems(2, 2, num_layers=4, num_heads=4, num_kv_heads=2, mlp_width=256, seq_length=64) == []
+    problems = model_problems(4, 8, num_layers=4, num_heads=6, num_kv_heads=2, mlp_width=250, seq_length=63,
+                              sequence_parallel=True)
+    text = "\n".join(problems)
+    for fragment in ("num_attention_heads 6 is not divisible by model_parallel_size 4", "num_kv_heads 2",
+                     "MLP width 250", "seq_length 63", "pipe_parallel_size 8 is larger than num_layers 4"):
+        assert fragment in text
+    assert zero_problems(1, 2, 2) == [] and zero_problems(2, 2, 1) == [] and zero_problems(3, 1, 1) == []
+    assert "supported combinations" in zero_problems(2, 1, 2)[0]
+    assert "ZeRO stage 3 does not work with tensor parallelism" in zero_problems(3, 2, 1)[0]
+    assert "ZeRO stage 0 does not work with pipeline parallelism" in zero_problems(0, 1, 2)[0]
+
+
+def test_config_loader_rejects_layouts_that_cannot_work(tmp_path):
+    from megatron.neox_arguments import NeoXArgs
+    from megatron.neox_arguments.errors import ConfigError
+
+    def load(**settings):
+        path = tmp_path / "c.yml"
+        path.write_text(yaml.safe_dump({"num_layers": 2, "hidden_size": 64, "num_attention_heads": 4,
+                                        "seq_length": 32, **settings}))
+        return NeoXArgs.from_files([path])
+
+    assert load(model_parallel_size=2, pipe_parallel_size=2, zero_optimization={"stage": 1}).parallel.data_parallel_size(8) == 2
+    with pytest.raises(ConfigError, match="num_attention_heads 4 is not divisible by model_parallel_size 8"):
+        load(model_parallel_size=8)
+    with pytest.raises(ConfigError, match="pipeline engine refuses ZeRO 2 and 3"):
+        load(pipe_parallel_size=2, zero_optimization={"stage": 2})
+    with pytest.raises(ConfigError, match="do not factor into pipe_parallel_size 1 x model_parallel_size 4"):
+        load(model_parallel_size=4, global_num_gpus=6, train_micro_batch_size_per_gpu=1)
+
+
+def test_every_parameter_has_one_split_rule_and_pipeline_names_round_trip():
+    import torch
+
+    from megatron.model import GPTModel
+    from megatron.neox_arguments import NeoXArgs
+    from megatron.parallel.pipeline import layer_of, model_name, pipe_name
+    from megatron.parallel.tensor_parallel import shard, split_dim
+
+    args = NeoXArgs.from_dict({**COMMON, **MODELS["sepllm"]})
+    model = GPTModel(args.model, args.sepllm, 512, device="meta")
+    split = {name: split_dim(name) for name, _ in model.named_parameters()}
+    assert split["embedding.word_embeddings.weight"] == 0 and split["output_layer.weight"] == 0
+    assert split["layers.0.attention.query_key_value.weight"] == 0 and split["layers.0.attention.dense.weight"] == 1
+    assert split["layers.0.mlp.dense_h_to_4h_gate.weight"] == 0 and split["layers.3.mlp.dense_4h_to_h.weight"] == 1
+    assert split["layers.0.input_layernorm.weight"] is None and split["final_norm.weight"] is None
+    for name, _ in model.named_parameters():
+        index = layer_of(name, 4)
+        assert model_name(index, pipe_name(name, 4), 4) == name
+    whole = torch.arange(24.0).view(4, 6)
+    assert torch.equal(torch.cat([shard(whole, 1, r, 3) for r in range(3)], dim=1), whole)
+
+
+def test_unreachable_master_fails_fast_with_a_clear_error():
+    from megatron.parallel.distributed import wait_for_master
+
+    port = _free_port()  # nothing listens on it
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match=f"rank 3 cannot reach the master at 127.0.0.1:{port}"):
+        wait_for_master("127.0.0.1", port, rank=3, timeout_s=1.0)
+    assert time.monotonic() - start < 10
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        wait_for_master("127.0.0.1", server.getsockname()[1], rank=1, timeout_s=5.0)
+
+
+# ------------------------------------------------------------------------------ worker
+
+
+def _worker(out: str, configs: list[str]) -> None:
+    sys.path.insert(0, str(ROOT))
+    from megatron.parallel.distributed import init_distributed, prepare_accelerator_env
+
+    prepare_accelerator_env()
+    from megatron.neox_arguments import NeoXArgs
+    from megatron.training.trainer import Trainer
+
+    env = None
+    results = []
+    for config in configs:
+        args = NeoXArgs.from_files([config])
+        env = env or init_distributed(args.parallel.distributed_backend, args.launcher)
+        trainer = Trainer(args, env)
+        start = trainer.state.iteration
+        results.append({"start": start, "losses": trainer.train()})
+        del trainer
+    if env.is_main:
+        Path(out).write_text(json.dumps(results))
+
+
+if __name__ == "__main__":
+    _worker(sys.argv[1], sys.argv[2:])
