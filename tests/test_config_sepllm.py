@@ -104,3 +104,13 @@ def test_fixed_intervals_need_a_per_layer_list():
 
 def test_deprecated_k_options_must_stay_zero():
     assert "deprecated upstream option and must be 0" in error(prefill_k=2)
+
+
+def test_kernel_limits_checked_before_gpu_work():
+    wide = {"hidden_size": 512, "num_attention_heads": 2}  # head dimension 256
+    assert "head dimension 256" in error(**wide, USE_SEP_ATTN_KERNEL_ACCELERATOR=True)
+    assert "attention_dropout 0.1" in error(attention_dropout=0.1, USE_SEP_ATTN_KERNEL_ACCELERATOR=True)
+    defaulted = load(**wide)  # the flag's default gives way, with a notice
+    assert defaulted.sepllm.USE_SEP_ATTN_KERNEL_ACCELERATOR is False
+    assert any("switched off" in n for n in defaulted.notices)
+    assert load().sepllm.USE_SEP_ATTN_KERNEL_ACCELERATOR is True

@@ -47,6 +47,7 @@ class SelfAttention(nn.Module):
         self.dense = nn.Linear(dims.num_heads * dims.head_dim, dims.hidden_size, bias=bias, device=device, dtype=dtype)
         self.dropout_p = float(args.attention_dropout)
         self.use_kernel = bool(sep.USE_SEP_ATTN_KERNEL_ACCELERATOR)
+        self.recompile = bool(sep.RECOMPILE_SEP_ATTN_KERNEL)
         self.sa_variant = self_adjust_variant(sep)
         self.sa_numerator_bias = float(sep.SA_Numerator_Bias)
         self.sa_denominator_bias = float(sep.SA_Denominator_Bias)
@@ -68,7 +69,9 @@ class SelfAttention(nn.Module):
         """[B, H, L, D] attention output of this layer under the context's plan."""
         dropout_p = self.dropout_p if self.training else 0.0
         if ctx.alibi is None and self.sa_variant is None:
-            return sepllm_attention(q, k, v, ctx.plan, self.layer_idx, dropout_p=dropout_p, use_kernel=self.use_kernel)
+            return sepllm_attention(
+                q, k, v, ctx.plan, self.layer_idx, dropout_p=dropout_p, use_kernel=self.use_kernel, recompile=self.recompile
+            )
         plan = ctx.plan
         plain_causal = plan.windows[self.layer_idx] is None and plan.doc_ids is None and plan.key_valid is None
         mask = None if plain_causal else plan.dense_mask(self.layer_idx)

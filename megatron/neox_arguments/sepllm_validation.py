@@ -57,6 +57,8 @@ def validate_sepllm(sep: SepLLMArgs, model: ModelArgs, f: Findings) -> None:
         return
     if sep.RECOMPILE_SEP_ATTN_KERNEL and not sep.USE_SEP_ATTN_KERNEL_ACCELERATOR:
         f.problem(f"{f.key('RECOMPILE_SEP_ATTN_KERNEL', True)} only takes effect with USE_SEP_ATTN_KERNEL_ACCELERATOR: true; set one of them accordingly")
+    if sep.USE_SEP_ATTN_KERNEL_ACCELERATOR:
+        _kernel_limits(sep, model, f)
     if sep.USE_FIXED_SEP_INTERVALs:
         _check_per_layer(sep, "USE_FIXED_SEP_INTERVALs", "fixed_sep_intervals_list", num_layers, f)
         if sep.streamingLLM:
@@ -69,6 +71,28 @@ def validate_sepllm(sep: SepLLMArgs, model: ModelArgs, f: Findings) -> None:
             f.problem(f"SepLLM attention needs separators, but {f.key('separator_token_ids', ids)} has none; give token ids or a preset ({', '.join(sorted(SEPARATOR_PRESETS))}), or set streamingLLM: true / USE_ORIGINAL_FULL_ATTEN: true")
     if sep.USE_BiPE:
         _bipe(sep, model, f)
+
+
+def _kernel_limits(sep: SepLLMArgs, model: ModelArgs, f: Findings) -> None:
+    """What the fast Sep-Attention kernel supports (megatron/sepllm/kernel), checked before any GPU work.
+
+    Asked for explicitly, an unsupported shape is an error; left at its default (true), the
+    flag is switched off with a notice, so the masked reference path runs.
+    """
+    head_dim = model.hidden_size // model.num_attention_heads if model.hidden_size and model.num_attention_heads else 0
+    reasons = []
+    if head_dim > 128:
+        reasons.append(f"head dimension {head_dim} (hidden_size / num_attention_heads) exceeds the kernel's 128")
+    if model.attention_dropout:
+        reasons.append(f"attention_dropout {model.attention_dropout} is not supported by the kernel")
+    if not reasons:
+        return
+    if f.is_set("USE_SEP_ATTN_KERNEL_ACCELERATOR"):
+        f.problem(f"USE_SEP_ATTN_KERNEL_ACCELERATOR: true cannot run this model: {'; '.join(reasons)}; "
+                  "set USE_SEP_ATTN_KERNEL_ACCELERATOR: false (masked attention) or change the model shape")
+    else:
+        sep.USE_SEP_ATTN_KERNEL_ACCELERATOR = False
+        f.notice(f"USE_SEP_ATTN_KERNEL_ACCELERATOR (default true) switched off: {'; '.join(reasons)}; SepLLM layers use masked attention")
 
 
 def _check_ids(sep: SepLLMArgs, name: str, f: Findings) -> None:

@@ -26,6 +26,7 @@ def sepllm_attention(
     dropout_p: float = 0.0,
     scale: Optional[float] = None,
     use_kernel: bool = False,
+    recompile: bool = False,
 ) -> torch.Tensor:  # [B, H, L, D]
     gqa = q.shape[1] != k.shape[1]
     if plan is None or (plan.windows[layer] is None and plan.doc_ids is None and plan.key_valid is None):
@@ -33,6 +34,6 @@ def sepllm_attention(
     if use_kernel and q.is_cuda:
         from megatron.sepllm.kernel import sep_attention_kernel
 
-        return sep_attention_kernel(q, k, v, plan, layer, dropout_p=dropout_p, scale=scale)
+        return sep_attention_kernel(q, k, v, plan, layer, dropout_p=dropout_p, scale=scale, recompile=recompile)
     mask = plan.dense_mask(layer)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale, enable_gqa=gqa)
