@@ -37,7 +37,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> Path:
     args = parse_args(argv)
     from megatron.checkpointing import export
-    from megatron.checkpointing.sepllm_hf import kv_report
 
     export.check_output_dir(args.output_dir, args.overwrite)
     folder = export.checkpoint_folder(args.input_dir, args.iteration)
@@ -46,8 +45,7 @@ def main(argv: list[str]) -> Path:
     state = export.read_model_state_dict(folder)
     model = export.to_hf_model(config, state, args.architecture, export.PRECISIONS[args.precision], tokenizer=tokenizer)
     out = export.save_hf_directory(model, tokenizer, args.output_dir, overwrite=args.overwrite)
-    kind = "SepLLM " + model.config.model_type if kv_report(model) is not None else model.config.model_type
-    print(f"wrote {kind} model ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
+    print(f"wrote {model.config.model_type} model ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
           f"{args.precision}) from {folder} to {out}", flush=True)
     return out
 
