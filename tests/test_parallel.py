@@ -101,20 +101,46 @@ def corpus(tmp_path_factory):
     return str(out / "corpus_text_document")
 
 
+SAVED_AT = 3  # the tensor-parallel SepLLM run saves here; the pipeline launch resumes it, resharded
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, corpus):
-    """Losses per layout and model, each layout launched once, on first use."""
-    folder = tmp_path_factory.mktemp("parallel")
-    cache: dict[str, dict[str, list[float]]] = {}
+    """Losses per layout and model, each layout launched once, on first use.
 
-    def get(layout: str) -> dict[str, list[float]]:
-        if layout not in cache:
-            configs = [write_config(folder, f"{layout}_{m}", corpus, m, layout) for m in MODELS]
-            results = launch(folder, LAYOUTS[layout][0], configs)
-            cache[layout] = {m: r["losses"] for m, r in zip(MODELS, results)}
+    The TP=2 SepLLM run also saves a checkpoint at step SAVED_AT; before the PP=2 launch it is
+    resharded to PP=2 and that launch resumes it as a third run, "resumed".
+    """
+    folder = tmp_path_factory.mktemp("parallel")
+    cache: dict[str, dict] = {}
+
+    def get(layout: str) -> dict:
+        if layout in cache:
+            return cache[layout]
+        configs = [write_config(folder, f"{layout}_{m}", corpus, m, layout,
+                                **(TP2_SAVE(folder) if (layout, m) == ("tp2", "sepllm") else {}))
+                   for m in MODELS]
+        names = list(MODELS)
+        if layout == "pp2":
+            get("tp2")
+            from megatron.parallel.layout import Layout
+            from megatron.parallel.reshard import reshard
+
+            reshard(folder / "ck_tp2" / f"global_step{SAVED_AT}", folder / "ck_pp2", Layout(tp=1, pp=2, dp=1))
+            configs.append(write_config(folder, "pp2_resumed", corpus, "sepllm", "pp2", load=str(folder / "ck_pp2"),
+                                        no_load_optim=True))
+            names.append("resumed")
+        results = launch(folder, LAYOUTS[layout][0], configs)
+        cache[layout] = {name: r for name, r in zip(names, results)}
+        cache[layout].update({name: r["losses"] for name, r in zip(MODELS, results)})
+        cache[layout]["folder"] = folder
         return cache[layout]
 
     return get
+
+
+def TP2_SAVE(folder: Path) -> dict:
+    return {"save": str(folder / "ck_tp2"), "extra_save_iters": [SAVED_AT]}
 
 
 def assert_same_losses(got: dict, want: dict) -> None:
@@ -136,8 +162,46 @@ def test_tensor_x_pipeline_matches_one_process(runs):
 
 
 def test_reference_run_learns(runs):
-    for losses in runs("one").values():
+    for model in MODELS:
+        losses = runs("one")[model]
         assert losses[-1] < losses[0] - 0.3, losses
+
+
+@pytest.mark.multiproc
+def test_tensor_parallel_checkpoint_resumes_under_pipeline_parallelism(runs):
+    """Saved by TP=2 at step 3, resharded to PP=2, resumed: the first resumed step computes the loss the
+    uninterrupted run had there (weights and data position carried over; Adam's moments restart)."""
+    resumed = runs("pp2")["resumed"]
+    assert resumed["start"] == SAVED_AT and len(resumed["losses"]) == STEPS - SAVED_AT
+    assert resumed["losses"][0] == pytest.approx(runs("one")["sepllm"][SAVED_AT], rel=2e-5, abs=2e-5)
+
+
+@pytest.mark.multiproc
+def test_reshard_round_trip_keeps_every_weight(runs, tmp_path):
+    import torch
+
+    from megatron.checkpointing.export import read_model_state_dict
+    from megatron.parallel.reshard import read_model, source_layout
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    from reshard_checkpoint import main as reshard_main
+
+    source = runs("tp2")["folder"] / "ck_tp2" / f"global_step{SAVED_AT}"
+    original = read_model(source, 4)
+    assert source_layout(source) == (2, 1)
+    hops = [("a", ["--model_parallel_size", "2", "--pipe_parallel_size", "2"]), ("b", ["--pipe_parallel_size", "4"]),
+            ("c", [])]
+    previous = source
+    for name, sizes in hops:
+        assert reshard_main([str(previous), str(tmp_path / name), *sizes]) == 0
+        previous = tmp_path / name  # a save directory: followed through `latest`
+    assert source_layout(tmp_path / "a" / f"global_step{SAVED_AT}") == (2, 2)
+    assert source_layout(tmp_path / "b" / f"global_step{SAVED_AT}") == (1, 4)
+    final = read_model_state_dict(tmp_path / "c" / f"global_step{SAVED_AT}")  # the export path reads TP=PP=1
+    assert final.keys() == original.keys()
+    assert all(torch.equal(final[k], original[k]) for k in original)
+    assert reshard_main([str(source), str(tmp_path / "c")]) == 2  # never overwrites a checkpoint
+    assert reshard_main([str(source), str(tmp_path / "d"), "--model_parallel_size", "8"]) == 2
 
 
 # ------------------------------------------------------------------------------ fast checks

@@ -1,0 +1,56 @@
+"""Change the tensor / pipeline / data-parallel layout of a training checkpoint.
+
+    python tools/reshard_checkpoint.py SAVE_DIR_OR_FOLDER OUT_DIR \\
+        --model_parallel_size 2 --pipe_parallel_size 2 --data_parallel_size 2
+
+Reads a checkpoint saved under any layout (any ZeRO stage when there is no model parallelism)
+and writes OUT_DIR/global_stepN for the new one, with `latest` pointing at it. Weights, learning-
+rate schedule, step counters and the data position carry over; the optimizer's moments do not, so
+resume with `load: OUT_DIR` and `no_load_optim: true` (see megatron/parallel/reshard.py).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("source", help="checkpoint save directory (follows `latest`) or one global_stepN folder")
+    parser.add_argument("output", help="save directory to write the resharded checkpoint into")
+    parser.add_argument("--model_parallel_size", "--model-parallel-size", type=int, default=1)
+    parser.add_argument("--pipe_parallel_size", "--pipe-parallel-size", type=int, default=1)
+    parser.add_argument("--data_parallel_size", "--data-parallel-size", type=int, default=1,
+                        help="data-parallel ranks of the run that will load it")
+    parser.add_argument("--iteration", type=int, default=None, help="load global_stepN instead of `latest`")
+    parser.add_argument("--config_file", nargs="*", default=None,
+                        help="the training YAML files, when the checkpoint has no config.yml")
+    cli = parser.parse_args(argv)
+
+    from megatron.checkpointing.checkpoint import CheckpointError
+    from megatron.parallel.layout import Layout, pipeline_stages
+    from megatron.parallel.reshard import ReshardError, reshard
+
+    sizes = (cli.model_parallel_size, cli.pipe_parallel_size, cli.data_parallel_size)
+    if min(sizes) < 1 and not (cli.pipe_parallel_size == 0 and min(sizes[0], sizes[2]) >= 1):
+        parser.error("the parallel sizes must be >= 1")
+    layout = Layout(tp=cli.model_parallel_size, pp=pipeline_stages(cli.pipe_parallel_size), dp=cli.data_parallel_size)
+    source = Path(cli.source)
+    if cli.iteration is not None:
+        source = source / f"global_step{cli.iteration}"
+    try:
+        folder, notices = reshard(source, Path(cli.output), layout, config_files=cli.config_file)
+    except (ReshardError, CheckpointError) as exc:
+        print(f"reshard_checkpoint: {exc}", file=sys.stderr)
+        return 2
+    for notice in notices:
+        print(f"reshard_checkpoint notice: {notice}")
+    print(f"wrote {folder} for {layout} ({layout.world} ranks); resume with load: {cli.output} and no_load_optim: true")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
