@@ -1,0 +1,375 @@
+"""Training throughput: this framework (DeepSpeed engine, parallelize(), SepLLM) against a minimal PyTorch step.
+
+    python benchmarks/train_throughput.py                                  # one GPU: every row below
+    torchrun --nproc_per_node 8 benchmarks/train_throughput.py             # data parallel over 8 GPUs
+    python benchmarks/train_throughput.py --models 160M --seqs 2048 --json out.json
+    python benchmarks/train_throughput.py --toy                            # tiny shape, runs on CPU
+
+Rows: Pythia 160M / 410M / 1.4B shapes (configs/pythia) x sequence 2048 / 8192 x
+  framework-vanilla  GPTModel with full causal attention, through the DeepSpeed engine (bf16, ZeRO-1)
+  framework-sepllm   the same with SepLLM (--sepllm-config, default configs/sepllm/n256.yml: kernel on)
+  baseline           one file of plain PyTorch: the same Pythia block (parallel residual, 25% rotary,
+                     LayerNorm, GELU, untied embeddings), bf16 autocast, cuDNN attention,
+                     torch.compile, fused AdamW (DDP under torchrun)
+Every step reads a fresh micro-batch of --tokens-per-micro-batch tokens (random ids with
+--separator-rate separator tokens, or a token file), so SepLLM rebuilds its plan per batch as in
+training. All rows run under the same SDPA backend choice (cuDNN, then FlashAttention), so vanilla
+differs from the baseline by the framework, not by the attention kernel.
+
+Columns: tokens/s over all ranks; model TFLOP/s per GPU and MFU (bf16 dense peak) count 6 FLOPs per
+parameter per token plus attention over the share of the attention map that is computed (the
+trainer's convention, megatron/training/flops.py), so SepLLM rows are not credited for skipped work.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from megatron.parallel.distributed import prepare_accelerator_env  # noqa: E402
+
+prepare_accelerator_env()
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+MODELS = {"160M": "configs/pythia/160M.yml", "410M": "configs/pythia/410M.yml", "1.4B": "configs/pythia/1.4B.yml"}
+TOY = {"num_layers": 2, "hidden_size": 64, "num_attention_heads": 4, "attention_config": [[["global"], 2]],
+       "prefill_local_window_size": 32}
+VOCAB = 50304  # the GPT-NeoX-20B tokenizer's 50277 ids, padded to a multiple of 128
+
+
+# ------------------------------------------------------------------------------ data
+
+
+def separator_ids(sep_args) -> torch.Tensor:
+    """The config's separators (the Pythia tokenizer's when it lists none, as the vanilla config does)."""
+    from megatron.sepllm.mask import resolve_token_ids
+
+    ids = resolve_token_ids(sep_args.separator_token_ids) or resolve_token_ids("pythia")
+    return torch.tensor(sorted(ids), dtype=torch.long)
+
+
+class Batches:
+    """Fresh [micro, seq + 1] token tensors: random ids with separators at a given rate, or slices of a file."""
+
+    def __init__(self, micro: int, seq: int, device, separators: torch.Tensor, rate: float, token_file: str | None,
+                 seed: int) -> None:
+        self.shape, self.device = (micro, seq + 1), device
+        self.generator = torch.Generator().manual_seed(seed)
+        self.separators, self.rate = separators, rate
+        self.stream = None
+        if token_file:
+            import numpy as np
+
+            self.stream = torch.from_numpy(np.load(token_file).astype("int64"))
+            if self.stream.numel() < micro * (seq + 1):
+                raise SystemExit(f"{token_file} holds {self.stream.numel()} tokens; a micro-batch needs {micro * (seq + 1)}")
+
+    def __call__(self) -> torch.Tensor:
+        g, n = self.generator, self.shape[0] * self.shape[1]
+        if self.stream is not None:
+            start = int(torch.randint(0, self.stream.numel() - n + 1, (1,), generator=g))
+            tokens = self.stream[start : start + n].view(self.shape)
+        else:
+            tokens = torch.randint(0, 50277, self.shape, generator=g)
+            is_sep = torch.rand(self.shape, generator=g) < self.rate
+            picks = self.separators[torch.randint(0, len(self.separators), self.shape, generator=g)]
+            tokens = torch.where(is_sep, picks, tokens)
+        return tokens.to(self.device, non_blocking=True)
+
+
+# ------------------------------------------------------------------------------ timing
+
+
+def synchronize(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(step, steps: int, warmup: int, device) -> float:
+    """Seconds per step, averaged over `steps` after `warmup` untimed ones."""
+    for _ in range(warmup):
+        step()
+    synchronize(device)
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    synchronize(device)
+    return (time.perf_counter() - start) / steps
+
+
+def attention_backends(device):
+    """cuDNN attention first, FlashAttention next, for every row (a no-op context on CPU)."""
+    from contextlib import nullcontext
+
+    if device.type != "cuda":
+        return nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION],
+                       set_priority=True)
+
+
+# ------------------------------------------------------------------------------ this framework
+
+
+def framework_args(model: str, seq: int, micro: int, attention: str, cli):
+    from megatron.neox_arguments import NeoXArgs
+
+    files = [REPO / MODELS["160M" if model == "toy" else model]]
+    files.append(REPO / ("configs/sepllm/vanilla.yml" if attention == "vanilla" else cli.sepllm_config))
+    overrides = {
+        "seq_length": seq, "max_position_embeddings": seq, "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": cli.grad_acc, "train_batch_size": None, "train_iters": 10**6,
+        "lr_decay_iters": 10**6, "checkpoint_activations": cli.checkpoint_activations,
+        "model_parallel_size": cli.model_parallel_size, "pipe_parallel_size": cli.pipe_parallel_size,
+        "sequence_parallel": cli.sequence_parallel, "wall_clock_breakdown": False, "steps_per_print": 10**9,
+        "zero_optimization": {"stage": 1}, "PRINT_KV_RATIO": False,
+    }
+    if cli.bf16:
+        overrides.update(precision="bfloat16", fp16=None, bf16={"enabled": True})
+    else:
+        overrides.update(precision="fp32", fp16=None, bf16=None)
+    if model == "toy":
+        overrides.update(TOY)
+    return NeoXArgs.from_files(files, overrides)
+
+
+def run_framework(model: str, seq: int, micro: int, attention: str, cli, env) -> dict:
+    from megatron.data.batch import get_batch
+    from megatron.model import GPTModel, count_parameters, padded_vocab_size
+    from megatron.parallel.parallelize import parallelize
+    from megatron.sepllm.mask import build_attention_plan, kept_ratios
+    from megatron.training.lr_schedule import AnnealingLR
+    from megatron.training.optimizer import build_optimizer
+
+    args = framework_args(model, seq, micro, attention, cli)
+    torch.manual_seed(1234)
+    vocab = padded_vocab_size(50277, args.model.make_vocab_size_divisible_by, args.parallel.model_parallel_size)
+    net = GPTModel(args.model, args.sepllm, vocab)
+    if args.training.checkpoint_activations:
+        net.enable_activation_checkpointing(args.training.checkpoint_num_layers)
+    non_embedding = count_parameters(net, exclude_embeddings=True)
+    parallel = parallelize(net, args, env.world_size, env.rank)
+    optimizer = build_optimizer(parallel.module, args.optimizer.optimizer, args.optimizer.weight_decay)
+    scheduler = AnnealingLR(optimizer, max_lr=args.optimizer.lr, min_lr=args.lr.min_lr, warmup=0.0,
+                            decay_iters=10**6, style="cosine")
+    engine = parallel.initialize(optimizer, scheduler, args.deepspeed_config(parallel.dp_size))
+    batches = Batches(micro, seq, env.device, separator_ids(args.sepllm), cli.separator_rate, cli.token_file,
+                      seed=1000 + parallel.dp_rank)
+
+    def batch() -> dict:
+        return get_batch(batches(), eod_id=0)
+
+    def step() -> None:
+        if parallel.pipelined:
+            engine.train_batch(parallel.pipe_batches([batch() for _ in range(cli.grad_acc)]))
+            return
+        for _ in range(cli.grad_acc):
+            b = batch()
+            logits = engine(b["input_ids"], position_ids=b["position_ids"], doc_ids=b["doc_ids"])
+            engine.backward(parallel.lm_loss(logits, b["labels"], b["loss_mask"]))
+            engine.step()
+
+    with attention_backends(env.device):
+        seconds = timed(step, cli.steps, cli.warmup, env.device)
+    plan = build_attention_plan(batch()["input_ids"], args.sepllm, args.model.num_layers)
+    kept = sum(kept_ratios(plan, layer)["attn_map_ratio"] for layer in range(args.model.num_layers)) / args.model.num_layers
+    tokens = micro * seq * cli.grad_acc * parallel.dp_size
+    row = dict(impl=f"framework-{attention}", kept=kept, seconds=seconds, tokens=tokens,
+               non_embedding=non_embedding, layers=args.model.num_layers, hidden=args.model.hidden_size, vocab=vocab)
+    del engine, optimizer, parallel, net
+    return row
+
+
+# ------------------------------------------------------------------------------ the minimal PyTorch baseline
+
+
+class Block(nn.Module):
+    """A Pythia block: x + attn(ln1(x)) + mlp(ln2(x)), rotary on the first quarter of each head."""
+
+    def __init__(self, hidden: int, heads: int, rotary_dims: int) -> None:
+        super().__init__()
+        self.heads, self.rotary_dims = heads, rotary_dims
+        self.ln1, self.ln2 = nn.LayerNorm(hidden), nn.LayerNorm(hidden)
+        self.qkv, self.proj = nn.Linear(hidden, 3 * hidden), nn.Linear(hidden, hidden)
+        self.fc1, self.fc2 = nn.Linear(hidden, 4 * hidden), nn.Linear(4 * hidden, hidden)
+
+    def rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        r = self.rotary_dims
+        rot, rest = x[..., :r], x[..., r:]
+        half1, half2 = rot.chunk(2, dim=-1)
+        rotated = torch.cat((-half2, half1), dim=-1)
+        return torch.cat((rot * cos + rotated * sin, rest), dim=-1)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        B, L, H = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(B, L, self.heads, 3, H // self.heads).permute(3, 0, 2, 1, 4)
+        q, k = self.rotate(q, cos, sin), self.rotate(k, cos, sin)
+        attn = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return x + self.proj(attn.transpose(1, 2).reshape(B, L, H)) + self.fc2(F.gelu(self.fc1(self.ln2(x))))
+
+
+class PythiaBaseline(nn.Module):
+    def __init__(self, layers: int, hidden: int, heads: int, vocab: int, seq: int) -> None:
+        super().__init__()
+        head_dim = hidden // heads
+        self.rotary_dims = head_dim // 4
+        self.embed = nn.Embedding(vocab, hidden)
+        self.blocks = nn.ModuleList(Block(hidden, heads, self.rotary_dims) for _ in range(layers))
+        self.norm = nn.LayerNorm(hidden)
+        self.out = nn.Linear(hidden, vocab, bias=False)
+        inv_freq = 1.0 / (10000 ** (torch.arange(0, self.rotary_dims, 2).float() / self.rotary_dims))
+        angles = torch.outer(torch.arange(seq).float(), inv_freq)
+        angles = torch.cat((angles, angles), dim=-1)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        x = self.embed(ids)
+        cos, sin = self.cos[: ids.shape[1]], self.sin[: ids.shape[1]]
+        for block in self.blocks:
+            x = block(x, cos, sin)
+        return F.cross_entropy(self.out(self.norm(x)).float().flatten(0, 1), labels.flatten())
+
+
+def run_baseline(model: str, seq: int, micro: int, cli, env, shape: dict) -> dict:
+    torch.manual_seed(1234)
+    net = PythiaBaseline(shape["layers"], shape["hidden"], shape["heads"], VOCAB, seq).to(env.device)
+    non_embedding = sum(p.numel() for n, p in net.named_parameters() if not n.startswith(("embed", "out")))
+    module = net
+    if env.world_size > 1:
+        module = nn.parallel.DistributedDataParallel(net, device_ids=[env.device.index] if env.device.type == "cuda" else None)
+    compiled = torch.compile(module) if cli.compile else module
+    optimizer = torch.optim.AdamW(net.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1,
+                                  fused=env.device.type == "cuda")
+    dtype = torch.bfloat16 if cli.bf16 else torch.float32
+    from megatron.sepllm.mask import resolve_token_ids
+
+    separators = torch.tensor(resolve_token_ids("pythia"))
+    batches = Batches(micro, seq, env.device, separators, cli.separator_rate, cli.token_file, seed=7 + env.rank)
+
+    def step() -> None:
+        for _ in range(cli.grad_acc):
+            tokens = batches()
+            with torch.autocast(env.device.type, dtype=dtype, enabled=cli.bf16):
+                loss = compiled(tokens[:, :-1], tokens[:, 1:])
+            (loss / cli.grad_acc).backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    with attention_backends(env.device):
+        seconds = timed(step, cli.steps, cli.warmup, env.device)
+    row = dict(impl="baseline", kept=1.0, seconds=seconds, tokens=micro * seq * cli.grad_acc * env.world_size,
+               non_embedding=non_embedding, layers=shape["layers"], hidden=shape["hidden"], vocab=VOCAB)
+    del compiled, module, net, optimizer
+    return row
+
+
+# ------------------------------------------------------------------------------ report
+
+
+def finish(row: dict, model: str, seq: int, micro: int, env) -> dict:
+    from megatron.training.flops import flops_per_token, peak_tflops
+
+    fpt = flops_per_token(num_params_non_embedding=row.pop("non_embedding"), num_layers=row.pop("layers"),
+                          hidden_size=row.pop("hidden"), seq_length=seq, vocab_size=row.pop("vocab"),
+                          attn_map_ratio=row["kept"])
+    tokens_per_s = row["tokens"] / row["seconds"]
+    tflops = fpt * tokens_per_s / env.world_size / 1e12
+    peak = peak_tflops(torch.cuda.get_device_name(env.device)) if env.device.type == "cuda" else None
+    memory = torch.cuda.max_memory_allocated(env.device) / 2**30 if env.device.type == "cuda" else None
+    return {"model": model, "seq": seq, "micro_batch": micro, **row, "tokens_per_s": tokens_per_s,
+            "tflops_per_gpu": tflops, "mfu": tflops / peak if peak else None, "max_memory_gib": memory,
+            "gpus": env.world_size}
+
+
+HEADER = f"{'model':>6} {'seq':>6} {'mb':>3} {'impl':<18} {'kept':>6} {'tokens/s':>11} {'TFLOP/s':>8} {'MFU':>6} {'mem GiB':>8}"
+
+
+def format_row(r: dict) -> str:
+    mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "-"
+    mem = f"{r['max_memory_gib']:.1f}" if r["max_memory_gib"] is not None else "-"
+    return (f"{r['model']:>6} {r['seq']:>6} {r['micro_batch']:>3} {r['impl']:<18} {r['kept']:>6.3f} "
+            f"{r['tokens_per_s']:>11.0f} {r['tflops_per_gpu']:>8.1f} {mfu:>6} {mem:>8}")
+
+
+def parse(argv: list[str] | None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=[*MODELS, "toy"])
+    parser.add_argument("--seqs", nargs="+", type=int, default=[2048, 8192])
+    parser.add_argument("--impls", nargs="+", default=["framework-vanilla", "framework-sepllm", "baseline"],
+                        choices=["framework-vanilla", "framework-sepllm", "baseline"])
+    parser.add_argument("--tokens-per-micro-batch", type=int, default=16384,
+                        help="micro batch = this / seq (at least 1)")
+    parser.add_argument("--grad-acc", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--sepllm-config", default="configs/sepllm/n256.yml")
+    parser.add_argument("--separator-rate", type=float, default=0.1, help="share of separator tokens in random batches")
+    parser.add_argument("--token-file", default=None, help=".npy of token ids to slice batches from instead")
+    parser.add_argument("--model-parallel-size", type=int, default=1)
+    parser.add_argument("--pipe-parallel-size", type=int, default=1)
+    parser.add_argument("--sequence-parallel", action="store_true")
+    parser.add_argument("--checkpoint-activations", action="store_true", help="recompute layers in backward (framework rows)")
+    parser.add_argument("--no-compile", dest="compile", action="store_false", help="baseline without torch.compile")
+    parser.add_argument("--fp32", dest="bf16", action="store_false", help="fp32 instead of bf16 (default on CPU)")
+    parser.add_argument("--json", default=None, help="also write the rows here")
+    parser.add_argument("--toy", action="store_true", help="tiny model, seq 128, 2 steps: a CPU smoke run")
+    cli = parser.parse_args(argv)
+    if cli.toy:
+        cli.models, cli.seqs, cli.tokens_per_micro_batch = ["toy"], [128], 256
+        cli.steps, cli.warmup = min(cli.steps, 2), min(cli.warmup, 1)
+    if not torch.cuda.is_available():
+        cli.bf16, cli.compile = False, False  # CPU: fp32 and eager (inductor needs a compiler toolchain)
+    return cli
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    from megatron.parallel.distributed import init_distributed
+
+    cli = parse(argv)
+    env = init_distributed()
+    rows = []
+    if env.is_main:
+        print(HEADER, flush=True)
+    for model in cli.models:
+        for seq in cli.seqs:
+            micro = max(cli.tokens_per_micro_batch // seq, 1)
+            if env.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(env.device)
+            shape = None
+            for impl in cli.impls:
+                if impl == "baseline":
+                    if shape is None:
+                        args = framework_args(model, seq, micro, "vanilla", cli)
+                        shape = {"layers": args.model.num_layers, "hidden": args.model.hidden_size,
+                                 "heads": args.model.num_attention_heads}
+                    row = run_baseline(model, seq, micro, cli, env, shape)
+                else:
+                    row = run_framework(model, seq, micro, impl.split("-", 1)[1], cli, env)
+                rows.append(finish(row, model, seq, micro, env))
+                gc.collect()
+                if env.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                    torch.cuda.reset_peak_memory_stats(env.device)
+                if env.is_main:
+                    print(format_row(rows[-1]), flush=True)
+    if env.is_main and cli.json:
+        Path(cli.json).write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
