@@ -3,7 +3,7 @@
 Each layout is one launch of this file as a worker (`python tests/test_parallel.py OUT.json A.yml B.yml`),
 which trains a vanilla and a SepLLM config in turn, so the process start-up is paid once per layout.
 The two configs between them cover tied and untied embeddings, parallel and sequential residuals,
-GQA, SwiGLU, document masks passed along the pipeline, activation checkpointing, sequence
+ALiBi (per-head slopes split with the heads) and rotary, GQA, SwiGLU, document masks passed along the pipeline, activation checkpointing, sequence
 parallelism and active gradient clipping (so the gradient norm must be right in every layout).
 """
 from __future__ import annotations
@@ -36,7 +36,7 @@ COMMON = {
     "log_interval": 1, "num_workers": 0,
 }
 MODELS = {
-    "vanilla": {"USE_ORIGINAL_FULL_ATTEN": True, "gpt_j_residual": True, "no_weight_tying": False},
+    "vanilla": {"USE_ORIGINAL_FULL_ATTEN": True, "gpt_j_residual": True, "no_weight_tying": False, "pos_emb": "alibi"},
     "sepllm": {
         "gpt_j_residual": False, "no_weight_tying": True, "activation": "swiglu", "mlp_multiple_of": 32, "norm": "rmsnorm",
         "num_kv_heads": 2, "reset_attention_mask": True, "reset_position_ids": True,
@@ -101,15 +101,16 @@ def corpus(tmp_path_factory):
     return str(out / "corpus_text_document")
 
 
-SAVED_AT = 3  # the tensor-parallel SepLLM run saves here; the pipeline launch resumes it, resharded
+SAVED_AT = 3  # TP=2 and PP=2 SepLLM runs save here; their launches then resume from it
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, corpus):
-    """Losses per layout and model, each layout launched once, on first use.
+    """Results per layout, each layout launched once, on first use: {name: {"start", "losses", "valid"}}.
 
-    The TP=2 SepLLM run also saves a checkpoint at step SAVED_AT; before the PP=2 launch it is
-    resharded to PP=2 and that launch resumes it as a third run, "resumed".
+    Besides the two models, the TP=2 and PP=2 launches resume their SepLLM run from its step-3
+    checkpoint ("resumed", same layout, optimizer included), and the PP=2 launch also resumes the
+    TP=2 checkpoint resharded to PP=2 ("resharded", weights only).
     """
     folder = tmp_path_factory.mktemp("parallel")
     cache: dict[str, dict] = {}
@@ -117,36 +118,32 @@ def runs(tmp_path_factory, corpus):
     def get(layout: str) -> dict:
         if layout in cache:
             return cache[layout]
-        configs = [write_config(folder, f"{layout}_{m}", corpus, m, layout,
-                                **(TP2_SAVE(folder) if (layout, m) == ("tp2", "sepllm") else {}))
-                   for m in MODELS]
-        names = list(MODELS)
+        runs_ = {m: {} for m in MODELS}
+        if layout in ("tp2", "pp2"):
+            checkpoints = str(folder / f"ck_{layout}")
+            runs_["sepllm"] = {"save": checkpoints, "extra_save_iters": [SAVED_AT]}
+            runs_["resumed"] = {"load": checkpoints, "iteration": SAVED_AT}
         if layout == "pp2":
-            get("tp2")
             from megatron.parallel.layout import Layout
             from megatron.parallel.reshard import reshard
 
-            reshard(folder / "ck_tp2" / f"global_step{SAVED_AT}", folder / "ck_pp2", Layout(tp=1, pp=2, dp=1))
-            configs.append(write_config(folder, "pp2_resumed", corpus, "sepllm", "pp2", load=str(folder / "ck_pp2"),
-                                        no_load_optim=True))
-            names.append("resumed")
+            get("tp2")
+            reshard(folder / "ck_tp2" / f"global_step{SAVED_AT}", folder / "ck_tp2_as_pp2", Layout(tp=1, pp=2, dp=1))
+            runs_["resharded"] = {"load": str(folder / "ck_tp2_as_pp2"), "no_load_optim": True}
+        configs = [write_config(folder, f"{layout}_{name}", corpus, name if name in MODELS else "sepllm", layout, **extra)
+                   for name, extra in runs_.items()]
         results = launch(folder, LAYOUTS[layout][0], configs)
-        cache[layout] = {name: r for name, r in zip(names, results)}
-        cache[layout].update({name: r["losses"] for name, r in zip(MODELS, results)})
-        cache[layout]["folder"] = folder
+        cache[layout] = {"folder": folder, **dict(zip(runs_, results))}
         return cache[layout]
 
     return get
 
 
-def TP2_SAVE(folder: Path) -> dict:
-    return {"save": str(folder / "ck_tp2"), "extra_save_iters": [SAVED_AT]}
-
-
 def assert_same_losses(got: dict, want: dict) -> None:
     for model in MODELS:
-        assert len(got[model]) == STEPS
-        assert got[model] == pytest.approx(want[model], rel=2e-5, abs=2e-5), model
+        assert len(got[model]["losses"]) == STEPS
+        assert got[model]["losses"] == pytest.approx(want[model]["losses"], rel=2e-5, abs=2e-5), model
+        assert got[model]["valid"] == pytest.approx(want[model]["valid"], rel=2e-5, abs=2e-5), model
 
 
 @pytest.mark.multiproc
@@ -163,17 +160,25 @@ def test_tensor_x_pipeline_matches_one_process(runs):
 
 def test_reference_run_learns(runs):
     for model in MODELS:
-        losses = runs("one")[model]
+        losses = runs("one")[model]["losses"]
         assert losses[-1] < losses[0] - 0.3, losses
+
+
+@pytest.mark.multiproc
+@pytest.mark.parametrize("layout", ["tp2", "pp2"])
+def test_resume_in_the_same_layout_is_exact(runs, layout):
+    run = runs(layout)
+    assert run["resumed"]["start"] == SAVED_AT
+    assert run["resumed"]["losses"] == run["sepllm"]["losses"][SAVED_AT:]
 
 
 @pytest.mark.multiproc
 def test_tensor_parallel_checkpoint_resumes_under_pipeline_parallelism(runs):
     """Saved by TP=2 at step 3, resharded to PP=2, resumed: the first resumed step computes the loss the
     uninterrupted run had there (weights and data position carried over; Adam's moments restart)."""
-    resumed = runs("pp2")["resumed"]
-    assert resumed["start"] == SAVED_AT and len(resumed["losses"]) == STEPS - SAVED_AT
-    assert resumed["losses"][0] == pytest.approx(runs("one")["sepllm"][SAVED_AT], rel=2e-5, abs=2e-5)
+    resharded = runs("pp2")["resharded"]
+    assert resharded["start"] == SAVED_AT and len(resharded["losses"]) == STEPS - SAVED_AT
+    assert resharded["losses"][0] == pytest.approx(runs("one")["sepllm"]["losses"][SAVED_AT], rel=2e-5, abs=2e-5)
 
 
 @pytest.mark.multiproc
@@ -313,7 +318,8 @@ def _worker(out: str, configs: list[str]) -> None:
         env = env or init_distributed(args.parallel.distributed_backend, args.launcher)
         trainer = Trainer(args, env)
         start = trainer.state.iteration
-        results.append({"start": start, "losses": trainer.train()})
+        losses = trainer.train()
+        results.append({"start": start, "losses": losses, "valid": trainer.evaluate()})
         del trainer
     if env.is_main:
         Path(out).write_text(json.dumps(results))
