@@ -7,11 +7,13 @@ GPTModel parameter names, and written again as the files DeepSpeed loads for the
     pipe >1: layer_{i:02d}-model_{tp:02d}-model_states.pt   one per pipeline layer (see pipeline.py)
              mp_rank_{stage * tp_size + tp:02d}_model_states.pt   steps, LR schedule, client state
 
-Carried over: the weights, the learning-rate schedule, DeepSpeed's step counters and the client
-state (our train_state: iteration and consumed samples, so the data continues where it stopped).
-Not carried over: the optimizer's moments (DeepSpeed keeps them flattened per layout, and cannot
+Written: the weights, the learning-rate schedule, DeepSpeed's step counters and the client state
+(our train_state: iteration and consumed samples, so the data continues where it stopped).
+Not carried over: the optimizer's moments (DeepSpeed keeps them flattened per layout and cannot
 repartition them even for a new data-parallel size) and per-rank RNG states. Load the result with
-`no_load_optim: true`; under ZeRO the fp32 master weights are rebuilt from the loaded weights.
+`no_load_optim: true`: under ZeRO the fp32 master weights are rebuilt from the loaded weights.
+DeepSpeed restores the LR schedule and step counters too when asked to skip only the optimizer
+(load_optimizer_states=False); a module-only load takes the weights and the client state alone.
 """
 from __future__ import annotations
 
