@@ -153,8 +153,11 @@ def build_pipeline(
             f"pipe_partition_method {partition_method!r} cannot split the model: {exc}. Use 'type:transformer|mlp' "
             "(balance transformer layers), 'parameters' or 'uniform'"
         ) from exc
+    # Free this process's copy of what other stages own (the model was built whole).
     start, stop = pipe.parts[pipe.stage_id], pipe.parts[pipe.stage_id + 1]
     for index, spec in enumerate(specs):
         if isinstance(spec, nn.Module) and not start <= index < stop:
-            spec.to("meta")  # another stage owns it; free this process's copy
+            spec.to("meta")
+    if TIED_KEY not in pipe.tied_modules and model.output_layer.weight is None:
+        model.embedding.to("meta")  # a middle stage: the tied specs still reference the embedding
     return pipe
