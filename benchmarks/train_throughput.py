@@ -351,21 +351,27 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 torch.cuda.reset_peak_memory_stats(env.device)
             shape = None
             for impl in cli.impls:
-                if impl == "baseline":
-                    if shape is None:
-                        args = framework_args(model, seq, micro, "vanilla", cli)
-                        shape = {"layers": args.model.num_layers, "hidden": args.model.hidden_size,
-                                 "heads": args.model.num_attention_heads}
-                    row = run_baseline(model, seq, micro, cli, env, shape)
-                else:
-                    row = run_framework(model, seq, micro, impl.split("-", 1)[1], cli, env)
-                rows.append(finish(row, model, seq, micro, env))
+                try:
+                    if impl == "baseline":
+                        if shape is None:
+                            args = framework_args(model, seq, micro, "vanilla", cli)
+                            shape = {"layers": args.model.num_layers, "hidden": args.model.hidden_size,
+                                     "heads": args.model.num_attention_heads}
+                        row = run_baseline(model, seq, micro, cli, env, shape)
+                    else:
+                        row = run_framework(model, seq, micro, impl.split("-", 1)[1], cli, env)
+                    rows.append(finish(row, model, seq, micro, env))
+                    line = format_row(rows[-1])
+                except torch.OutOfMemoryError:
+                    # One GPU: report and go on (lower --tokens-per-micro-batch or add --checkpoint-activations).
+                    rows.append({"model": model, "seq": seq, "micro_batch": micro, "impl": impl, "error": "out of memory"})
+                    line = f"{model:>6} {seq:>6} {micro:>3} {impl:<18} out of memory"
                 gc.collect()
                 if env.device.type == "cuda":
                     torch.cuda.empty_cache()
                     torch.cuda.reset_peak_memory_stats(env.device)
                 if env.is_main:
-                    print(format_row(rows[-1]), flush=True)
+                    print(line, flush=True)
     if env.is_main and cli.json:
         Path(cli.json).write_text(json.dumps(rows, indent=1))
     return rows
