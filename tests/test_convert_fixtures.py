@@ -3,10 +3,12 @@ tokenizer, tiny model configs of each shape, and checkpoints written by the trai
 from __future__ import annotations
 
 import importlib.util
+import os
 import string
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
@@ -33,6 +35,19 @@ LLAMA = dict(num_layers=2, hidden_size=32, num_attention_heads=4, num_kv_heads=2
              activation="swiglu", mlp_multiple_of=16, use_bias_in_norms=False, use_bias_in_attn_linear=False,
              use_bias_in_mlp=False, no_weight_tying=True)
 FULL = dict(USE_ORIGINAL_FULL_ATTEN=True, USE_SEP_ATTN_KERNEL_ACCELERATOR=False)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def restore_environ():
+    """Undo the RANK / WORLD_SIZE / MASTER_PORT ... that an in-process init_distributed() sets, so
+    that training subprocesses started by later test modules pick their own free port.
+
+    Import it into every test module that saves or loads checkpoints in-process.
+    """
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 def sepllm(window: int = 4, **extra) -> dict:

@@ -10,6 +10,7 @@ import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from test_convert_fixtures import NEOX, ROOT, TEXT, load_tool, make_tokenizer, randomise, sample_ids, save_checkpoint_of, sepllm, write_config
+from test_convert_fixtures import restore_environ  # noqa: F401 (autouse: undoes init_distributed's environment)
 
 to_neox = load_tool("convert_hf_to_neox")
 to_hf = load_tool("convert_neox_to_hf")

@@ -11,6 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPTNeoXForCausalLM, LlamaForCausalLM
 
 from test_convert_fixtures import FULL, LLAMA, NEOX, ROOT, TEXT, load_tool, make_tokenizer, sample_ids, save_checkpoint_of, sepllm, write_config
+from test_convert_fixtures import restore_environ  # noqa: F401 (autouse: undoes init_distributed's environment)
 
 import megatron.checkpointing.sepllm_hf as sepllm_hf  # registers the SepLLM model types
 

@@ -17,6 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_convert_fixtures import NEOX, ROOT, VOCAB_ROWS, load_tool, make_tokenizer, sample_ids, sepllm, write_config  # noqa: E402
+from test_convert_fixtures import restore_environ  # noqa: F401,E402 (autouse: undoes init_distributed's environment)
 
 STAGES = (0, 1, 2, 3)
 

@@ -9,6 +9,7 @@ import torch
 import yaml
 
 from test_convert_fixtures import NEOX, make_tokenizer, save_checkpoint_of, sepllm, write_config
+from test_convert_fixtures import restore_environ  # noqa: F401 (autouse: undoes init_distributed's environment)
 
 import eval as eval_script
 
