@@ -126,13 +126,12 @@ def test_not_acted_on_keys_print_one_notice_line(tmp_path, capsys):
     assert args.notices[0] in lines[0]
 
 
-def test_tensor_and_pipeline_parallel_sizes_run_as_one_with_a_notice(tmp_path, capsys):
-    args = NeoXArgs.from_files([write(tmp_path, "a.yml", SHAPE + "model_parallel_size: 4\npipe_parallel_size: 2\nsequence_parallel: true\n")])
-    out = capsys.readouterr().out
-    assert "model_parallel_size: 4: tensor parallelism is not implemented yet" in out
-    assert "pipe_parallel_size: 2: pipeline parallelism is not implemented yet" in out
-    assert "sequence_parallel: True" in out
-    assert args.parallel.data_parallel_size(8) == 8
+def test_tensor_and_pipeline_parallel_sizes_set_the_data_parallel_size(tmp_path):
+    layout = "model_parallel_size: 2\npipe_parallel_size: 2\nzero_optimization: {stage: 1}\n"
+    args = NeoXArgs.from_files([write(tmp_path, "a.yml", SHAPE + layout)])
+    assert args.parallel.data_parallel_size(8) == 2
+    with pytest.raises(ConfigError, match="6"):
+        args.parallel.data_parallel_size(6)
 
 
 def test_notices_are_printed_by_rank_zero_only(tmp_path, capsys, monkeypatch):

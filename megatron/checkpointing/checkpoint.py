@@ -143,10 +143,11 @@ def load_checkpoint(engine, load_dir: str, *, rank: int, iteration: Optional[int
         return None
     folder = Path(load_dir) / tag
     manifest = verify_checkpoint(folder)
-    module_only = finetune or not load_optimizer
+    # no_load_optim keeps the LR schedule and step counters (DeepSpeed rebuilds ZeRO's fp32 master
+    # weights from the loaded module); finetune takes the weights alone.
     path, client_state = engine.load_checkpoint(
-        load_dir, tag=tag, load_optimizer_states=not module_only, load_lr_scheduler_states=not finetune,
-        load_module_only=module_only,
+        load_dir, tag=tag, load_optimizer_states=load_optimizer and not finetune,
+        load_lr_scheduler_states=not finetune, load_module_only=finetune,
     )
     if path is None:
         raise CheckpointError(f"DeepSpeed could not load checkpoint {folder}")
