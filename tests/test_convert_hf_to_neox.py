@@ -7,8 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
 from test_convert_fixtures import NEOX, ROOT, TEXT, load_tool, make_tokenizer, randomise, sample_ids, save_checkpoint_of, sepllm, write_config
 from test_convert_fixtures import restore_environ  # noqa: F401 (autouse: undoes init_distributed's environment)
 
@@ -22,20 +20,28 @@ def vocab_file(tmp_path_factory):
 
 
 def _hf_dir(folder: Path, model, vocab_file: Path) -> Path:
+    from transformers import PreTrainedTokenizerFast
+
     tok = PreTrainedTokenizerFast(tokenizer_file=str(vocab_file), eos_token="<|endoftext|>", pad_token="<|padding|>")
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
 
 
-HF_MODELS = {
-    "pythia-like": lambda: GPTNeoXForCausalLM(GPTNeoXConfig(
-        vocab_size=320, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96,
-        rotary_pct=0.25, use_parallel_residual=True, tie_word_embeddings=False, max_position_embeddings=64)),
-    "llama-gqa-tied": lambda: LlamaForCausalLM(LlamaConfig(
+HF_MODELS = ("llama-gqa-tied", "pythia-like")
+
+
+def _hf_model(name: str):
+    # transformers is imported here, not at collection: it imports triton (see test_convert_neox_to_hf.py).
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    if name == "pythia-like":
+        return GPTNeoXForCausalLM(GPTNeoXConfig(
+            vocab_size=320, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96,
+            rotary_pct=0.25, use_parallel_residual=True, tie_word_embeddings=False, max_position_embeddings=64))
+    return LlamaForCausalLM(LlamaConfig(
         vocab_size=300, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        intermediate_size=40, rms_norm_eps=1e-5, rope_theta=5000.0, tie_word_embeddings=True, max_position_embeddings=64)),
-}
+        intermediate_size=40, rms_norm_eps=1e-5, rope_theta=5000.0, tie_word_embeddings=True, max_position_embeddings=64))
 
 
 def _load_like_the_trainer(config: Path):
@@ -60,13 +66,13 @@ def _load_like_the_trainer(config: Path):
     return args, model.eval()
 
 
-@pytest.mark.parametrize("name", sorted(HF_MODELS))
+@pytest.mark.parametrize("name", HF_MODELS)
 def test_import_trains_from_config_and_round_trips(tmp_path, vocab_file, name):
     from megatron.neox_arguments import NeoXArgs
     from megatron.sepllm.mask import attention_mode
 
     torch.manual_seed(0)
-    hf = HF_MODELS[name]().eval()
+    hf = _hf_model(name).eval()
     randomise(hf, 4)
     src = _hf_dir(tmp_path / "hf", hf, vocab_file)
     config = to_neox.main(["--hf_model", str(src), "--output_dir", str(tmp_path / "save")])
@@ -112,7 +118,7 @@ def test_sepllm_directory_brings_its_settings(tmp_path, vocab_file):
 
 
 def test_refuses_a_model_without_fast_tokenizer(tmp_path):
-    hf = HF_MODELS["pythia-like"]()
+    hf = _hf_model("pythia-like")
     hf.save_pretrained(tmp_path / "hf")
     with pytest.raises(ValueError, match="no fast"):
         to_neox.main(["--hf_model", str(tmp_path / "hf"), "--output_dir", str(tmp_path / "save")])
@@ -156,6 +162,8 @@ def test_smollm2_round_trip_and_pg19_logits(tmp_path, smollm2):
     assert loss < 4.5  # a real model: far better than chance on a book it has not seen
 
     back = to_hf.main(["--input_dir", str(tmp_path / "save"), "--output_dir", str(tmp_path / "back")])
+    from transformers import LlamaForCausalLM
+
     again = LlamaForCausalLM.from_pretrained(back)
     original = hf.state_dict()
     for key, tensor in again.state_dict().items():

@@ -1,4 +1,8 @@
-"""Our checkpoints -> HuggingFace directories: transformers loads them and computes our logits."""
+"""Our checkpoints -> HuggingFace directories: transformers loads them and computes our logits.
+
+transformers is imported inside the tests: importing it imports triton, which must not happen
+before test_sep_kernel.py sets TRITON_INTERPRET at its collection.
+"""
 from __future__ import annotations
 
 import json
@@ -8,12 +12,8 @@ import sys
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GPTNeoXForCausalLM, LlamaForCausalLM
-
 from test_convert_fixtures import FULL, LLAMA, NEOX, ROOT, TEXT, load_tool, make_tokenizer, sample_ids, save_checkpoint_of, sepllm, write_config
 from test_convert_fixtures import restore_environ  # noqa: F401 (autouse: undoes init_distributed's environment)
-
-import megatron.checkpointing.sepllm_hf as sepllm_hf  # registers the SepLLM model types
 
 convert = load_tool("convert_neox_to_hf")
 
@@ -50,6 +50,8 @@ SHAPES = {
 
 @pytest.mark.parametrize("shape", sorted(SHAPES))
 def test_full_attention_models_match_ours(tmp_path, vocab_file, shape):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GPTNeoXForCausalLM, LlamaForCausalLM
+
     config, args, model = _checkpoint(tmp_path, vocab_file, seed=1, **SHAPES[shape], **FULL)
     out = convert.main(["--input_dir", str(tmp_path / "save" / "global_step5"), "--output_dir", str(tmp_path / "hf")])
     hf = AutoModelForCausalLM.from_pretrained(out).eval()
@@ -80,6 +82,10 @@ with torch.no_grad():
 
 
 def test_sepllm_model_keeps_sepllm_attention(tmp_path, vocab_file):
+    from transformers import AutoModelForCausalLM, GPTNeoXForCausalLM
+
+    import megatron.checkpointing.sepllm_hf as sepllm_hf  # registers the SepLLM model types
+
     keys = sepllm(4, USE_PREFILL_LOCAL_WIN_SIZES_wrt_LAYERS=True, prefill_loc_win_size_list=[3, 6])
     config, args, model = _checkpoint(tmp_path, vocab_file, seed=2, **NEOX, **keys)
     out = convert.main(["--input_dir", str(tmp_path / "save"), "--output_dir", str(tmp_path / "hf"),
@@ -114,6 +120,10 @@ def test_sepllm_model_keeps_sepllm_attention(tmp_path, vocab_file):
 
 @pytest.mark.parametrize("mode", ["streamingllm", "fixllm", "per-layer-generate"])
 def test_other_sepllm_modes_match_ours(tmp_path, vocab_file, mode):
+    from transformers import AutoModelForCausalLM
+
+    import megatron.checkpointing.sepllm_hf  # noqa: F401  (registers the SepLLM model types)
+
     keys = {
         "streamingllm": sepllm(4, streamingLLM=True),
         "fixllm": sepllm(4, USE_FIXED_SEP_INTERVALs=True, fixed_sep_intervals_list=[3, 5]),
@@ -128,6 +138,10 @@ def test_other_sepllm_modes_match_ours(tmp_path, vocab_file, mode):
 
 
 def test_llama_sepllm_model_and_bf16_output(tmp_path, vocab_file):
+    from transformers import AutoModelForCausalLM
+
+    import megatron.checkpointing.sepllm_hf as sepllm_hf
+
     config, args, model = _checkpoint(tmp_path, vocab_file, seed=3, **LLAMA, **sepllm(5))
     out = convert.main(["--input_dir", str(tmp_path / "save"), "--output_dir", str(tmp_path / "hf"), "--precision", "bf16"])
     hf = AutoModelForCausalLM.from_pretrained(out, dtype="auto").eval()
@@ -161,6 +175,7 @@ def test_refusals(tmp_path, vocab_file):
 def test_tokenizer_types_export_with_the_same_ids(tmp_path, vocab_file):
     import sentencepiece as spm
     from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
 
     from megatron.checkpointing.export import hf_tokenizer
     from megatron.data.tokenizers import build_tokenizer
