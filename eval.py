@@ -19,7 +19,7 @@ from typing import Any
 
 INSTALL_HINT = (
     "eval.py needs lm-evaluation-harness: pip install -r requirements/requirements-eval.txt "
-    "(or pip install 'lm-eval>=0.4,<0.5')"
+    "(or pip install 'lm-eval>=0.4.10,<0.5')"
 )
 
 

@@ -151,6 +151,24 @@ def test_llama_sepllm_model_and_bf16_output(tmp_path, vocab_file):
     assert float((got - expected).norm() / expected.norm()) < 2e-2  # bf16 keeps about 3 significant digits
 
 
+@pytest.mark.parametrize("tp,pp", [(2, 1), (1, 2), (2, 2)])
+def test_tensor_and_pipeline_parallel_checkpoints_convert(tmp_path, vocab_file, tp, pp):
+    """Checkpoints laid out for tensor/pipeline parallelism (written by megatron.parallel.reshard) merge back."""
+    from transformers import AutoModelForCausalLM
+
+    import megatron.checkpointing.sepllm_hf  # noqa: F401  (registers the SepLLM model types)
+    from megatron.parallel.layout import Layout
+    from megatron.parallel.reshard import reshard
+
+    _, _, model = _checkpoint(tmp_path, vocab_file, seed=6, **NEOX, **sepllm(4))
+    folder, _ = reshard(tmp_path / "save" / "global_step5", tmp_path / "split", Layout(tp=tp, pp=pp, dp=1))
+    assert any(folder.glob("mp_rank_01_model_states.pt")) or any(folder.glob("layer_*"))
+    out = convert.main(["--input_dir", str(tmp_path / "split"), "--output_dir", str(tmp_path / "hf"), "--skip_tokenizer"])
+    hf = AutoModelForCausalLM.from_pretrained(out).eval()
+    ids = sample_ids(vocab_file)
+    torch.testing.assert_close(_hf_logits(hf, ids), _ours_logits(model, ids), rtol=0, atol=1e-4)
+
+
 def test_refusals(tmp_path, vocab_file):
     from megatron.checkpointing.checkpoint import CheckpointError
 

@@ -42,7 +42,7 @@ def main(argv: list[str]) -> Path:
     folder = export.checkpoint_folder(args.input_dir, args.iteration)
     config = export.checkpoint_args(folder, args.config_file)
     tokenizer = None if args.skip_tokenizer else export.hf_tokenizer(config.tokenizer)
-    state = export.read_model_state_dict(folder)
+    state = export.read_model_state_dict(folder, config.model.num_layers)
     model = export.to_hf_model(config, state, args.architecture, export.PRECISIONS[args.precision], tokenizer=tokenizer)
     out = export.save_hf_directory(model, tokenizer, args.output_dir, overwrite=args.overwrite)
     print(f"wrote {model.config.model_type} model ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "

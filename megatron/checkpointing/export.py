@@ -2,14 +2,15 @@
 
     folder = checkpoint_folder("save")                       # save/ (follows `latest`) or save/global_stepN
     args = checkpoint_args(folder)                           # the config.yml stored with it, or given files
-    state = read_model_state_dict(folder)                    # any ZeRO stage
+    state = read_model_state_dict(folder, args.model.num_layers)  # any ZeRO stage, tensor/pipeline parallel
     model = to_hf_model(args, state, dtype=torch.float32)    # GPTNeoX/Llama (SepLLM classes when trained with SepLLM)
     tokenizer = hf_tokenizer(args.tokenizer)
     save_hf_directory(model, tokenizer, "out")               # what AutoModelForCausalLM.from_pretrained loads
 
 Reading the weights: ZeRO stages 0-2 keep every parameter whole in `mp_rank_00_model_states.pt`
 (in the training precision, the values the forward pass used). ZeRO-3 shards them over the ranks'
-optimizer files; DeepSpeed's zero_to_fp32 helpers gather the fp32 master weights.
+optimizer files; DeepSpeed's zero_to_fp32 helpers gather the fp32 master weights. Tensor- and
+pipeline-parallel checkpoints are merged by megatron.parallel.reshard.
 """
 from __future__ import annotations
 
@@ -69,18 +70,21 @@ def checkpoint_args(folder: str | os.PathLike, config_files: Optional[Sequence[s
     return NeoXArgs.from_files([str(stored)])
 
 
-def _refuse_model_parallel(folder: Path) -> None:
-    if any(folder.glob("*mp_rank_01*")) or any(folder.glob("layer_*-model_states.pt")):
-        raise CheckpointError(
-            f"checkpoint {folder} is split by tensor or pipeline parallelism; only data-parallel checkpoints "
-            "(any ZeRO stage) can be read"
-        )
+def _model_parallel(folder: Path) -> bool:
+    """Saved by tensor-parallel ranks (mp_rank_01...) or pipeline stages (layer_XX-model_YY-...)?"""
+    return any(folder.glob("mp_rank_01_model_states.pt")) or any(folder.glob("layer_*-model_*-model_states.pt"))
 
 
-def read_model_state_dict(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Our model's full state dict from a checkpoint folder saved with any ZeRO stage (CPU tensors)."""
+def read_model_state_dict(folder: str | os.PathLike, num_layers: Optional[int] = None) -> dict[str, torch.Tensor]:
+    """Our model's full state dict (CPU tensors) from a checkpoint folder saved with any ZeRO stage, or
+    split by tensor / pipeline parallelism (merged by megatron.parallel.reshard, which needs `num_layers`)."""
     folder = Path(folder)
-    _refuse_model_parallel(folder)
+    if _model_parallel(folder):
+        if num_layers is None:
+            raise CheckpointError(f"checkpoint {folder} is split by tensor or pipeline parallelism; reading it needs the layer count")
+        from megatron.parallel.reshard import read_model
+
+        return read_model(folder, int(num_layers))
     whole = folder / MODEL_STATES
     if whole.exists():
         return _module_state_dict(whole)
@@ -291,5 +295,5 @@ def inference_model(args, device: Optional[torch.device] = None):
     dtype = args.precision.dtype if device.type == "cuda" else torch.float32
     folder = checkpoint_folder(args.checkpoint.load, args.checkpoint.iteration)
     tokenizer = hf_tokenizer(args.tokenizer)
-    model = to_hf_model(args, read_model_state_dict(folder), dtype=dtype, tokenizer=tokenizer)
+    model = to_hf_model(args, read_model_state_dict(folder, args.model.num_layers), dtype=dtype, tokenizer=tokenizer)
     return model.to(device), tokenizer
