@@ -3,15 +3,13 @@
 The Triton kernels run under TRITON_INTERPRET=1 on small shapes; the GPU file
 test_sep_kernel_gpu.py runs the compiled kernels on CUDA.
 """
-import os
 
 import pytest
 import torch
 
 if torch.cuda.is_available():
     pytest.skip("CUDA present: the compiled kernels are tested in test_sep_kernel_gpu.py", allow_module_level=True)
-# Must be set before triton is imported and the kernels are decorated.
-os.environ["TRITON_INTERPRET"] = "1"
+# tests/conftest.py sets TRITON_INTERPRET=1 before triton is imported.
 pytest.importorskip("triton", reason="triton is needed for the kernel tests (requirements/requirements-test.txt)")
 
 from megatron.sepllm.kernel import build_layout, plan_layout, sep_attention_kernel  # noqa: E402
