@@ -70,7 +70,7 @@ def main(argv: list[str]) -> dict[str, Any]:
 
     try:
         args = NeoXArgs.from_files(cli.configs)
-        args.validate_for("generate")  # eval needs what generation needs: a checkpoint and its tokenizer
+        args.validate_for("eval")
     except ConfigError as exc:
         sys.exit(f"config error: {exc}")
     tasks = cli.eval_tasks or args.generation.eval_tasks

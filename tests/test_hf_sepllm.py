@@ -34,7 +34,26 @@ def tiny_neox(layers=2, seed=0):
     return GPTNeoXForCausalLM(cfg).eval()
 
 
-MODELS = {"llama": tiny_llama, "gpt_neox": tiny_neox}
+def tiny_qwen2(layers=2, seed=0):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, attn_implementation="sdpa")
+    return Qwen2ForCausalLM(cfg).eval()
+
+
+def tiny_mistral(layers=2, seed=0):
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = MistralConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                        sliding_window=None, attn_implementation="sdpa")
+    return MistralForCausalLM(cfg).eval()
+
+
+MODELS = {"llama": tiny_llama, "gpt_neox": tiny_neox, "qwen2": tiny_qwen2, "mistral": tiny_mistral}
 
 
 def _ids(B, L, seed=0):

@@ -39,8 +39,6 @@ def check_ready(args: "NeoXArgs", task: str) -> list[str]:
     else:
         if c.load is None:
             problems.append(f"{task} needs `load`, the checkpoint directory to read the model from")
-        if task == "eval" and args.data.data_path is None and args.data.valid_data_paths is None and args.data.test_data_paths is None:
-            problems.append("eval needs data: set `data_path` or valid/test_data_paths")
         if task == "generate" and args.generation.text_gen_type == "input-file" and args.generation.sample_input_file:
             if not os.path.isfile(args.generation.sample_input_file):
                 problems.append(f"`sample_input_file: {args.generation.sample_input_file}` does not exist")

@@ -54,6 +54,13 @@ class Trainer:
         self.tokenizer = build_tokenizer(a.tokenizer.tokenizer_type, a.tokenizer.vocab_file, a.tokenizer.merge_file)
         self.vocab_size = padded_vocab_size(self.tokenizer.vocab_size, a.model.make_vocab_size_divisible_by,
                                             a.parallel.model_parallel_size)
+        if a.model.padded_vocab_size is not None:  # e.g. an imported checkpoint's exact embedding rows
+            if a.model.padded_vocab_size < self.tokenizer.vocab_size or a.model.padded_vocab_size % a.parallel.model_parallel_size:
+                raise ValueError(
+                    f"padded_vocab_size {a.model.padded_vocab_size} must be >= the tokenizer's {self.tokenizer.vocab_size} "
+                    f"tokens and divisible by model_parallel_size {a.parallel.model_parallel_size}"
+                )
+            self.vocab_size = a.model.padded_vocab_size
         model = GPTModel(a.model, a.sepllm, self.vocab_size)
         if a.training.checkpoint_activations:
             model.enable_activation_checkpointing(a.training.checkpoint_num_layers)
