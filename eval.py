@@ -82,7 +82,7 @@ def main(argv: list[str]) -> dict[str, Any]:
         return {}
     from lm_eval.utils import make_table
 
-    from megatron.checkpointing.atomic import atomic_write_text
+    from megatron.atomic_io import atomic_write_text
     from megatron.checkpointing.export import inference_model
     from megatron.checkpointing.sepllm_hf import kv_report
 

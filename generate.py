@@ -123,7 +123,7 @@ def main(argv: list[str]) -> list[dict]:
         return []
     import torch
 
-    from megatron.checkpointing.atomic import atomic_write_text
+    from megatron.atomic_io import atomic_write_text
     from megatron.checkpointing.export import inference_model
     from megatron.checkpointing.sepllm_hf import kv_report
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from megatron.neox_arguments import ConfigError, NeoXArgs
-from megatron.neox_arguments.yaml_io import atomic_write_text
+from megatron.atomic_io import atomic_write_text
 
 SHAPE = "num_layers: 2\nhidden_size: 64\nnum_attention_heads: 2\nseq_length: 32\n"
 

@@ -227,7 +227,7 @@ def test_argument_errors_are_clear(tmp_path):
 
 
 def test_read_only_data_folder_asks_for_a_cache_dir(tmp_path, monkeypatch):
-    import megatron.data.atomic_io as atomic_io
+    import megatron.atomic_io as atomic_io
 
     make_dataset(tmp_path / "ro" / "d")
     real_commit = atomic_io.commit

@@ -167,7 +167,7 @@ def import_model(hf_model, tokenizer, output_dir: str | os.PathLike, config_out:
     from megatron.checkpointing.hf_mapping import from_hf_state_dict, model_args_from_hf_config, sep_args_from_hf_config
     from megatron.data.tokenizers import build_tokenizer
     from megatron.neox_arguments import NeoXArgs
-    from megatron.neox_arguments.yaml_io import atomic_write_text
+    from megatron.atomic_io import atomic_write_text
     from megatron.sepllm.hf.families import separator_ids_from_tokenizer
 
     save_dir = Path(output_dir).resolve()

@@ -16,7 +16,7 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from megatron.data.atomic_io import atomic_write_json, read_json_or_none  # noqa: E402
+from megatron.atomic_io import atomic_write_json, read_json_or_none  # noqa: E402
 from megatron.data.indexed_format import IndexedDatasetError, files_fingerprint, inspect_indexed_dataset  # noqa: E402
 
 DEMO_DIR = os.path.join(REPO, "data", "demo")

@@ -25,7 +25,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from megatron.checkpointing.atomic import atomic_write_bytes, atomic_write_text, fsync_dir, fsync_tree
+from megatron.atomic_io import atomic_write_bytes, atomic_write_text, fsync_dir, fsync_tree
 from megatron.parallel.distributed import barrier
 
 MANIFEST = "manifest.json"

@@ -252,7 +252,7 @@ def check_output_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> Pat
 
 def save_hf_directory(model, tokenizer, out_dir: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Write a from_pretrained-loadable directory; atomic: a crash leaves no half-written `out_dir`."""
-    from megatron.checkpointing.atomic import fsync_dir, fsync_tree
+    from megatron.atomic_io import fsync_dir, fsync_tree
     from megatron.checkpointing.sepllm_hf import is_sepllm_model, remote_code_auto_map, write_remote_code
 
     out = check_output_dir(out_dir, overwrite)

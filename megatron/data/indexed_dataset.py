@@ -14,7 +14,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Optional
 
-from megatron.data.atomic_io import atomic_write_json, read_json_or_none
+from megatron.atomic_io import atomic_write_json, read_json_or_none
 from megatron.data.indexed_format import (
     IndexedDatasetError,
     IndexedFiles,

@@ -26,7 +26,7 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
-from megatron.data.atomic_io import commit, fsync_dir, remove_quietly, temp_path_for
+from megatron.atomic_io import commit, fsync_dir, remove_quietly, temp_path_for
 
 MAGIC = b"MMIDIDX\x00\x00"
 VERSION = 1

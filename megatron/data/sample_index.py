@@ -25,7 +25,7 @@ from typing import Optional
 
 import numpy as np
 
-from megatron.data.atomic_io import atomic_save_npy, atomic_write_json, read_json_or_none, remove_quietly
+from megatron.atomic_io import atomic_save_npy, atomic_write_json, read_json_or_none, remove_quietly
 
 FORMAT_VERSION = 2
 _DOC_STREAM, _SAMPLE_STREAM = 0, 1

@@ -37,7 +37,8 @@ from megatron.neox_arguments.sepllm import SepLLMArgs
 from megatron.neox_arguments.tokenizer import TokenizerArgs
 from megatron.neox_arguments.training import TrainingArgs
 from megatron.neox_arguments.validation import resolve_and_validate
-from megatron.neox_arguments.yaml_io import atomic_write_text, dump_yaml, load_config_file
+from megatron.atomic_io import atomic_write_text
+from megatron.neox_arguments.yaml_io import dump_yaml, load_config_file
 
 
 @dataclass

@@ -148,7 +148,7 @@ def _module_files(model: dict[str, torch.Tensor], layout: Layout, num_layers: in
 def write_checkpoint(model: dict[str, torch.Tensor], state: dict, save_dir: Path, tag: str, layout: Layout,
                      *, num_layers: int, config_yaml: str, note: dict) -> Path:
     """Write `tag` under `save_dir` for `layout`, crash-safely: the folder appears complete or not at all."""
-    from megatron.checkpointing.atomic import atomic_write_text, fsync_dir, fsync_tree
+    from megatron.atomic_io import atomic_write_text, fsync_dir, fsync_tree
 
     save_dir.mkdir(parents=True, exist_ok=True)
     final = save_dir / tag

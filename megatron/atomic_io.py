@@ -1,6 +1,7 @@
-"""Crash-safe file output: write to a temporary name, fsync, then rename over the target.
+"""Crash-safe file output, for datasets, index caches, configs and checkpoints alike.
 
-A reader therefore sees either the old file or the complete new one, never a torn write.
+Write to a temporary name, fsync, then rename over the target: a reader sees either the old
+file or the complete new one, never a torn write, whatever kills the writer.
 """
 from __future__ import annotations
 
@@ -45,6 +46,30 @@ def commit(tmp: str | os.PathLike, target: str | os.PathLike) -> None:
     fsync_file(tmp)
     os.replace(tmp, target)
     fsync_dir(Path(target).parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    tmp = temp_path_for(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        commit(tmp, path)
+    finally:
+        remove_quietly(tmp)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write `text` (UTF-8) to `path` atomically, creating the folder if needed."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def fsync_tree(root: str | os.PathLike) -> None:
+    """fsync every file and folder under `root` (after another library wrote them)."""
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            fsync_file(os.path.join(dirpath, name))
+        fsync_dir(dirpath)
 
 
 def remove_quietly(path: str | os.PathLike) -> None:
