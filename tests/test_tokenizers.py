@@ -134,6 +134,7 @@ def test_hf_auto_tokenizer_from_a_local_folder(tmp_path, neox):
 
 def test_hf_auto_tokenizer_from_the_smollm2_gguf(smollm2_gguf):
     tok = build_tokenizer("HFAutoTokenizer", smollm2_gguf)
+    assert [tok.tokenize(c) for c in ".,?!;: \t\n"] == [[i] for i in SEPARATOR_PRESETS["smollm2"]]
     assert tok.vocab_size == 49152
     assert tok.detokenize([tok.eod]) == "<|im_end|>"
     text = "Separators, everywhere: here. There!"
