@@ -80,3 +80,29 @@ def test_training_free_configs_load_on_a_32_layer_llama_shape():
     for path in files:
         args = NeoXArgs.from_files([base, path])
         assert args.sepllm.Layer_num == 32 and args.sepllm.PADDING_ID == 128009
+
+
+def test_upstream_and_pythia_configs_build_the_right_model_on_meta():
+    """Each upstream SepLLM config and each Pythia config builds its model; parameter counts printed."""
+    import torch  # noqa: F401  (the model builds on the meta device: no memory, no init)
+
+    from megatron.model import GPTModel, count_parameters, padded_vocab_size
+
+    expected = {"160m": 162_322_944, "1.4b": 1_414_647_808}  # Pythia's sizes with the 50,277-token tokenizer
+    paths = sorted(upstream("sepllm-training-configs").glob("*.yml")) + sorted(upstream("gpt-neox-configs/pythia").glob("*.yml"))
+    for path in paths:
+        if path.name == "debug.yml":
+            continue
+        args = NeoXArgs.from_files([path])
+        vocab = padded_vocab_size(50277, args.model.make_vocab_size_divisible_by, args.parallel.model_parallel_size)
+        model = GPTModel(args.model, args.sepllm, vocab, device="meta")
+        n = count_parameters(model)
+        print(f"{path.name}: {n:,} parameters")
+        pythia = {"70M.yml": 70_426_624, "160M.yml": 162_322_944, "410M.yml": 405_334_016, "1B.yml": 1_011_781_632,
+                  "1-4B.yml": 1_414_647_808, "2-8B.yml": 2_775_208_960, "6-9B.yml": 6_857_302_016, "12B.yml": 11_846_072_320}
+        if path.name in pythia:  # the released Pythia models' parameter counts
+            assert n == pythia[path.name], (path.name, n)
+        size = next((k for k in expected if f"-{k}-" in path.name), None)
+        if size is not None:
+            extra = n - expected[size]  # BiPE adds a learned intra-segment position table
+            assert 0 <= extra <= args.model.seq_length * args.model.hidden_size, (path.name, n)
