@@ -133,3 +133,13 @@ def test_damaged_checkpoint_is_refused(tmp_path, corpus):
     proc = run(tmp_path, make_config(tmp_path, corpus, "b.yml", train_iters=4, save=str(ck), load=str(ck)), check=False)
     assert proc.returncode != 0
     assert "file mp_rank_00_model_states.pt is missing" in proc.stderr
+
+
+def test_rerun_of_a_finished_run_keeps_its_checkpoint(tmp_path, corpus):
+    ck = tmp_path / "ck"
+    cfg = make_config(tmp_path, corpus, train_iters=2, save=str(ck), load=str(ck), checkpoint_factor=2)
+    run(tmp_path, cfg)
+    manifest = (ck / "global_step2" / "manifest.json").read_text()
+    again = run(tmp_path, cfg)
+    assert again["start"] == 2 and again["losses"] == []
+    assert (ck / "global_step2" / "manifest.json").read_text() == manifest

@@ -66,9 +66,11 @@ def save_checkpoint(engine, save_dir: str, iteration: int, *, client_state: dict
     save = Path(save_dir)
     tag = tag_for(iteration)
     folder = save / tag
+    if resolve_tag(save_dir) == tag:
+        raise CheckpointError(f"{folder} is the checkpoint `latest` names; refusing to overwrite it in place")
     if rank == 0:
         save.mkdir(parents=True, exist_ok=True)
-        if folder.exists():  # leftover of a save that was killed, or a re-save of the same step
+        if folder.exists():  # leftover of a save that was killed
             shutil.rmtree(folder)
     barrier()
     engine.save_checkpoint(str(save), tag=tag, client_state=client_state, save_latest=False)

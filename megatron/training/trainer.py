@@ -84,6 +84,7 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             a.save_yaml(self.run_dir / "config.yml")
         self._load()
+        self.start_iteration = self.state.iteration
         self._build_data()
 
     def _load(self) -> None:
@@ -292,8 +293,13 @@ class Trainer:
                 logger.log(it, {"loss": val, "ppl": math.exp(min(val, 50))}, prefix="valid")
             if self._should_save(it):
                 self.save()
-        if a.checkpoint.save and not self._should_save(self.state.iteration) and self.state.iteration > 0:
+        # The final state is saved unless this run trained nothing (a rerun of a finished run must not
+        # rewrite the checkpoint that `latest` names) or it was just saved.
+        trained = self.state.iteration > self.start_iteration
+        if a.checkpoint.save and trained and not self._should_save(self.state.iteration):
             self.save()
+        if not trained:
+            logger.message(f"nothing to train: iteration {self.state.iteration} >= train_iters {t.train_iters}")
         logger.close()
         return history
 
