@@ -73,8 +73,7 @@ class SelfAttention(nn.Module):
                 q, k, v, ctx.plan, self.layer_idx, dropout_p=dropout_p, use_kernel=self.use_kernel, recompile=self.recompile
             )
         plan = ctx.plan
-        plain_causal = plan.windows[self.layer_idx] is None and plan.doc_ids is None and plan.key_valid is None
-        mask = None if plain_causal else plan.dense_mask(self.layer_idx)
+        mask = None if plan.is_causal(self.layer_idx) else plan.dense_mask(self.layer_idx)
         bias = alibi_bias(*ctx.alibi) if ctx.alibi is not None else None
         return explicit_attention(
             q, k, v, mask,

@@ -29,7 +29,7 @@ def sepllm_attention(
     recompile: bool = False,
 ) -> torch.Tensor:  # [B, H, L, D]
     gqa = q.shape[1] != k.shape[1]
-    if plan is None or (plan.windows[layer] is None and plan.doc_ids is None and plan.key_valid is None):
+    if plan is None or plan.is_causal(layer):
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, scale=scale, enable_gqa=gqa)
     if use_kernel and q.is_cuda:
         from megatron.sepllm.kernel import sep_attention_kernel

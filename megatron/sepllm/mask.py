@@ -110,10 +110,14 @@ class AttentionPlan:
     per_layer_kept: Optional[list[torch.Tensor]] = None  # FixLLM: one kept tensor per layer
     _dense_cache: dict = field(default_factory=dict, repr=False)
 
+    def is_causal(self, layer: int) -> bool:
+        """True when `layer` computes plain causal attention (full window, no document or padding masks)."""
+        return self.windows[layer] is None and self.doc_ids is None and self.key_valid is None
+
     @property
     def is_dense_causal(self) -> bool:
-        """True when no layer deviates from plain causal attention (no doc or padding masks either)."""
-        return all(w is None for w in self.windows) and self.doc_ids is None and self.key_valid is None
+        """True when no layer deviates from plain causal attention."""
+        return all(self.is_causal(layer) for layer in range(len(self.windows)))
 
     def layer_kept(self, layer: int) -> Optional[torch.Tensor]:
         return self.per_layer_kept[layer] if self.per_layer_kept is not None else self.kept

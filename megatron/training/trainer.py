@@ -6,7 +6,6 @@ this file only wires them together and runs the loop.
 from __future__ import annotations
 
 import math
-import os
 import random
 import time
 from dataclasses import dataclass
@@ -17,7 +16,6 @@ import numpy as np
 import torch
 
 from megatron.parallel.distributed import DistEnv, barrier, init_distributed
-from megatron.parallel.loss import lm_loss  # noqa: F401  (kept importable from here)
 
 
 @dataclass
