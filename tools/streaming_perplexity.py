@@ -60,6 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--enable_pos_shift", type=str2bool, default=True, help="positions inside the cache (False: stream positions)")
     p.add_argument("--shift_strategy", default="evict", choices=["evict", "read"], help="rotate keys when evicted, or on every read")
     p.add_argument("--chunk_size", type=int, default=1, help="tokens per forward pass (1 = upstream token-by-token mode)")
+    p.add_argument("--cuda_graphs", type=str2bool, default=True, help="token mode: fixed-shape cache replayed from a CUDA graph")
     p.add_argument("--concat_texts", type=str2bool, default=False, help="one stream over all texts (no cache reset)")
     p.add_argument("--separator_token_ids", type=int, nargs="+", default=None, help="default: from the tokenizer")
     p.add_argument("--device", default="cuda:0" if torch.cuda.is_available() else "cpu")
@@ -80,7 +81,7 @@ def settings_from_args(args) -> StreamingSettings:
     else:
         raise ValueError("--enable_kv_cache_manager True needs --enable_SepLLM True or --enable_StreamingLLM True")
     return StreamingSettings(method, args.init_cache_size, args.sep_cache_size if method == SEPLLM else 0, args.local_size,
-                             args.cache_size, args.enable_pos_shift, args.shift_strategy, args.chunk_size)
+                             args.cache_size, args.enable_pos_shift, args.shift_strategy, args.chunk_size, args.cuda_graphs)
 
 
 def default_data(dataset: str) -> list[str]:
@@ -146,6 +147,7 @@ def main(argv=None) -> dict:
         "sep_cache_size": settings.sep_cache_size, "local_size": settings.local_size, "cache_size": settings.cache_size,
         "tokens": len(report.nlls), "ppl": report.ppl, "tokens_per_second": report.tokens_per_second,
         "seconds": report.seconds, "peak_memory_bytes": report.peak_memory, "max_cache_entries": report.max_entries,
+        "peak_memory_bytes_at": {str(k): v for k, v in report.peak_memory_at.items()}, "cuda_graphs": settings.static_cache,
         "ppl_at": {str(m): float(curve[m - 1]) for m in MILESTONES if m <= len(report.nlls)},
     }
     write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")

@@ -7,6 +7,9 @@ compresses after the chunk. Without position shifting the two modes agree up to 
 with it, the keys of a chunk share one set of cache positions, so the modes differ slightly
 (benchmarks/streaming.py reports the perplexity difference).
 
+Token mode uses a fixed-shape cache (SepCache(static=True)) and replays each step from a CUDA graph
+(megatron.inference.graphed_step) unless cuda_graphs=False or shift_strategy="read".
+
 Works with any transformers model `apply_sepllm` supports (our checkpoints convert to the HF
 GPT-NeoX / Llama formats). The full-attention baseline uses a DynamicCache.
 """
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Optional
 
 import torch
@@ -22,6 +25,7 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 from megatron.sepllm.cache.budget import SEPLLM, STREAMINGLLM
+from megatron.inference.graphed_step import GraphedTokenStep
 from megatron.sepllm.hf import SepCache, apply_sepllm
 
 FULL = "full"
@@ -40,6 +44,7 @@ class StreamingSettings:
     enable_pos_shift: bool = True
     shift_strategy: str = "evict"
     chunk_size: int = 1
+    cuda_graphs: bool = True  # token mode: fixed-shape cache, each step replayed from a CUDA graph
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -52,11 +57,15 @@ class StreamingSettings:
         """A fresh cache for this method (None for the full-attention baseline's DynamicCache)."""
         if self.method == FULL:
             return DynamicCache()
+        kw = dict(pos_shift=self.enable_pos_shift, shift_strategy=self.shift_strategy, static=self.static_cache)
         if self.method == STREAMINGLLM:
-            return SepCache(self.init_cache_size, 0, self.local_size, self.cache_size, policy=STREAMINGLLM,
-                            pos_shift=self.enable_pos_shift, shift_strategy=self.shift_strategy)
-        return SepCache(self.init_cache_size, self.sep_cache_size, self.local_size, self.cache_size,
-                        pos_shift=self.enable_pos_shift, shift_strategy=self.shift_strategy)
+            return SepCache(self.init_cache_size, 0, self.local_size, self.cache_size, policy=STREAMINGLLM, **kw)
+        return SepCache(self.init_cache_size, self.sep_cache_size, self.local_size, self.cache_size, **kw)
+
+    @property
+    def static_cache(self) -> bool:
+        """Token mode with the fixed-shape cache (the "read" shift strategy needs the dynamic one)."""
+        return self.chunk_size == 1 and self.cuda_graphs and self.shift_strategy == "evict"
 
 
 def prepare_model(model, settings: StreamingSettings, *, separator_ids=None, tokenizer=None):
@@ -70,7 +79,7 @@ def prepare_model(model, settings: StreamingSettings, *, separator_ids=None, tok
 @dataclass
 class StepResult:
     nll: torch.Tensor  # [k] negative log-likelihoods of the tokens predicted in this forward
-    cache_entries: int  # entries the cache holds after this forward (per layer)
+    cache_entries: Optional[int]  # entries the cache holds after this forward (None: not read back, static cache)
     tokens_done: int
 
 
@@ -85,20 +94,29 @@ def stream_text(model, ids: torch.Tensor, cache, chunk_size: int, max_tokens: Op
     if max_tokens is not None:
         n_pred = min(n_pred, max_tokens)
     done = 0
+    graphed = GraphedTokenStep(model, cache) if isinstance(cache, SepCache) and cache.static else None
     while done < n_pred:
         k = min(chunk_size, n_pred - done)
         inp = ids[:, done:done + k]
-        out = model(inp, past_key_values=cache, use_cache=True)
-        logits = out.logits[0].float()
+        if graphed is not None:
+            logits = graphed(inp)[0].float()
+        else:
+            logits = model(inp, past_key_values=cache, use_cache=True).logits[0].float()
         nll = F.cross_entropy(logits, ids[0, done + 1:done + k + 1], reduction="none")
         done += k
         yield StepResult(nll, _entries(cache), done)
 
 
-def _entries(cache) -> int:
+def _entries(cache) -> Optional[int]:
     if isinstance(cache, SepCache):
-        return cache.core.held(0)
+        return None if cache.static else cache.core.held(0)  # a static cache would sync the device every token
     return cache.get_seq_length()
+
+
+def _max_entries(cache) -> int:
+    if isinstance(cache, SepCache) and cache.static:
+        return cache.core.max_held()
+    return _entries(cache) or 0
 
 
 @dataclass
@@ -107,6 +125,7 @@ class StreamReport:
     seconds: float
     peak_memory: Optional[int]
     max_entries: int
+    peak_memory_at: dict[int, int] = field(default_factory=dict)  # tokens read -> peak bytes so far (CUDA)
 
     @property
     def ppl(self) -> float:
@@ -118,9 +137,11 @@ class StreamReport:
 
 
 def evaluate_stream(model, texts: Iterable[torch.Tensor], settings: StreamingSettings, *, num_eval_tokens: Optional[int] = None,
-                    concat: bool = False, on_step: Optional[Callable[[StepResult, float], None]] = None) -> StreamReport:
+                    concat: bool = False, on_step: Optional[Callable[[StepResult, float], None]] = None,
+                    memory_marks: Iterable[int] = (10_000, 100_000, 500_000, 1_000_000)) -> StreamReport:
     """Stream `texts` (token id tensors) until num_eval_tokens predictions; a new cache per text
-    unless `concat` (then the texts form one stream, as upstream's evaluation does)."""
+    unless `concat` (then the texts form one stream, as upstream's evaluation does). On CUDA the
+    peak memory is also recorded when the stream passes each of `memory_marks` tokens."""
     if concat:
         texts = [torch.cat([t.view(-1) for t in texts])]
     nlls: list[float] = []
@@ -130,6 +151,9 @@ def evaluate_stream(model, texts: Iterable[torch.Tensor], settings: StreamingSet
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+    marks = sorted(memory_marks) if cuda else []
+    peak_at: dict[int, int] = {}
+    done_before = 0  # predictions of the texts finished earlier
     start = time.perf_counter()
     last_flush = start
     for ids in texts:
@@ -139,18 +163,23 @@ def evaluate_stream(model, texts: Iterable[torch.Tensor], settings: StreamingSet
         left = None if num_eval_tokens is None else num_eval_tokens - len(nlls) - sum(p.numel() for p in pending)
         for step in stream_text(model, ids, cache, settings.chunk_size, left):
             pending.append(step.nll)
-            max_entries = max(max_entries, step.cache_entries)
+            while marks and done_before + step.tokens_done >= marks[0]:
+                peak_at[marks.pop(0)] = torch.cuda.max_memory_allocated()  # host-side allocator statistic: no sync
+            if step.cache_entries is not None:
+                max_entries = max(max_entries, step.cache_entries)
             now = time.perf_counter()
             if now - last_flush > 1.0:  # syncing with the device once a second keeps token mode fast
                 nlls.extend(torch.cat(pending).tolist())
                 pending = []
                 last_flush = now
                 if on_step is not None:
-                    on_step(StepResult(torch.tensor(nlls[-1:]), step.cache_entries, len(nlls)), now - start)
+                    on_step(StepResult(torch.tensor(nlls[-1:]), _max_entries(cache), len(nlls)), now - start)
+        max_entries = max(max_entries, _max_entries(cache))
+        done_before = len(nlls) + sum(p.numel() for p in pending)
     if pending:
         nlls.extend(torch.cat(pending).tolist())
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated() if cuda else None
-    return StreamReport(nlls, seconds, peak, max_entries)
+    return StreamReport(nlls, seconds, peak, max_entries, peak_at)

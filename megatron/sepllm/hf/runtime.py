@@ -224,6 +224,8 @@ class SepLLMRuntime:
     def _count(self, layer: int, mask: torch.Tensor) -> None:
         """Share of the causal (non-padding) keys the queries see: the kept-KV / attention-map ratio."""
         if self._cache is not None:
+            if self._cache.static:
+                return  # the cache's own kv_ratio() reports; per-layer host bookkeeping would freeze in a CUDA graph
             lay = self._cache.core.layout
             # Cache mode: keys held / tokens seen, after this chunk.
             self._layer_ratios.append(lay.valid.sum(1).double() / lay.seen.double().clamp(min=1))

@@ -18,6 +18,7 @@ from transformers.cache_utils import Cache
 
 from megatron.sepllm.cache import CacheBudget, RotarySpec, SepKVCache
 from megatron.sepllm.cache.budget import SEPLLM, STREAMINGLLM
+from megatron.sepllm.cache.static_cache import StaticSepKVCache
 
 try:  # transformers >= 4.54 keeps one object per layer
     from transformers.cache_utils import CacheLayerMixin
@@ -71,6 +72,8 @@ class SepCache(Cache):
     policy="streamingllm" keeps the initial tokens plus the last c - a tokens instead
     (local_size then defaults to cache_size - init_cache_size). pos_shift=True gives keys their
     positions inside the cache (needed to stream far past the model's trained context).
+    static=True keeps fixed shapes for token-by-token decoding under CUDA graphs (one token per
+    forward pass, no prefill; see megatron.sepllm.cache.static_cache).
     """
 
     is_compileable = False
@@ -87,6 +90,7 @@ class SepCache(Cache):
         pos_shift: bool = False,
         shift_strategy: str = "evict",
         rotary: Optional[RotarySpec] = None,
+        static: bool = False,
     ):
         if policy == STREAMINGLLM:
             budget = CacheBudget.streamingllm(init_cache_size, cache_size, local_size)
@@ -97,12 +101,17 @@ class SepCache(Cache):
         except TypeError:  # pragma: no cover - transformers < 4.54
             super().__init__()
             self.layers = []
-        self.core = SepKVCache(budget, separator_token_ids, pos_shift=pos_shift, rotary=rotary, shift_strategy=shift_strategy)
+        core = StaticSepKVCache if static else SepKVCache
+        self.core = core(budget, separator_token_ids, pos_shift=pos_shift, rotary=rotary, shift_strategy=shift_strategy)
 
     def __repr__(self) -> str:
         b = self.core.budget
         return (f"SepCache(policy={b.policy}, a={b.init_size}, s={b.sep_size}, w={b.local_size}, c={b.capacity}, "
-                f"pos_shift={self.core.pos_shift}, held={self.core.held(0)})")
+                f"pos_shift={self.core.pos_shift}, static={self.static}, held={self.core.held(0)})")
+
+    @property
+    def static(self) -> bool:
+        return getattr(self.core, "static", False)
 
     def __len__(self) -> int:
         return len(self.layers)
@@ -147,7 +156,7 @@ class SepCache(Cache):
 
     @property
     def is_initialized(self) -> bool:
-        return self.core.layout is not None
+        return self.core.columns_seen > 0
 
     def kv_ratio(self) -> float:
         """Kept KV entries over tokens seen."""
