@@ -473,7 +473,7 @@ def _bwd_dkdv_band_kernel(
     n_blocks = tl.cdiv(q_hi - q_lo, BLOCK_M)
     # Query blocks [i_fs, i_fe) see every key of the block (past the diagonal, inside every
     # window, no padding or document edge): their loop skips the mask.
-    if MASK_FREE and not HAS_DOCS and not HAS_VALID:
+    if MASK_FREE and not (HAS_DOCS or HAS_VALID):
         i_fs = tl.minimum(tl.cdiv(k0 + BLOCK_N - 1 - q_lo, BLOCK_M), n_blocks)
         lim = tl.minimum(k0 + W - BLOCK_M, L - BLOCK_M) - q_lo  # last mask-free block start, relative
         i_fe = tl.where(lim >= 0, lim // BLOCK_M + 1, 0)
