@@ -4,6 +4,7 @@
     torchrun --nproc_per_node 8 benchmarks/train_throughput.py             # data parallel over 8 GPUs
     python benchmarks/train_throughput.py --models 160M --seqs 2048 --json out.json
     python benchmarks/train_throughput.py --toy                            # tiny shape, runs on CPU
+    python benchmarks/train_throughput.py --out DIR    # DIR/throughput.md and .json, rewritten after every row
 
 Rows: Pythia 160M / 410M / 1.4B shapes (configs/pythia) x sequence 2048 / 8192 x
   framework-vanilla  GPTModel with full causal attention, through the DeepSpeed engine (bf16, ZeRO-1)
@@ -16,9 +17,16 @@ Every step reads a fresh micro-batch of --tokens-per-micro-batch tokens (random 
 training. All rows run under the same SDPA backend choice (cuDNN, then FlashAttention), so vanilla
 differs from the baseline by the framework, not by the attention kernel.
 
-Columns: tokens/s over all ranks; model TFLOP/s per GPU and MFU (bf16 dense peak) count 6 FLOPs per
-parameter per token plus attention over the share of the attention map that is computed (the
-trainer's convention, megatron/training/flops.py), so SepLLM rows are not credited for skipped work.
+Columns: tokens/s over all ranks; model TFLOP/s per GPU counts 6 FLOPs per parameter per token plus
+attention over the share of the attention map that is computed (the trainer's convention,
+megatron/training/flops.py), so SepLLM rows are not credited for skipped work. MFU is given twice:
+against the bf16 matrix-multiply rate measured at the start of the same run (the ceiling this GPU
+reaches in practice) and against the datasheet's dense bf16 peak. "vs base" is a framework row's
+throughput over the baseline's of the same shape, "vs van" SepLLM's over vanilla's.
+
+A row that runs out of memory is retried once at half the micro-batch (then reported as such);
+--time-budget-s skips the rows that would start after the budget, so a run cut short still
+leaves every finished row in --out.
 """
 from __future__ import annotations
 
@@ -27,6 +35,7 @@ import gc
 import json
 import sys
 import time
+from typing import Optional
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -108,6 +117,26 @@ def timed(step, steps: int, warmup: int, device) -> float:
     return (time.perf_counter() - start) / steps
 
 
+def matmul_ceiling(device, size: int = 8192, iters: int = 40) -> Optional[float]:
+    """TFLOP/s of a bf16 size^3 matrix product on this GPU (random data), the practical MFU ceiling."""
+    if device.type != "cuda":
+        return None
+    a = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+    b = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+    for _ in range(5):
+        torch.mm(a, b)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        torch.mm(a, b)
+    end.record()
+    torch.cuda.synchronize(device)
+    seconds = start.elapsed_time(end) / 1e3
+    del a, b
+    torch.cuda.empty_cache()
+    return 2 * size**3 * iters / seconds / 1e12
+
+
 def attention_backends(device):
     """cuDNN attention first, FlashAttention next, for every row (a no-op context on CPU)."""
     from contextlib import nullcontext
@@ -156,7 +185,10 @@ def run_framework(model: str, seq: int, micro: int, attention: str, cli, env) ->
     args = framework_args(model, seq, micro, attention, cli)
     torch.manual_seed(1234)
     vocab = padded_vocab_size(50277, args.model.make_vocab_size_divisible_by, args.parallel.model_parallel_size)
-    net = GPTModel(args.model, args.sepllm, vocab)
+    # Initialised on the GPU where nothing is split (CPU initialisation of 1.4B weights takes ~15 s);
+    # tensor and pipeline parallelism split a CPU-built model, as the trainer does.
+    whole = cli.model_parallel_size == 1 and cli.pipe_parallel_size <= 1
+    net = GPTModel(args.model, args.sepllm, vocab, device=env.device if whole else None)
     if args.training.checkpoint_activations:
         net.enable_activation_checkpointing(args.training.checkpoint_num_layers)
     non_embedding = count_parameters(net, exclude_embeddings=True)
@@ -240,6 +272,9 @@ class PythiaBaseline(nn.Module):
         cos, sin = self.cos[: ids.shape[1]], self.sin[: ids.shape[1]]
         for block in self.blocks:
             x = block(x, cos, sin)
+        return self.head_loss(x, labels)
+
+    def head_loss(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(self.out(self.norm(x)).float().flatten(0, 1), labels.flatten())
 
 
@@ -247,10 +282,15 @@ def run_baseline(model: str, seq: int, micro: int, cli, env, shape: dict) -> dic
     torch.manual_seed(1234)
     net = PythiaBaseline(shape["layers"], shape["hidden"], shape["heads"], VOCAB, seq).to(env.device)
     non_embedding = sum(p.numel() for n, p in net.named_parameters() if not n.startswith(("embed", "out")))
-    module = net
+    if cli.compile:
+        # Regional compilation: the block's graph is compiled once per shape and serves every layer,
+        # which keeps compile time to seconds per shape (a whole-model graph would unroll all layers).
+        for block in net.blocks:
+            block.compile(dynamic=False)
+        net.head_loss = torch.compile(net.head_loss, dynamic=False)
+    compiled = net
     if env.world_size > 1:
-        module = nn.parallel.DistributedDataParallel(net, device_ids=[env.device.index] if env.device.type == "cuda" else None)
-    compiled = torch.compile(module) if cli.compile else module
+        compiled = nn.parallel.DistributedDataParallel(net, device_ids=[env.device.index] if env.device.type == "cuda" else None)
     optimizer = torch.optim.AdamW(net.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1,
                                   fused=env.device.type == "cuda")
     dtype = torch.bfloat16 if cli.bf16 else torch.float32
@@ -273,14 +313,14 @@ def run_baseline(model: str, seq: int, micro: int, cli, env, shape: dict) -> dic
         seconds = timed(step, cli.steps, cli.warmup, env.device)
     row = dict(impl="baseline", kept=1.0, seconds=seconds, tokens=micro * seq * cli.grad_acc * env.world_size,
                non_embedding=non_embedding, layers=shape["layers"], hidden=shape["hidden"], vocab=VOCAB)
-    del compiled, module, net, optimizer
+    del compiled, net, optimizer
     return row
 
 
 # ------------------------------------------------------------------------------ report
 
 
-def finish(row: dict, model: str, seq: int, micro: int, env) -> dict:
+def finish(row: dict, model: str, seq: int, micro: int, env, ceiling: Optional[float]) -> dict:
     from megatron.training.flops import flops_per_token, peak_tflops
 
     fpt = flops_per_token(num_params_non_embedding=row.pop("non_embedding"), num_layers=row.pop("layers"),
@@ -291,31 +331,87 @@ def finish(row: dict, model: str, seq: int, micro: int, env) -> dict:
     peak = peak_tflops(torch.cuda.get_device_name(env.device)) if env.device.type == "cuda" else None
     memory = torch.cuda.max_memory_allocated(env.device) / 2**30 if env.device.type == "cuda" else None
     return {"model": model, "seq": seq, "micro_batch": micro, **row, "tokens_per_s": tokens_per_s,
-            "tflops_per_gpu": tflops, "mfu": tflops / peak if peak else None, "max_memory_gib": memory,
-            "gpus": env.world_size}
+            "tokens_per_s_per_gpu": tokens_per_s / env.world_size, "tflops_per_gpu": tflops,
+            "mfu": tflops / peak if peak else None, "mfu_measured": tflops / ceiling if ceiling else None,
+            "max_memory_gib": memory, "gpus": env.world_size}
 
 
-HEADER = f"{'model':>6} {'seq':>6} {'mb':>3} {'impl':<18} {'kept':>6} {'tokens/s':>11} {'TFLOP/s':>8} {'MFU':>6} {'mem GiB':>8}"
+def add_ratios(row: dict, rows: list[dict]) -> None:
+    """Framework rows over the baseline of the same shape; SepLLM over vanilla (when those ran)."""
+    def same_shape(impl: str) -> Optional[dict]:
+        return next((r for r in rows if r["model"] == row["model"] and r["seq"] == row["seq"]
+                     and r["impl"] == impl and "tokens_per_s" in r), None)
+
+    if "tokens_per_s" not in row:
+        return
+    base, vanilla = same_shape("baseline"), same_shape("framework-vanilla")
+    if row["impl"].startswith("framework") and base:
+        row["vs_baseline"] = row["tokens_per_s"] / base["tokens_per_s"]
+    if row["impl"] == "framework-sepllm" and vanilla:
+        row["vs_vanilla"] = row["tokens_per_s"] / vanilla["tokens_per_s"]
+
+
+COLUMNS = ["model", "seq", "mb", "impl", "kept", "tokens/s", "TFLOP/s/GPU", "MFU meas.", "MFU peak", "vs base",
+           "vs van", "mem GiB"]
+
+
+def _cells(r: dict) -> list[str]:
+    def pct(key):
+        return f"{r[key]:.1%}" if r.get(key) is not None else "-"
+
+    def ratio(key):
+        return f"{r[key]:.3f}" if r.get(key) is not None else "-"
+
+    head = [r["model"], str(r["seq"]), str(r["micro_batch"]), r["impl"]]
+    if "error" in r:
+        return head + [r["error"]] + [""] * (len(COLUMNS) - 5)
+    mem = f"{r['max_memory_gib']:.1f}" if r.get("max_memory_gib") is not None else "-"
+    return head + [f"{r['kept']:.3f}", f"{r['tokens_per_s']:.0f}", f"{r['tflops_per_gpu']:.1f}", pct("mfu_measured"),
+                   pct("mfu"), ratio("vs_baseline"), ratio("vs_vanilla"), mem]
+
+
+WIDTHS = [6, 6, 3, 18, 6, 11, 11, 9, 8, 7, 6, 7]
+HEADER = " ".join(f"{c:>{w}}" if i not in (3,) else f"{c:<{w}}" for i, (c, w) in enumerate(zip(COLUMNS, WIDTHS)))
 
 
 def format_row(r: dict) -> str:
-    mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "-"
-    mem = f"{r['max_memory_gib']:.1f}" if r["max_memory_gib"] is not None else "-"
-    return (f"{r['model']:>6} {r['seq']:>6} {r['micro_batch']:>3} {r['impl']:<18} {r['kept']:>6.3f} "
-            f"{r['tokens_per_s']:>11.0f} {r['tflops_per_gpu']:>8.1f} {mfu:>6} {mem:>8}")
+    return " ".join(f"{c:>{w}}" if i not in (3,) else f"{c:<{w}}" for i, (c, w) in enumerate(zip(_cells(r), WIDTHS)))
+
+
+def markdown(rows: list[dict], meta: dict) -> str:
+    ceiling = f"{meta['ceiling_tflops']:.1f} TFLOP/s" if meta.get("ceiling_tflops") else "not measured (no GPU)"
+    lines = [f"Device: {meta['device']} x {meta['gpus']}; measured bf16 matmul ceiling {ceiling}; "
+             f"datasheet peak {meta['peak_tflops'] or '-'} TFLOP/s; {meta['steps']} timed steps after {meta['warmup']} warm-up.",
+             "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(_cells(r)) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(out: Optional[Path], json_path: Optional[str], rows: list[dict], meta: dict) -> None:
+    """Rewrite the results after every row (atomically), so a run killed midway keeps what it measured."""
+    from megatron.atomic_io import atomic_write_text
+
+    payload = json.dumps({"meta": meta, "rows": rows}, indent=1)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "throughput.md", markdown(rows, meta))
+        atomic_write_text(out / "throughput.json", payload)
+    if json_path:
+        atomic_write_text(json_path, payload)
 
 
 def parse(argv: list[str] | None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=[*MODELS, "toy"])
     parser.add_argument("--seqs", nargs="+", type=int, default=[2048, 8192])
-    parser.add_argument("--impls", nargs="+", default=["framework-vanilla", "framework-sepllm", "baseline"],
-                        choices=["framework-vanilla", "framework-sepllm", "baseline"])
+    parser.add_argument("--impls", nargs="+", default=["baseline", "framework-vanilla", "framework-sepllm"],
+                        choices=["framework-vanilla", "framework-sepllm", "baseline"],
+                        help="run in this order; ratios need the baseline / vanilla row of the shape first")
     parser.add_argument("--tokens-per-micro-batch", type=int, default=16384,
                         help="micro batch = this / seq (at least 1)")
     parser.add_argument("--grad-acc", type=int, default=1)
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--sepllm-config", default="configs/sepllm/n256.yml")
     parser.add_argument("--separator-rate", type=float, default=0.1, help="share of separator tokens in random batches")
     parser.add_argument("--token-file", default=None, help=".npy of token ids to slice batches from instead")
@@ -326,6 +422,9 @@ def parse(argv: list[str] | None):
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="baseline without torch.compile")
     parser.add_argument("--fp32", dest="bf16", action="store_false", help="fp32 instead of bf16 (default on CPU)")
     parser.add_argument("--json", default=None, help="also write the rows here")
+    parser.add_argument("--out", type=Path, default=None, help="folder for throughput.md and throughput.json")
+    parser.add_argument("--time-budget-s", type=float, default=None,
+                        help="start no new row after this many seconds (the finished rows are kept)")
     parser.add_argument("--toy", action="store_true", help="tiny model, seq 128, 2 steps: a CPU smoke run")
     cli = parser.parse_args(argv)
     if cli.toy:
@@ -336,44 +435,69 @@ def parse(argv: list[str] | None):
     return cli
 
 
+def run_row(impl: str, model: str, seq: int, micro: int, cli, env) -> dict:
+    if impl == "baseline":
+        args = framework_args(model, seq, micro, "vanilla", cli)
+        shape = {"layers": args.model.num_layers, "hidden": args.model.hidden_size, "heads": args.model.num_attention_heads}
+        return run_baseline(model, seq, micro, cli, env, shape)
+    return run_framework(model, seq, micro, impl.split("-", 1)[1], cli, env)
+
+
+def release_memory(env) -> None:
+    gc.collect()
+    if env.device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(env.device)
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     from megatron.parallel.distributed import init_distributed
+    from megatron.training.flops import peak_tflops
 
     cli = parse(argv)
+    started = time.monotonic()
     env = init_distributed()
-    rows = []
+    # Regional compilation keeps one graph per (model, seq) shape of the block; allow all of them.
+    import torch._dynamo
+
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    ceiling = matmul_ceiling(env.device)
+    device_name = torch.cuda.get_device_name(env.device) if env.device.type == "cuda" else "cpu"
+    meta = {"device": device_name, "gpus": env.world_size, "ceiling_tflops": ceiling,
+            "peak_tflops": peak_tflops(device_name), "steps": cli.steps, "warmup": cli.warmup,
+            "model_parallel_size": cli.model_parallel_size, "pipe_parallel_size": cli.pipe_parallel_size,
+            "sequence_parallel": cli.sequence_parallel, "torch": torch.__version__}
+    rows: list[dict] = []
     if env.is_main:
+        print(f"device {device_name} x {env.world_size}; bf16 matmul ceiling "
+              f"{f'{ceiling:.1f} TFLOP/s' if ceiling else '-'}; datasheet peak {meta['peak_tflops'] or '-'}", flush=True)
         print(HEADER, flush=True)
     for model in cli.models:
         for seq in cli.seqs:
-            micro = max(cli.tokens_per_micro_batch // seq, 1)
-            if env.device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(env.device)
-            shape = None
             for impl in cli.impls:
-                try:
-                    if impl == "baseline":
-                        if shape is None:
-                            args = framework_args(model, seq, micro, "vanilla", cli)
-                            shape = {"layers": args.model.num_layers, "hidden": args.model.hidden_size,
-                                     "heads": args.model.num_attention_heads}
-                        row = run_baseline(model, seq, micro, cli, env, shape)
-                    else:
-                        row = run_framework(model, seq, micro, impl.split("-", 1)[1], cli, env)
-                    rows.append(finish(row, model, seq, micro, env))
-                    line = format_row(rows[-1])
-                except torch.OutOfMemoryError:
-                    # One GPU: report and go on (lower --tokens-per-micro-batch or add --checkpoint-activations).
-                    rows.append({"model": model, "seq": seq, "micro_batch": micro, "impl": impl, "error": "out of memory"})
-                    line = f"{model:>6} {seq:>6} {micro:>3} {impl:<18} out of memory"
-                gc.collect()
-                if env.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                    torch.cuda.reset_peak_memory_stats(env.device)
+                micro = max(cli.tokens_per_micro_batch // seq, 1)
+                if cli.time_budget_s is not None and time.monotonic() - started > cli.time_budget_s:
+                    row = {"model": model, "seq": seq, "micro_batch": micro, "impl": impl, "error": "skipped (time budget)"}
+                else:
+                    release_memory(env)
+                    while True:
+                        try:
+                            row = finish(run_row(impl, model, seq, micro, cli, env), model, seq, micro, env, ceiling)
+                            break
+                        except torch.OutOfMemoryError:
+                            release_memory(env)
+                            if micro == 1 or env.world_size > 1:  # ranks must agree on the shape: no retry
+                                row = {"model": model, "seq": seq, "micro_batch": micro, "impl": impl, "error": "out of memory"}
+                                break
+                            micro //= 2
+                            if env.is_main:
+                                print(f"{model} {seq} {impl}: out of memory, retrying at micro-batch {micro}", flush=True)
+                    release_memory(env)
+                add_ratios(row, rows)
+                rows.append(row)
                 if env.is_main:
-                    print(line, flush=True)
-    if env.is_main and cli.json:
-        Path(cli.json).write_text(json.dumps(rows, indent=1))
+                    print(format_row(row), flush=True)
+                    write_outputs(cli.out, cli.json, rows, meta)
     return rows
 
 

@@ -89,16 +89,20 @@ def launch(folder: Path, nproc: int, configs: list[Path], timeout: int = 600) ->
     return json.loads(out.read_text())
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
+def build_corpus(out: Path) -> str:
+    """The character-level training corpus of these runs, tokenized into `out`; returns its data_path."""
     from megatron.data.preprocess import preprocess
     from megatron.data.tokenizers import build_tokenizer
 
-    out = tmp_path_factory.mktemp("corpus")
     preprocess(inputs=str(ROOT / "tests" / "fixtures" / "train_corpus.txt"), output_prefix=str(out / "corpus"),
                tokenizer=build_tokenizer("CharLevelTokenizer", None), txt_mode="paragraph",
                append_eod=True, progress=False, log=lambda _: None)
     return str(out / "corpus_text_document")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return build_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 SAVED_AT = 3  # TP=2 and PP=2 SepLLM runs save here; their launches then resume from it
