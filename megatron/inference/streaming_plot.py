@@ -25,10 +25,9 @@ def plot_running_ppl(curves: dict[str, list[float]], path: str | Path, title: st
         if not nlls:
             continue
         y = running_ppl(nlls)
-        # Thin out long curves: a million points draw slowly and look the same as a few thousand.
-        step = max(1, len(y) // 4000)
-        x = np.arange(1, len(y) + 1)[::step]
-        ax.plot(x, y[::step], label=f"{name} (ppl {math.exp(float(np.mean(nlls))):.2f})")
+        # Thin out long curves, evenly on the log axis: a million points draw slowly and look the same as 4000.
+        idx = np.unique(np.geomspace(1, len(y), num=min(len(y), 4000)).astype(np.int64)) - 1
+        ax.plot(idx + 1, y[idx], label=f"{name} (ppl {math.exp(float(np.mean(nlls))):.2f})")
     ax.set_xscale("log")
     ax.set_xlabel("tokens read")
     ax.set_ylabel("running perplexity")

@@ -105,6 +105,8 @@ class StaticSepKVCache:
             raise ValueError(f"batch size changed from {self._meta['valid'].shape[0]} to {B} within one cache; reset the cache or start a new one")
         if self._sep_tensor is None or self._sep_tensor.device != device:
             self._sep_tensor = separator_tensor(self.separator_ids or [], device)
+        if self.rotary is not None and self.rotary.inv_freq.device != device:
+            self.rotary = RotarySpec(self.rotary.inv_freq.to(device))  # a host copy cannot be captured in a CUDA graph
         m, b = self._meta, self.budget
         real = torch.ones_like(input_ids, dtype=torch.bool) if valid is None else valid.to(device=device, dtype=torch.bool)
         real = real[:, 0]
