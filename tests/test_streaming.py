@@ -91,3 +91,22 @@ def test_cache_is_reset_between_texts_unless_concatenated(tiny_model_dir):
     assert apart.nlls[49:] == pytest.approx(alone_b.nlls, rel=1e-5, abs=1e-6)
     joined = evaluate_stream(model, [a, b], settings, concat=True)
     assert len(joined.nlls) == 99 and joined.nlls[50:] != pytest.approx(alone_b.nlls[1:], rel=1e-3)
+
+
+def test_streams_our_own_checkpoint(tmp_path):
+    """A checkpoint saved by our trainer streams directly (SepLLM-trained models convert to the sepllm_* HF types)."""
+    from test_convert_fixtures import NEOX, make_tokenizer, save_checkpoint_of, sepllm, write_config
+
+    vocab = make_tokenizer(tmp_path / "tok")
+    config = write_config(tmp_path / "cfg.yml", vocab, tmp_path / "save", **NEOX, **sepllm(4))
+    save_checkpoint_of(config, seed=3)
+    books = tmp_path / "books"
+    books.mkdir()
+    (books / "a.txt").write_text(TEXT * 3)
+    common = ["--model_name_or_path", str(tmp_path / "save"), "--data_path", str(books), "--num_eval_tokens", "120",
+              "--device", "cpu", "--dtype", "float32", "--cache_size", "40", "--init_cache_size", "4",
+              "--sep_cache_size", "8", "--local_size", "16", "--enable_pos_shift", "False"]
+    token = streaming_main([*common, "--output_dir", str(tmp_path / "t")])
+    chunk = streaming_main([*common, "--output_dir", str(tmp_path / "c"), "--chunk_size", "16"])
+    assert token["tokens"] == 120 and math.isfinite(token["ppl"]) and token["max_cache_entries"] <= 40
+    assert chunk["ppl"] == pytest.approx(token["ppl"], rel=1e-4)

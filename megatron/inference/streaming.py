@@ -72,6 +72,13 @@ def prepare_model(model, settings: StreamingSettings, *, separator_ids=None, tok
     """Install the SepLLM runtime (needed by SepCache) unless this is the full-attention baseline."""
     if settings.method == FULL:
         return None
+    installed = getattr(model, "_sepllm_runtime", None)
+    if installed is not None:
+        # A converted SepLLM checkpoint (sepllm_gpt_neox / sepllm_llama) carries its training's runtime
+        # and separators; the runtime serves a SepCache as it serves the mask.
+        if separator_ids is not None:
+            installed.separator_ids = [int(i) for i in separator_ids]
+        return installed
     kw = {"separator_token_ids": separator_ids} if separator_ids is not None else {}
     return apply_sepllm(model, tokenizer=tokenizer, **kw)
 

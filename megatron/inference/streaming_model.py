@@ -1,4 +1,5 @@
-"""Loading a model and tokenizer for streaming evaluation: a transformers directory or a GGUF file."""
+"""Loading a model and tokenizer for streaming evaluation: a transformers directory, a GGUF file, or one
+of our checkpoints (a save directory with `latest`, or a global_stepN folder)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,11 +10,25 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+def is_our_checkpoint(path: Path) -> bool:
+    from megatron.checkpointing.checkpoint import LATEST, MANIFEST
+
+    return path.is_dir() and ((path / LATEST).exists() or (path / MANIFEST).exists())
+
+
 def load_model_and_tokenizer(path: str, *, dtype: str = "float32", device: str = "cpu", attn_implementation: str = "sdpa"):
-    """(model, tokenizer) from a transformers model directory or a .gguf file (de-quantized)."""
+    """(model, tokenizer) from a transformers model directory, a .gguf file (de-quantized) or our checkpoint."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} is unknown; choose one of {sorted(DTYPES)}")
     p = Path(path)
+    if is_our_checkpoint(p):
+        from megatron.checkpointing.export import checkpoint_args, checkpoint_folder, hf_tokenizer, read_model_state_dict, to_hf_model
+
+        folder = checkpoint_folder(p)
+        args = checkpoint_args(folder)  # the resolved config saved with the checkpoint
+        tokenizer = hf_tokenizer(args.tokenizer)
+        model = to_hf_model(args, read_model_state_dict(folder, args.model.num_layers), dtype=DTYPES[dtype], tokenizer=tokenizer)
+        return model.to(device).eval(), tokenizer
     kw: dict = {}
     if p.suffix == ".gguf":
         if not p.is_file():
