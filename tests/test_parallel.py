@@ -108,13 +108,19 @@ def corpus(tmp_path_factory):
 SAVED_AT = 3  # TP=2 and PP=2 SepLLM runs save here; their launches then resume from it
 
 
+# Launches that also resume the TP=2 SepLLM checkpoint of step SAVED_AT, resharded to their layout
+# with its optimizer state (the second and last steps then match TP=2 continuing only if Adam's
+# moments and step count came across).
+RESHARDED_INTO = {"pp2": dict(tp=1, pp=2, dp=1), "dp2": dict(tp=1, pp=1, dp=2)}
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, corpus):
     """Results per layout, each layout launched once, on first use: {name: {"start", "losses", "valid"}}.
 
     Besides the two models, the TP=2 and PP=2 launches resume their SepLLM run from its step-3
-    checkpoint ("resumed", same layout, optimizer included), and the PP=2 launch also resumes the
-    TP=2 checkpoint resharded to PP=2 ("resharded", weights only).
+    checkpoint ("resumed", same layout, optimizer included), and the PP=2 and DP=2 launches resume
+    the TP=2 checkpoint resharded to their layout ("resharded", optimizer included).
     """
     folder = tmp_path_factory.mktemp("parallel")
     cache: dict[str, dict] = {}
@@ -127,13 +133,14 @@ def runs(tmp_path_factory, corpus):
             checkpoints = str(folder / f"ck_{layout}")
             runs_["sepllm"] = {"save": checkpoints, "extra_save_iters": [SAVED_AT]}
             runs_["resumed"] = {"load": checkpoints, "iteration": SAVED_AT}
-        if layout == "pp2":
+        if layout in RESHARDED_INTO:
             from megatron.parallel.layout import Layout
             from megatron.parallel.reshard import reshard
 
             get("tp2")
-            reshard(folder / "ck_tp2" / f"global_step{SAVED_AT}", folder / "ck_tp2_as_pp2", Layout(tp=1, pp=2, dp=1))
-            runs_["resharded"] = {"load": str(folder / "ck_tp2_as_pp2"), "no_load_optim": True}
+            target = folder / f"ck_tp2_as_{layout}"
+            reshard(folder / "ck_tp2" / f"global_step{SAVED_AT}", target, Layout(**RESHARDED_INTO[layout]))
+            runs_["resharded"] = {"load": str(target)}
         configs = [write_config(folder, f"{layout}_{name}", corpus, name if name in MODELS else "sepllm", layout, **extra)
                    for name, extra in runs_.items()]
         results = launch(folder, LAYOUTS[layout][0], configs)
@@ -177,12 +184,16 @@ def test_resume_in_the_same_layout_is_exact(runs, layout):
 
 
 @pytest.mark.multiproc
-def test_tensor_parallel_checkpoint_resumes_under_pipeline_parallelism(runs):
-    """Saved by TP=2 at step 3, resharded to PP=2, resumed: the first resumed step computes the loss the
-    uninterrupted run had there (weights and data position carried over; Adam's moments restart)."""
-    resharded = runs("pp2")["resharded"]
+@pytest.mark.parametrize("layout", sorted(RESHARDED_INTO))
+def test_tensor_parallel_checkpoint_resumes_in_another_layout_with_its_optimizer(runs, layout):
+    """Saved by TP=2 at step 3, resharded to PP=2 or DP=2 (ZeRO-1 partitions of another shape),
+    resumed to step 5: the same losses as TP=2 continuing, so weights, data position, LR schedule,
+    fp32 master weights, Adam's moments and step count all came across."""
+    resharded = runs(layout)["resharded"]
     assert resharded["start"] == SAVED_AT and len(resharded["losses"]) == STEPS - SAVED_AT
-    assert resharded["losses"][0] == pytest.approx(runs("one")["sepllm"]["losses"][SAVED_AT], rel=2e-5, abs=2e-5)
+    continuing = runs("tp2")["sepllm"]["losses"][SAVED_AT:]
+    assert resharded["losses"] == pytest.approx(continuing, rel=2e-5, abs=2e-5)
+    assert resharded["valid"] == pytest.approx(runs("tp2")["sepllm"]["valid"], rel=2e-5, abs=2e-5)
 
 
 @pytest.mark.multiproc
@@ -190,15 +201,16 @@ def test_reshard_round_trip_keeps_every_weight(runs, tmp_path):
     import torch
 
     from megatron.checkpointing.export import read_model_state_dict
-    from megatron.parallel.reshard import read_model, source_layout
+    from megatron.parallel.reshard import read_model, read_optimizer, source_layout
 
     sys.path.insert(0, str(ROOT / "tools"))
     from reshard_checkpoint import main as reshard_main
 
     source = runs("tp2")["folder"] / "ck_tp2" / f"global_step{SAVED_AT}"
     original = read_model(source, 4)
+    original_optim = read_optimizer(source, 4)
     assert source_layout(source) == (2, 1)
-    hops = [("a", ["--model_parallel_size", "2", "--pipe_parallel_size", "2"]), ("b", ["--pipe_parallel_size", "4"]),
+    hops = [("a", ["--model_parallel_size", "2", "--pipe_parallel_size", "2"]), ("b", ["--pipe_parallel_size", "4", "--data_parallel_size", "2"]),
             ("c", [])]
     previous = source
     for name, sizes in hops:
@@ -209,6 +221,12 @@ def test_reshard_round_trip_keeps_every_weight(runs, tmp_path):
     final = read_model_state_dict(tmp_path / "c" / f"global_step{SAVED_AT}")  # the export path reads TP=PP=1
     assert final.keys() == original.keys()
     assert all(torch.equal(final[k], original[k]) for k in original)
+    # The optimizer state went through the same hops (ZeRO partitions re-cut each time) unchanged.
+    final_optim = read_optimizer(tmp_path / "c" / f"global_step{SAVED_AT}", 4)
+    assert torch.equal(final_optim.step, original_optim.step) and final_optim.param_groups == original_optim.param_groups
+    for key, tensors in original_optim.tensors.items():
+        assert tensors.keys() == final_optim.tensors[key].keys() == {n for n in original if not n.endswith("_extra_state")}
+        assert all(torch.equal(final_optim.tensors[key][n], t) for n, t in tensors.items()), key
     assert reshard_main([str(source), str(tmp_path / "c")]) == 2  # never overwrites a checkpoint
     assert reshard_main([str(source), str(tmp_path / "d"), "--model_parallel_size", "8"]) == 2
 
@@ -223,6 +241,18 @@ def test_layout_coordinates_follow_deepspeed_and_megatron_order():
     coords = [layout.coords(r) for r in range(layout.world)]
     assert len(set(coords)) == 24 and all(layout.rank(*c) == r for r, c in enumerate(coords))
     assert coords[1] == (1, 0, 0) and coords[2] == (0, 0, 1) and coords[8] == (0, 1, 0)
+
+
+def test_optimizer_formats_resharding_cannot_carry_are_named():
+    from megatron.parallel.reshard import ReshardError, _check_zero_format
+
+    _check_zero_format("zero_pp_rank_0_mp_rank_00_optim_states.pt", {"zero_stage": 1, "base_optimizer_state": {}})
+    cases = [("bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt", {"base_optimizer_state": {}}, "BF16_Optimizer"),
+             ("zero_pp_rank_0_mp_rank_00_optim_states.pt", {"zero_stage": 3}, "ZeRO stage 3"),
+             ("zero_pp_rank_0_mp_rank_00_optim_states.pt", {"zero_stage": 1, "base_optimizer_state": []}, "elastic")]
+    for name, sd, what in cases:
+        with pytest.raises(ReshardError, match=f"{what}.*no_load_optim: true"):
+            _check_zero_format(name, sd)
 
 
 def test_world_size_must_factor_into_the_layout():

@@ -5,8 +5,10 @@
 
 Reads a checkpoint saved under any layout (any ZeRO stage when there is no model parallelism)
 and writes OUT_DIR/global_stepN for the new one, with `latest` pointing at it. Weights, learning-
-rate schedule, step counters and the data position carry over; the optimizer's moments do not, so
-resume with `load: OUT_DIR` and `no_load_optim: true` (see megatron/parallel/reshard.py).
+rate schedule, step counters and the data position carry over, and for ZeRO stage 1/2 checkpoints
+the optimizer too (fp32 master weights, Adam's moments and step): resume with `load: OUT_DIR`.
+For other checkpoints the tool says that the optimizer was not carried: resume those with
+`no_load_optim: true` as well (see megatron/parallel/reshard.py).
 """
 from __future__ import annotations
 
@@ -48,7 +50,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for notice in notices:
         print(f"reshard_checkpoint notice: {notice}")
-    print(f"wrote {folder} for {layout} ({layout.world} ranks); resume with load: {cli.output} and no_load_optim: true")
+    if any(folder.glob("*optim_states.pt")):
+        how = f"load: {cli.output} (optimizer state included)"
+    else:
+        how = f"load: {cli.output} and no_load_optim: true (the optimizer state was not carried over)"
+    print(f"wrote {folder} for {layout} ({layout.world} ranks); resume with {how}")
     return 0
 
 

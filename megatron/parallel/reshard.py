@@ -6,22 +6,33 @@ GPTModel parameter names, and written again as the files DeepSpeed loads for the
     pipe 1:  mp_rank_{tp:02d}_model_states.pt               module = this tensor-parallel slice
     pipe >1: layer_{i:02d}-model_{tp:02d}-model_states.pt   one per pipeline layer (see pipeline.py)
              mp_rank_{stage * tp_size + tp:02d}_model_states.pt   steps, LR schedule, client state
+    zero_pp_rank_{dp}_mp_rank_{mp:02d}_optim_states.pt      ZeRO-1/2 optimizer partition of a rank
 
 Written: the weights, the learning-rate schedule, DeepSpeed's step counters and the client state
-(our train_state: iteration and consumed samples, so the data continues where it stopped).
-Not carried over: the optimizer's moments (DeepSpeed keeps them flattened per layout and cannot
-repartition them even for a new data-parallel size) and per-rank RNG states. Load the result with
-`no_load_optim: true`: under ZeRO the fp32 master weights are rebuilt from the loaded weights.
-DeepSpeed restores the LR schedule and step counters too when asked to skip only the optimizer
-(load_optimizer_states=False); a module-only load takes the weights and the client state alone.
+(our train_state: iteration and consumed samples, so the data continues where it stopped), and,
+for ZeRO stage 1 and 2 checkpoints, the optimizer: fp32 master weights, Adam's exp_avg and
+exp_avg_sq and its step count. DeepSpeed keeps those as one flat vector per parameter group and
+rank; they are cut back into parameters by the `param_shapes` saved with the checkpoint, merged
+over tensor-parallel ranks like the weights, and flattened and partitioned again exactly as
+DeepSpeed's ZeRO-1/2 optimizer lays them out for the target rank (parameter order of the target
+module, alignment 2 x data-parallel size, equal partitions). Such a checkpoint resumes with its
+optimizer state (plain `load`).
+
+Not carried: per-rank RNG states, and the optimizer of ZeRO-0 and ZeRO-3 checkpoints (other formats):
+load those results with `no_load_optim: true`, which keeps the LR schedule and step counters (the
+fp32 master weights are rebuilt from the loaded weights; Adam's moments restart).
 """
 from __future__ import annotations
 
+import copy
 import io
 import json
+import math
 import os
 import re
 import shutil
+from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -33,6 +44,10 @@ from megatron.parallel.tensor_parallel import shard, split_dim
 
 _LAYER_FILE = re.compile(r"^layer_(\d+)-model_(\d+)-model_states\.pt$")
 _MP_FILE = re.compile(r"^mp_rank_(\d+)_model_states\.pt$")
+_OPTIM_FILE = re.compile(r"^(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_(\d+)_optim_states\.pt$")
+_PIPE_PARAM = re.compile(r"^(\d+)\.(.+)$")
+_TIED_PREFIX = "tied_modules.word_embeddings."
+ZERO_ALIGNMENT = 2  # DeepSpeed's nccl_start_alignment_factor: flat groups align to 2 x data-parallel size
 _EXTRA_STATE = "._extra_state"  # megatron-core layers' placeholder entries, None-valued
 # DeepSpeed's keys in mp_rank files that describe the source layout or optimizer; rewritten or dropped.
 _LAYOUT_KEYS = ("module", "optimizer", "param_shapes", "frozen_param_shapes", "shared_params",
@@ -125,6 +140,230 @@ def target_vocab_divisor(padded_vocab: int, tp: int, divisible_by: int, vocab: O
     return padded_vocab // tp
 
 
+# ------------------------------------------------------------------ optimizer state (ZeRO stage 1 and 2)
+
+OPTIMIZER_KEYS = ("fp32", "exp_avg", "exp_avg_sq")  # fp32: the master weights
+
+
+@dataclass
+class OptimizerState:
+    """Adam's state of the whole model by GPTModel parameter name, and what every rank shares."""
+
+    tensors: dict[str, dict[str, torch.Tensor]]  # OPTIMIZER_KEYS -> parameter name -> whole tensor
+    step: Optional[torch.Tensor]  # Adam's step count (the same for every flat group)
+    param_groups: list[dict]  # torch optimizer hyperparameters of the (decay, no-decay) groups
+    common: dict  # loss scaler, clip_grad, zero_stage, ds_version: copied to every rank
+    extra: dict  # the file's other keys (ds_config, ds_version)
+
+
+def _group_state(sd: dict, group: int) -> dict:
+    base = sd["base_optimizer_state"]
+    return base["state"][base["param_groups"][group]["params"][0]]
+
+
+def _gpt_name(name: str, pipelined: bool, num_layers: int) -> str:
+    """The GPTModel name of a parameter as a (pipeline) module names it in `param_shapes`."""
+    if not pipelined:
+        return name
+    if name.startswith(_TIED_PREFIX):
+        return name[len(_TIED_PREFIX):]
+    m = _PIPE_PARAM.match(name)
+    if not m:
+        raise ReshardError(f"pipeline parameter name {name!r} has no layer index")
+    return model_name(int(m.group(1)), m.group(2), num_layers)
+
+
+def read_optimizer(folder: Path, num_layers: int) -> Optional[OptimizerState]:
+    """The ZeRO-1/2 optimizer state of a checkpoint of any layout, merged; None when it has no ZeRO files.
+
+    Raises ReshardError for ZeRO files of another format (ZeRO-3, elastic checkpoints).
+    """
+    files = {}
+    for path in folder.iterdir():
+        if m := _OPTIM_FILE.match(path.name):
+            files[(int(m.group(2)), int(m.group(1)))] = path  # (mp rank, dp rank)
+    if not files:
+        return None
+    tp, pp = source_layout(folder)
+    dp = 1 + max(d for _, d in files)
+    missing = [f"mp {mp} dp {d}" for mp in range(tp * pp) for d in range(dp) if (mp, d) not in files]
+    if missing:
+        raise ReshardError(f"{folder} lacks the ZeRO optimizer files of ranks {', '.join(missing)}; is the checkpoint complete?")
+    slices: dict[str, dict[str, list[Optional[torch.Tensor]]]] = {key: {} for key in OPTIMIZER_KEYS}
+    first = None
+    for mp in range(tp * pp):
+        tp_rank = mp % tp
+        loaded = [_load(files[(mp, d)]) for d in range(dp)]
+        sds = [f["optimizer_state_dict"] for f in loaded]
+        if first is None:
+            first = loaded[0]
+        _check_zero_format(files[(mp, 0)].name, sds[0])
+        shapes = _load(folder / f"mp_rank_{mp:02d}_model_states.pt").get("param_shapes")
+        if not shapes:
+            raise ReshardError(f"{folder}/mp_rank_{mp:02d}_model_states.pt has no param_shapes; the optimizer "
+                               "state cannot be cut into parameters: resume with no_load_optim: true")
+        for g, group_shapes in enumerate(shapes):
+            partitions = [sd["single_partition_of_fp32_groups"][g] for sd in sds]
+            flats = {"fp32": torch.cat(partitions)}
+            for key in OPTIMIZER_KEYS[1:]:
+                # Only the last rank is padded; the fp32 partitions are saved without the padding.
+                flats[key] = torch.cat([_group_state(sd, g)[key].reshape(-1)[: part.numel()]
+                                        for sd, part in zip(sds, partitions)])
+            paddings = sds[0].get("param_alignment_paddings", [[0] * len(group_shapes)] * len(shapes))[g]
+            offset = 0
+            for (name, shape), padding in zip(group_shapes.items(), paddings):
+                numel = math.prod(shape)
+                full_name = _gpt_name(name, pp > 1, num_layers)
+                for key, flat in flats.items():
+                    parts = slices[key].setdefault(full_name, [None] * tp)
+                    if parts[tp_rank] is None:  # the last stage's copy of a tied embedding is the same
+                        parts[tp_rank] = flat[offset : offset + numel].view(shape).clone()
+                offset += numel + padding
+            if offset != flats["fp32"].numel():
+                raise ReshardError(f"{files[(mp, 0)].name}: group {g} holds {flats['fp32'].numel()} values but its "
+                                   f"param_shapes describe {offset}")
+    sd0 = first["optimizer_state_dict"]
+    tensors = {key: {name: _merge(name, parts, folder) for name, parts in by_name.items()}
+               for key, by_name in slices.items()}
+    common = {k: sd0[k] for k in ("loss_scaler", "dynamic_loss_scale", "overflow", "clip_grad", "zero_stage", "ds_version")
+              if k in sd0}
+    return OptimizerState(tensors, _group_state(sd0, 0).get("step"), copy.deepcopy(sd0["base_optimizer_state"]["param_groups"]),
+                          common, {k: v for k, v in first.items() if k != "optimizer_state_dict"})
+
+
+def _check_zero_format(file_name: str, sd: dict) -> None:
+    """Only DeepSpeedZeroOptimizer's files (ZeRO stage 1 and 2, not elastic) are re-partitioned."""
+    if "zero_stage" not in sd:
+        what = "DeepSpeed's BF16_Optimizer (bf16 with ZeRO stage 1)" if file_name.startswith("bf16_") else "an unknown optimizer"
+    elif int(sd["zero_stage"]) not in (1, 2):
+        what = f"ZeRO stage {int(sd['zero_stage'])}"
+    elif not isinstance(sd.get("base_optimizer_state"), dict):
+        what = "an elastic ZeRO checkpoint"
+    else:
+        return
+    raise ReshardError(f"{file_name} holds the optimizer state of {what}, which resharding does not carry over "
+                       "(supported: ZeRO stage 1 and 2 in fp32 or fp16): resume the resharded checkpoint with "
+                       "no_load_optim: true")
+
+
+def _merge(name: str, parts: list[Optional[torch.Tensor]], folder: Path) -> torch.Tensor:
+    if any(p is None for p in parts):
+        raise ReshardError(f"the optimizer state of {name} is missing on some tensor-parallel ranks of {folder}")
+    dim = split_dim(name)
+    return parts[0] if dim is None else torch.cat(parts, dim=dim)
+
+
+def pipeline_parts(num_layers: int, stages: int, method: str, layer_numels: list[int], tied: bool) -> list[int]:
+    """First pipeline layer of each stage (and the end), as DeepSpeed's PipelineModule partitions them.
+
+    Layer classes and parameter counts are those of pipeline.layer_specs: embedding, blocks, final
+    norm, output (the embedding again when tied).
+    """
+    from deepspeed.runtime import utils as ds_utils
+
+    method = method.lower()
+    if method == "uniform":
+        return ds_utils.partition_uniform(num_items=num_layers + 3, num_parts=stages)
+    if method == "parameters":
+        return ds_utils.partition_balanced(weights=layer_numels, num_parts=stages)
+    if method.startswith("type:"):
+        classes = ["EmbeddingPipe", *["TransformerBlockPipe"] * num_layers, "FinalNormPipe",
+                   "EmbeddingPipe" if tied else "OutputPipe"]
+        pattern = re.compile(method.split(":", 1)[1], re.IGNORECASE)
+        return ds_utils.partition_balanced(weights=[1 if pattern.search(c) else 0 for c in classes], num_parts=stages)
+    raise ReshardError(f"pipe_partition_method {method!r} is not one resharding knows; use type:REGEX, parameters or uniform")
+
+
+def stage_parameters(model: dict[str, torch.Tensor], order: list[str], layout: Layout, num_layers: int,
+                     partition_method: str) -> list[list[tuple[str, str]]]:
+    """Per pipeline stage: (name in that stage's module, GPTModel name) of every parameter, in module order.
+
+    A PipelineModule lists its tied modules first (the whole embedding, on the first and last stage),
+    then its own layers by index; a single stage is the GPTModel itself.
+    """
+    if layout.pp == 1:
+        return [[(name, name) for name in order]]
+    tied = "output_layer.weight" not in model
+    numels = [0] * (num_layers + 3)
+    for name in order:
+        numels[layer_of(name, num_layers)] += model[name].numel() // (layout.tp if split_dim(name) is not None else 1)
+    if tied:
+        numels[num_layers + 2] = numels[0]
+    parts = pipeline_parts(num_layers, layout.pp, partition_method, numels, tied)
+    stages = []
+    for stage in range(layout.pp):
+        layers = range(parts[stage], parts[stage + 1])
+        names = []
+        if tied and (0 in layers or num_layers + 2 in layers):
+            names += [(_TIED_PREFIX + n, n) for n in order if layer_of(n, num_layers) == 0]
+        for index in layers:
+            if tied and index == 0:
+                continue
+            names += [(f"{index}.{pipe_name(n, num_layers)}", n) for n in order if layer_of(n, num_layers) == index]
+        stages.append(names)
+    return stages
+
+
+def _optimizer_groups(names: list[tuple[str, str]], model: dict[str, torch.Tensor]) -> list[list[tuple[str, str]]]:
+    """training.optimizer.param_groups' split: matrices with weight decay, then biases and 1-d tensors."""
+    decay = [(n, g) for n, g in names if model[g].ndim >= 2 and not n.endswith(".bias")]
+    no_decay = [(n, g) for n, g in names if not (model[g].ndim >= 2 and not n.endswith(".bias"))]
+    return [decay, no_decay] if no_decay else [decay]
+
+
+def optimizer_files(model: dict[str, torch.Tensor], optim: OptimizerState, layout: Layout, num_layers: int,
+                    partition_method: str, order: list[str]) -> tuple[dict[str, dict], dict[str, list]]:
+    """The ZeRO-1/2 files of `layout` ({file name: content}) and each mp_rank file's param_shapes.
+
+    Each group is flattened in module order, padded to a multiple of 2 x dp and cut into dp equal
+    partitions (DeepSpeedZeroOptimizer's layout without parameter_alignment): the optimizer state
+    holds the padded partition, single_partition_of_fp32_groups the partition without padding.
+    """
+    files, shapes = {}, {}
+    missing = [n for n in order if n not in optim.tensors["fp32"]]
+    if missing:
+        raise ReshardError(f"the checkpoint's optimizer state lacks {', '.join(missing[:3])}")
+    for stage, names in enumerate(stage_parameters(model, order, layout, num_layers, partition_method)):
+        groups = _optimizer_groups(names, model)
+        if len(groups) != len(optim.param_groups):
+            raise ReshardError(f"stage {stage} of {layout} has {len(groups)} optimizer groups, the checkpoint "
+                               f"{len(optim.param_groups)}; cannot map its optimizer state")
+        for tp_rank in range(layout.tp):
+            mp = stage * layout.tp + tp_rank
+            flat = {key: [] for key in OPTIMIZER_KEYS}
+            group_shapes = []
+            for group in groups:
+                for key in OPTIMIZER_KEYS:
+                    pieces = [shard(optim.tensors[key][g], split_dim(g), tp_rank, layout.tp).reshape(-1) for _, g in group]
+                    flat[key].append(torch.cat(pieces) if pieces else torch.zeros(0))
+                group_shapes.append(OrderedDict(
+                    (n, shard(model[g], split_dim(g), tp_rank, layout.tp).shape) for n, g in group))
+            shapes[f"mp_rank_{mp:02d}_model_states.pt"] = group_shapes
+            for d in range(layout.dp):
+                state, fp32, paddings = {}, [], []
+                for i, group in enumerate(groups):
+                    numel = flat["fp32"][i].numel()
+                    aligned = math.ceil(numel / (ZERO_ALIGNMENT * layout.dp)) * ZERO_ALIGNMENT * layout.dp
+                    size = aligned // layout.dp
+                    lean = max(0, min(size, numel - d * size))
+
+                    def partition(values: torch.Tensor) -> torch.Tensor:
+                        part = torch.zeros(size, dtype=values.dtype)
+                        part[:lean] = values[d * size : d * size + lean]
+                        return part
+
+                    state[i] = {"step": optim.step.clone() if torch.is_tensor(optim.step) else optim.step,
+                                "exp_avg": partition(flat["exp_avg"][i]), "exp_avg_sq": partition(flat["exp_avg_sq"][i])}
+                    fp32.append(partition(flat["fp32"][i])[:lean].clone())
+                    paddings.append(size - lean)
+                sd = {**optim.common, "base_optimizer_state": {"state": state, "param_groups": copy.deepcopy(optim.param_groups)},
+                      "single_partition_of_fp32_groups": fp32, "group_paddings": paddings,
+                      "param_alignment_paddings": [[0] * len(g) for g in groups],
+                      "partition_count": [layout.dp] * len(groups)}
+                files[f"zero_pp_rank_{d}_mp_rank_{mp:02d}_optim_states.pt"] = {**optim.extra, "optimizer_state_dict": sd}
+    return files, shapes
+
+
 def _torch_bytes(obj) -> bytes:
     buf = io.BytesIO()
     torch.save(obj, buf)
@@ -146,7 +385,8 @@ def _module_files(model: dict[str, torch.Tensor], layout: Layout, num_layers: in
 
 
 def write_checkpoint(model: dict[str, torch.Tensor], state: dict, save_dir: Path, tag: str, layout: Layout,
-                     *, num_layers: int, config_yaml: str, note: dict) -> Path:
+                     *, num_layers: int, config_yaml: str, note: dict, optimizer: Optional[dict[str, dict]] = None,
+                     param_shapes: Optional[dict[str, list]] = None) -> Path:
     """Write `tag` under `save_dir` for `layout`, crash-safely: the folder appears complete or not at all."""
     from megatron.atomic_io import atomic_write_text, fsync_dir, fsync_tree
 
@@ -166,9 +406,10 @@ def write_checkpoint(model: dict[str, torch.Tensor], state: dict, save_dir: Path
     for stage in range(layout.pp):
         for rank in range(layout.tp):
             name = f"mp_rank_{stage * layout.tp + rank:02d}_model_states.pt"
-            (tmp / name).write_bytes(_torch_bytes({**common, "module": modules.pop(name, None)}))
-    for name, module in modules.items():
-        (tmp / name).write_bytes(_torch_bytes(module))
+            (tmp / name).write_bytes(_torch_bytes({**common, "module": modules.pop(name, None),
+                                                   "param_shapes": (param_shapes or {}).get(name)}))
+    for name, content in [*modules.items(), *(optimizer or {}).items()]:
+        (tmp / name).write_bytes(_torch_bytes(content))
     (tmp / "config.yml").write_text(config_yaml)
     files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())}
     # No per-rank RNG files: world_size null tells the loader not to expect them.
@@ -209,9 +450,25 @@ def reshard(source: Path, save_dir: Path, layout: Layout, *, config_files=None) 
     _retarget_config(args, layout, notices)
     state = read_training_state(folder)
     tp, pp = source_layout(folder)
-    note = {"from": str(folder), "source_layout": {"tp": tp, "pp": pp}, "target_layout": vars(layout).copy()}
+    optim_files = shapes = None
+    try:
+        optim = read_optimizer(folder, num_layers)
+        if optim is None:
+            notices.append(f"{folder} holds no ZeRO optimizer files (ZeRO stage 0); the optimizer state is not "
+                           "carried over: resume with no_load_optim: true")
+    except ReshardError as exc:
+        optim = None
+        notices.append(str(exc))
+    if optim is not None:
+        from megatron.model import GPTModel
+
+        meta = GPTModel(m, args.sepllm, padded_vocab, device="meta")  # the order DeepSpeed flattens parameters in
+        order = [name for name, _ in meta.named_parameters()]
+        optim_files, shapes = optimizer_files(model, optim, layout, num_layers, args.parallel.pipe_partition_method, order)
+    note = {"from": str(folder), "source_layout": {"tp": tp, "pp": pp}, "target_layout": vars(layout).copy(),
+            "optimizer": optim is not None}
     written = write_checkpoint(model, state, Path(save_dir), folder.name, layout, num_layers=num_layers,
-                               config_yaml=args.to_yaml(), note=note)
+                               config_yaml=args.to_yaml(), note=note, optimizer=optim_files, param_shapes=shapes)
     return written, notices
 
 
