@@ -73,9 +73,6 @@ DEFAULT_ROWS = [
     Row(8192, 128, 16, 16, 2, 2048, "pg19"), Row(8192, 128, 16, 16, 2, 4096, "iid30"),
 ]
 
-# the shapes of the block-size sweep: one per head-dim bucket
-SWEEP_ROWS = [Row(2048, 64, 12, 12, 8, 64, "pg19"), Row(8192, 128, 16, 16, 2, 256, "pg19")]
-
 
 def prepare_tokens(num_tokens: int) -> None:
     from tokenizers import Tokenizer
@@ -149,17 +146,11 @@ def _warm(spec: dict) -> str:
         cfg = C.BlockConfig(*spec["cfg"]) if spec.get("cfg") else None
         scale = 1.0 / math.sqrt(D)
         out, lse = ops.launch_forward(q, k, v, layout, 64, scale, cfg if kind == C.FWD else None)
-        if kind in (C.DQ, C.DKDV, C.DKDV_FAR):
+        if kind != C.FWD:
             _, delta = ops.launch_dq(do, q, k, v, out, lse, layout, 64, scale, cfg if kind == C.DQ else None)
             if kind in (C.DKDV, C.DKDV_FAR):
                 dk, dv = ops.launch_dkdv_band(do, q, k, v, lse, delta, layout, 64, scale, cfg if kind == C.DKDV else None)
                 ops.launch_dkdv_far(do, q, k, v, lse, delta, layout, 64, scale, dk, dv, cfg if kind == C.DKDV_FAR else None)
-        elif kind in (C.DKDV_FUSED, C.DKDV_FAR_FUSED):
-            delta, acc = ops.launch_delta(do, out), ops.new_dq_accumulator(q)
-            dk, dv = ops.launch_dkdv_band(do, q, k, v, lse, delta, layout, 64, scale,
-                                          cfg if kind == C.DKDV_FUSED else None, acc)
-            ops.launch_dkdv_far(do, q, k, v, lse, delta, layout, 64, scale, dk, dv,
-                                cfg if kind == C.DKDV_FAR_FUSED else None, acc)
         torch.cuda.synchronize()
     except Exception as exc:  # noqa: BLE001 - reported by the parent
         return f"{spec}: {str(exc).splitlines()[0][:200]}"
@@ -317,8 +308,7 @@ def table(results: list[dict], layers: int) -> str:
 
 
 def sweep(device, jobs: int, best_path: Path | None = None, precompile_only: bool = False) -> str:
-    """Time every candidate block config of each kernel at the 2k/64 and 8k/128 settings, then the
-    whole backward split (dQ pass) against fused (atomic dQ) with the best configs of each."""
+    """Time every candidate block config of each kernel at the 2k/64 and 8k/128 settings."""
     from megatron.sepllm.kernel import configs as C
     from megatron.sepllm.kernel import ops
     from megatron.sepllm.kernel import plan_layout
@@ -327,10 +317,9 @@ def sweep(device, jobs: int, best_path: Path | None = None, precompile_only: boo
                 for kind in C.CANDIDATES for c in C.CANDIDATES[kind]], jobs)
     if precompile_only:
         return ""
-    lines = ["| shape | kernel | block_m | block_n | warps | stages | mask-free | ms |", "|---|---|---|---|---|---|---|---|"]
-    modes = ["| shape | backward | ms (all kernels, buffers included) |", "|---|---|---|"]
+    lines = ["| shape | kernel | block_m | block_n | warps | stages | ms |", "|---|---|---|---|---|---|---|"]
     best: dict = {}
-    for row in SWEEP_ROWS:
+    for row in (Row(2048, 64, 12, 12, 8, 64, "pg19"), Row(8192, 128, 16, 16, 2, 256, "pg19")):
         ids, _ = make_ids(row, 0, device)
         plan = build_attention_plan(ids, SepLLMArgs(separator_token_ids="gpt-neox-20b", prefill_local_window_size=row.n), 1)
         layout = plan_layout(plan, 0, device)
@@ -341,17 +330,13 @@ def sweep(device, jobs: int, best_path: Path | None = None, precompile_only: boo
         out, lse = ops.launch_forward(q, k, v, layout, W, scale)
         _, delta = ops.launch_dq(do, q, k, v, out, lse, layout, W, scale)
         dk, dv = ops.launch_dkdv_band(do, q, k, v, lse, delta, layout, W, scale)
-        acc = ops.new_dq_accumulator(q)
-        # the dK/dV and dQ sums grow on every call: harmless for timing
         runs = {
             C.FWD: lambda c: ops.launch_forward(q, k, v, layout, W, scale, c),
             C.DQ: lambda c: ops.launch_dq(do, q, k, v, out, lse, layout, W, scale, c),
             C.DKDV: lambda c: ops.launch_dkdv_band(do, q, k, v, lse, delta, layout, W, scale, c),
+            # adds into the same dk, dv on every call: harmless for timing
             C.DKDV_FAR: lambda c: ops.launch_dkdv_far(do, q, k, v, lse, delta, layout, W, scale, dk, dv, c),
-            C.DKDV_FUSED: lambda c: ops.launch_dkdv_band(do, q, k, v, lse, delta, layout, W, scale, c, acc),
-            C.DKDV_FAR_FUSED: lambda c: ops.launch_dkdv_far(do, q, k, v, lse, delta, layout, W, scale, dk, dv, c, acc),
         }
-        shape = f"L{row.L} D{row.D} H{row.H} B{row.B} n{row.n}"
         for kind, fn in runs.items():
             for cfg in C.CANDIDATES[kind]:
                 try:
@@ -359,38 +344,21 @@ def sweep(device, jobs: int, best_path: Path | None = None, precompile_only: boo
                 except Exception as exc:  # noqa: BLE001 - a tile shape that does not compile is a result too
                     ms = float("nan")
                     print(f"  {kind} {cfg}: {str(exc).splitlines()[0][:120]}", flush=True)
-                lines.append(f"| {shape} | {kind} | {cfg.block_m} | {cfg.block_n} | {cfg.num_warps} | {cfg.num_stages} "
-                             f"| {'yes' if cfg.mask_free else 'no'} | {ms:.3f} |")
+                shape = f"L{row.L} D{row.D} H{row.H} B{row.B} n{row.n}"
+                lines.append(f"| {shape} | {kind} | {cfg.block_m} | {cfg.block_n} | {cfg.num_warps} | {cfg.num_stages} | {ms:.3f} |")
                 print(lines[-1], flush=True)
                 if ms == ms and ms < best.get((kind, row.D), (None, float("inf")))[1]:
-                    best[(kind, row.D)] = (cfg, ms)
-        del acc
-        # the whole backward with each mode's best configs, as ops.backward runs it
-        for kind, (cfg, _) in best.items():
-            if kind[1] == row.D:
-                C.set_override(kind[0], row.D, cfg)
-        mode_ms = {}
-        for mode in (C.SPLIT, C.FUSED):
-            C.set_bwd_mode(row.D, mode)
-            mode_ms[mode] = timer(lambda: ops.backward(do, q, k, v, out, lse, layout, W, scale, False))
-            modes.append(f"| {shape} | {mode} | {mode_ms[mode]:.3f} |")
-            print(modes[-1], flush=True)
-        C.set_bwd_mode(row.D, None)
-        best[("bwd_mode", row.D)] = (min(mode_ms, key=mode_ms.get), min(mode_ms.values()))
-    for kind, D in list(best):
-        C.set_override(kind, D, None) if kind != "bwd_mode" else None
+                    best[(kind, row.D)] = (asdict(cfg), ms)
     if best_path is not None:
-        items = [dict(kind=k, D=d, mode=c, ms=ms) if k == "bwd_mode" else dict(kind=k, D=d, cfg=asdict(c), ms=ms)
-                 for (k, d), (c, ms) in best.items()]
-        best_path.write_text(json.dumps(items, indent=1))
-    return "\n".join(lines) + "\n\n" + "\n".join(modes)
+        best_path.write_text(json.dumps([dict(kind=k, D=d, cfg=c, ms=ms) for (k, d), (c, ms) in best.items()], indent=1))
+    return "\n".join(lines)
 
 
 def apply_configs(path: Path) -> None:
     from megatron.sepllm.kernel.configs import load_overrides
 
     for item in load_overrides(path):
-        print(f"config override {item['kind']} D{item['D']}: {item.get('cfg', item.get('mode'))}", flush=True)
+        print(f"config override {item['kind']} D{item['D']}: {item['cfg']}", flush=True)
 
 
 def main(argv=None) -> None:
@@ -402,7 +370,6 @@ def main(argv=None) -> None:
     ap.add_argument("--sweep", action="store_true", help="time the block-size candidates of each kernel")
     ap.add_argument("--out", type=Path, help="directory for results.json and table.md")
     ap.add_argument("--configs", type=Path, help="best_configs.json of a --sweep run to use instead of the defaults")
-    ap.add_argument("--bwd-mode", choices=("split", "fused"), help="force the backward mode for every head dim")
     ap.add_argument("--precompile-only", action="store_true", help="only compile the kernel variants a run needs")
     ap.add_argument("--jobs", type=int, default=min(12, os.cpu_count() or 1), help="parallel compile processes")
     args = ap.parse_args(argv)
@@ -423,15 +390,10 @@ def main(argv=None) -> None:
         return
     if args.configs:
         apply_configs(args.configs)
-    if args.bwd_mode:
-        from megatron.sepllm.kernel.configs import set_bwd_mode
-
-        for D in (64, 128):
-            set_bwd_mode(D, args.bwd_mode)
     rows = [Row.parse(r) for r in args.rows] if args.rows else DEFAULT_ROWS
     precompile([dict(D=D, docs=docs, kind=kind, configs=str(args.configs) if args.configs else None)
                 for D, docs in sorted({(r.D, r.pattern.endswith("+docs")) for r in rows})
-                for kind in ("fwd", "dq", "dkdv", "dkdv_far", "dkdv_fused", "dkdv_far_fused")], args.jobs)
+                for kind in ("fwd", "dq", "dkdv", "dkdv_far")], args.jobs)
     if args.precompile_only:
         return
     results = []

@@ -13,7 +13,6 @@ if torch.cuda.is_available():
 pytest.importorskip("triton", reason="triton is needed for the kernel tests (requirements/requirements-test.txt)")
 
 from megatron.sepllm.kernel import build_layout, plan_layout, sep_attention_kernel  # noqa: E402
-from megatron.sepllm.kernel import configs as C  # noqa: E402
 from megatron.sepllm.kernel.ops import interpreted  # noqa: E402
 from megatron.sepllm.kernel.testing import Case, check_case, random_case, random_qkv, rel_err, reference_attention  # noqa: E402
 from megatron.sepllm.mask import build_attention_plan  # noqa: E402
@@ -50,48 +49,6 @@ def test_random_configs_match_reference(seed):
 )
 def test_cases_match_reference(case):
     check_case(sep_attention_kernel, case)
-
-
-@pytest.fixture
-def backward_variant(request, monkeypatch):
-    """Run a test under one backward mode and dK/dV loop structure, restored afterwards."""
-    mode, mask_free = request.param
-    monkeypatch.setattr(C, "INTERPRETER", C.BlockConfig(16, 16, 1, 1, mask_free=mask_free))
-    monkeypatch.setattr(C, "_BWD_MODE", {bucket: mode for bucket in C._BWD_MODE})
-    return mode
-
-
-@pytest.mark.parametrize("backward_variant", [(C.FUSED, True), (C.FUSED, False), (C.SPLIT, False)],
-                         ids=["fused", "fused-masked-only", "split-masked-only"], indirect=True)
-@pytest.mark.parametrize("seed", [8, 9, 10, 11, 12])
-def test_backward_variants_match_reference(seed, backward_variant):
-    # Every backward (atomic dQ or a dQ pass; with or without the mask-free dK/dV loops) is exact.
-    check_case(sep_attention_kernel, random_case(seed))
-
-
-@pytest.mark.parametrize("backward_variant", [(C.FUSED, True)], ids=["fused"], indirect=True)
-@pytest.mark.parametrize("case", [
-    Case(B=2, H=4, Hkv=2, L=80, D=24, vocab=12, docs=True, sep=dict(prefill_local_window_size=20)),
-    Case(B=3, L=64, D=16, left_pad=True, sep=dict(prefill_local_window_size=6, BATCH_ADAPTIVE_INIT_POS=True)),
-], ids=["gqa-docs", "left-pad"])
-def test_fused_backward_edge_cases(case, backward_variant):
-    check_case(sep_attention_kernel, case)
-
-
-def test_backward_mode_setting(tmp_path, monkeypatch):
-    monkeypatch.setattr(C, "_BWD_MODE", dict(C._BWD_MODE))
-    monkeypatch.setattr(C, "_overrides", {})
-    with pytest.raises(ValueError, match="backward mode"):
-        C.set_bwd_mode(64, "atomic")
-    path = tmp_path / "best_configs.json"
-    path.write_text('[{"kind": "bwd_mode", "D": 128, "mode": "fused", "ms": 1.0},'
-                    ' {"kind": "dkdv_far_fused", "D": 128, "cfg": {"block_m": 32, "block_n": 128, "num_warps": 8,'
-                    ' "num_stages": 3, "mask_free": true}, "ms": 1.0}]')
-    C.load_overrides(path)
-    assert C.bwd_mode(96) == C.FUSED and C.bwd_mode(64) == C._DEFAULT_BWD_MODE[64]
-    assert C.default_config(C.DKDV_FAR_FUSED, 128) == C.BlockConfig(32, 128, 8, 3, True)
-    C.set_bwd_mode(128, None)
-    assert C.bwd_mode(128) == C._DEFAULT_BWD_MODE[128]
 
 
 def test_per_layer_windows_and_full_layer_with_docs():

@@ -18,7 +18,7 @@ from megatron.sepllm.kernel import triton_kernels as T
 from megatron.sepllm.kernel.layout import SepLayout
 
 LOG2E = 1.4426950408889634
-_KERNELS = (T._fwd_kernel, T._bwd_dq_kernel, T._bwd_dkdv_band_kernel, T._bwd_dkdv_far_kernel, T._bwd_delta_kernel)
+_KERNELS = (T._fwd_kernel, T._bwd_dq_kernel, T._bwd_dkdv_band_kernel, T._bwd_dkdv_far_kernel)
 
 
 def interpreted() -> bool:
@@ -107,16 +107,6 @@ def launch_dq(do, q, k, v, out, lse, layout: SepLayout, window: int, scale: floa
     return dq, delta
 
 
-def launch_delta(do, out):
-    """DELTA = rowsum(out * dO) for the fused backward (the split one gets it from the dQ kernel)."""
-    B, H, L, D = out.shape
-    delta = torch.empty(B, H, L, device=out.device, dtype=torch.float32)
-    block_m = 16 if interpreted() else 64
-    _launch(T._bwd_delta_kernel, (_cdiv(L, block_m), B * H), C.BlockConfig(block_m, block_m, 4, 1),
-            out, do, delta, *out.stride()[:3], *do.stride()[:3], L, H, D=D, BLOCK_D=_block_d(D), BLOCK_M=block_m)
-    return delta
-
-
 def _dkdv_args(do, q, k, v, dk, dv):
     B, H, L, D = q.shape
     strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dk.stride()[:3], *dv.stride()[:3])
@@ -124,47 +114,36 @@ def _dkdv_args(do, q, k, v, dk, dv):
 
 
 def launch_dkdv_band(do, q, k, v, lse, delta, layout: SepLayout, window: int, scale: float,
-                     cfg: Optional[C.BlockConfig] = None, dq_acc: Optional[torch.Tensor] = None):
-    """dK, dV from the window band: writes every row of new dk, dv tensors.
-
-    With dq_acc (fp32, contiguous [B, H, L, D]) the band's share of dQ is added into it too.
-    """
+                     cfg: Optional[C.BlockConfig] = None):
+    """dK, dV from the window band: writes every row of new dk, dv tensors."""
     dk, dv = torch.empty_like(k), torch.empty_like(v)
     B, H, Hkv, L, D, strides = _dkdv_args(do, q, k, v, dk, dv)
-    fused = dq_acc is not None
-    cfg = cfg or _cfg(C.DKDV_FUSED if fused else C.DKDV, D)
+    cfg = cfg or _cfg(C.DKDV, D)
     doc, _, _, valid, has_docs, has_valid = _meta(layout)
     _launch(
         T._bwd_dkdv_band_kernel, (_cdiv(L, cfg.block_n), B * Hkv), cfg,
-        q, k, v, do, dk, dv, lse, delta, dq_acc if fused else lse, doc, valid, *strides,
+        q, k, v, do, dk, dv, lse, delta, doc, valid, *strides,
         L, window, H, scale * LOG2E, scale,
         GROUP=H // Hkv, D=D, BLOCK_D=_block_d(D), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-        HAS_DOCS=has_docs, HAS_VALID=has_valid, MASK_FREE=cfg.mask_free, FUSE_DQ=fused,
+        HAS_DOCS=has_docs, HAS_VALID=has_valid,
     )
     return dk, dv
 
 
 def launch_dkdv_far(do, q, k, v, lse, delta, layout: SepLayout, window: int, scale: float, dk, dv,
-                    cfg: Optional[C.BlockConfig] = None, dq_acc: Optional[torch.Tensor] = None):
-    """Adds the far-part gradient of the kept keys to dk, dv in place (after launch_dkdv_band), and to dq_acc."""
+                    cfg: Optional[C.BlockConfig] = None):
+    """Adds the far-part gradient of the kept keys to dk, dv in place (after launch_dkdv_band)."""
     B, H, Hkv, L, D, strides = _dkdv_args(do, q, k, v, dk, dv)
     if window > L:  # a window covering the sequence leaves no far part
         return
-    fused = dq_acc is not None
-    cfg = cfg or _cfg(C.DKDV_FAR_FUSED if fused else C.DKDV_FAR, D)
+    cfg = cfg or _cfg(C.DKDV_FAR, D)
     doc, _, doc_end, _, has_docs, _ = _meta(layout)
     _launch(
         T._bwd_dkdv_far_kernel, (_cdiv(L, cfg.block_n), B * Hkv), cfg,
-        q, k, v, do, dk, dv, lse, delta, dq_acc if fused else lse, layout.kept_pos, layout.kept_count, doc, doc_end,
-        *strides, L, window, H, scale * LOG2E, scale,
+        q, k, v, do, dk, dv, lse, delta, layout.kept_pos, layout.kept_count, doc, doc_end, *strides,
+        L, window, H, scale * LOG2E, scale,
         GROUP=H // Hkv, D=D, BLOCK_D=_block_d(D), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HAS_DOCS=has_docs,
-        MASK_FREE=cfg.mask_free, FUSE_DQ=fused,
     )
-
-
-def new_dq_accumulator(q: torch.Tensor) -> torch.Tensor:
-    """The fused backward's zeroed fp32 dQ buffer, contiguous [B, H, L, D]."""
-    return torch.zeros(q.shape, device=q.device, dtype=torch.float32)
 
 
 def _shape_key(q, k, layout: SepLayout, window: int):
@@ -195,11 +174,9 @@ def forward(q, k, v, layout: SepLayout, window: int, scale: float, recompile: bo
 
 
 def backward(do, q, k, v, out, lse, layout: SepLayout, window: int, scale: float, recompile: bool):
-    """(dq, dk, dv) of the Sep-Attention backward, split or fused as configs.bwd_mode says."""
+    """(dq, dk, dv) of the Sep-Attention backward."""
     if do.stride(-1) != 1:
         do = do.contiguous()
-    if C.bwd_mode(q.shape[-1]) == C.FUSED:
-        return _backward_fused(do, q, k, v, out, lse, layout, window, scale, recompile)
     cfg_dq = cfg_band = cfg_far = None
     if recompile and not interpreted():
         key = _shape_key(q, k, layout, window)
@@ -213,25 +190,6 @@ def backward(do, q, k, v, out, lse, layout: SepLayout, window: int, scale: float
     dk, dv = launch_dkdv_band(do, q, k, v, lse, delta, layout, window, scale, cfg_band)
     launch_dkdv_far(do, q, k, v, lse, delta, layout, window, scale, dk, dv, cfg_far)
     return dq, dk, dv
-
-
-def _backward_fused(do, q, k, v, out, lse, layout: SepLayout, window: int, scale: float, recompile: bool):
-    """dQ accumulated atomically by the dK/dV kernels in fp32, then cast: two passes instead of three."""
-    delta = launch_delta(do, out)
-    cfg_band = cfg_far = None
-    if recompile and not interpreted():
-        key = _shape_key(q, k, layout, window)
-        scratch = new_dq_accumulator(q)  # tuning adds into a throw-away buffer
-        cfg_band = _tuned(C.DKDV_FUSED, key, lambda c: launch_dkdv_band(
-            do, q, k, v, lse, delta, layout, window, scale, c, scratch))
-        dk, dv = launch_dkdv_band(do, q, k, v, lse, delta, layout, window, scale, cfg_band, scratch)
-        cfg_far = _tuned(C.DKDV_FAR_FUSED, key, lambda c: launch_dkdv_far(
-            do, q, k, v, lse, delta, layout, window, scale, dk, dv, c, scratch))
-        del scratch
-    dq_acc = new_dq_accumulator(q)
-    dk, dv = launch_dkdv_band(do, q, k, v, lse, delta, layout, window, scale, cfg_band, dq_acc)
-    launch_dkdv_far(do, q, k, v, lse, delta, layout, window, scale, dk, dv, cfg_far, dq_acc)
-    return dq_acc.to(q.dtype), dk, dv
 
 
 class SepAttentionFunction(torch.autograd.Function):

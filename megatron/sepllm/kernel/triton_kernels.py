@@ -361,15 +361,9 @@ def _bwd_dq_kernel(
 
 
 @triton.jit
-def _dkdv_block(dk, dv, k, v, q_base, do_base, s_ql, s_dl, LSE, DELTA, DQA, bh, s, L, offs_mb, offs_d,
-                vis, qk_scale, sm_scale,
-                MASKED: tl.constexpr, FUSE_DQ: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Fold query block [s, s + BLOCK_M) into a key block's dK, dV (transposed [keys, queries] tiles).
-
-    With FUSE_DQ the same tile also yields this key block's share of dQ (one more product),
-    added atomically into the fp32 buffer DQA [B*H, L, D]: no separate dQ pass re-computes the
-    scores and dP.
-    """
+def _dkdv_block(dk, dv, k, v, q_base, do_base, s_ql, s_dl, LSE, DELTA, bh, s, L, offs_mb, offs_d, vis, qk_scale,
+                MASKED: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Fold query block [s, s + BLOCK_M) into a key block's dK, dV (transposed [keys, queries] tiles)."""
     offs_m = s + offs_mb
     m_ok = offs_m < L
     q = _rows(q_base, offs_m, s_ql, offs_d, m_ok, D, BLOCK_D, MASKED)
@@ -386,64 +380,26 @@ def _dkdv_block(dk, dv, k, v, q_base, do_base, s_ql, s_dl, LSE, DELTA, DQA, bh, 
         pT = tl.where(vis & m_ok[None, :], pT, 0.0)
     dv = tl.dot(pT.to(do.dtype), do, dv)
     dpT = tl.dot(v, tl.trans(do))
-    dsT = (pT * (dpT - delta[None, :])).to(q.dtype)
-    dk = tl.dot(dsT, q, dk)
-    if FUSE_DQ:
-        dq = tl.dot(tl.trans(dsT), k) * sm_scale
-        ptrs = DQA + bh * L * D + (offs_m[:, None] * D + offs_d[None, :])
-        if BLOCK_D == D:
-            tl.atomic_add(ptrs, dq, mask=m_ok[:, None], sem="relaxed")
-        else:
-            tl.atomic_add(ptrs, dq, mask=m_ok[:, None] & (offs_d < D)[None, :], sem="relaxed")
+    dsT = pT * (dpT - delta[None, :])
+    dk = tl.dot(dsT.to(q.dtype), q, dk)
     return dk, dv
-
-
-@triton.jit
-def _band_key_visible(offs_n, s, offs_mb, doc_k, valid_k, DOC, row, L, W, HAS_DOCS: tl.constexpr, HAS_VALID: tl.constexpr):
-    """[BN, BM] bool: query s + offs_mb[m] has key offs_n[n] in its window (and passes doc/padding)."""
-    offs_m = s + offs_mb
-    diff = offs_m[None, :] - offs_n[:, None]
-    vis = (diff >= 0) & (diff < W)
-    if HAS_VALID:
-        vis = vis & (valid_k[:, None] | (diff == 0))
-    if HAS_DOCS:
-        doc_q = tl.load(DOC + row + offs_m, mask=offs_m < L, other=-1)
-        vis = vis & (doc_k[:, None] == doc_q[None, :])
-    return vis
-
-
-@triton.jit
-def _masked_index(t, i_fs, i_fe):
-    """Index of the t-th masked query block: blocks 0..i_fs-1, then i_fe, i_fe+1, ..."""
-    return tl.where(t < i_fs, t, t - i_fs + i_fe)
-
-
-@triton.jit(do_not_specialize=["L", "H"])
-def _bwd_delta_kernel(O, DO, DELTA, s_ob, s_oh, s_ol, s_db, s_dh, s_dl, L, H,
-                      D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr):
-    """DELTA = rowsum(O * dO), the softmax-gradient row term (fused backward only)."""
-    pid_bh = tl.program_id(1)
-    b64 = (pid_bh // H).to(tl.int64)
-    h64 = (pid_bh % H).to(tl.int64)
-    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    m_ok = offs_m < L
-    o = _rows(O + b64 * s_ob + h64 * s_oh, offs_m, s_ol, offs_d, m_ok, D, BLOCK_D, True)
-    do = _rows(DO + b64 * s_db + h64 * s_dh, offs_m, s_dl, offs_d, m_ok, D, BLOCK_D, True)
-    tl.store(DELTA + pid_bh.to(tl.int64) * L + offs_m, tl.sum(o.to(tl.float32) * do.to(tl.float32), 1), mask=m_ok)
 
 
 @triton.jit(do_not_specialize=["L", "W", "H", "GROUP"])
 def _bwd_dkdv_band_kernel(
-    Q, K, V, DO, DK, DV, LSE, DELTA, DQA, DOC, VALID,
+    Q, K, V, DO, DK, DV, LSE, DELTA, DOC, VALID,
     s_qb, s_qh, s_ql, s_kb, s_kh, s_kl, s_vb, s_vh, s_vl, s_db, s_dh, s_dl,
     s_gkb, s_gkh, s_gkl, s_gvb, s_gvh, s_gvl,
     L, W, H, qk_scale, sm_scale,
     GROUP, D: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_DOCS: tl.constexpr, HAS_VALID: tl.constexpr, MASK_FREE: tl.constexpr, FUSE_DQ: tl.constexpr,
+    HAS_DOCS: tl.constexpr, HAS_VALID: tl.constexpr,
 ):
-    """dK, dV of every key from the queries whose window holds it (writes all of dK, dV)."""
+    """dK, dV of every key from the queries whose window holds it (writes all of dK, dV).
+
+    One always-masked loop: a band program walks only about (BLOCK_N + W) / BLOCK_M query
+    blocks, and a second, mask-free loop measured slower on an H100 (two pipeline prologues).
+    """
     pid_n = tl.program_id(0)
     pid_bk = tl.program_id(1)
     Hkv = H // GROUP
@@ -460,44 +416,28 @@ def _bwd_dkdv_band_kernel(
     v = _rows(V + b64 * s_vb + hk.to(tl.int64) * s_vh, offs_n, s_vl, offs_d, n_ok, D, BLOCK_D, True)
     if HAS_DOCS:
         doc_k = tl.load(DOC + row + offs_n, mask=n_ok, other=-2)
-    else:
-        doc_k = offs_n  # unused
     if HAS_VALID:
         valid_k = tl.load(VALID + row + offs_n, mask=n_ok, other=0) != 0
-    else:
-        valid_k = n_ok  # unused
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     q_lo = (k0 // BLOCK_M) * BLOCK_M
     q_hi = tl.minimum(k0 + BLOCK_N - 1 + W, L)  # the last key's window ends at key + W - 1
-    n_blocks = tl.cdiv(q_hi - q_lo, BLOCK_M)
-    # Query blocks [i_fs, i_fe) see every key of the block (past the diagonal, inside every
-    # window, no padding or document edge): their loop skips the mask.
-    if MASK_FREE and not (HAS_DOCS or HAS_VALID):
-        i_fs = tl.minimum(tl.cdiv(k0 + BLOCK_N - 1 - q_lo, BLOCK_M), n_blocks)
-        lim = tl.minimum(k0 + W - BLOCK_M, L - BLOCK_M) - q_lo  # last mask-free block start, relative
-        i_fe = tl.where(lim >= 0, lim // BLOCK_M + 1, 0)
-        i_fe = tl.minimum(i_fe, n_blocks)
-        i_fe = tl.where(k0 + BLOCK_N <= L, tl.maximum(i_fe, i_fs), i_fs)
-    else:
-        i_fs = n_blocks
-        i_fe = n_blocks
-    n_masked = i_fs + (n_blocks - i_fe)
     for g in range(GROUP):
         h = hk * GROUP + g
         bh = b64 * H + h
         q_base = Q + b64 * s_qb + h.to(tl.int64) * s_qh
         do_base = DO + b64 * s_db + h.to(tl.int64) * s_dh
-        if MASK_FREE:
-            for i in range(i_fs, i_fe):
-                dk, dv = _dkdv_block(dk, dv, k, v, q_base, do_base, s_ql, s_dl, LSE, DELTA, DQA, bh,
-                                     q_lo + i * BLOCK_M, L, offs_mb, offs_d, n_ok[:, None], qk_scale, sm_scale,
-                                     False, FUSE_DQ, D, BLOCK_D)
-        for t in range(0, n_masked):
-            s = q_lo + _masked_index(t, i_fs, i_fe) * BLOCK_M
-            vis = _band_key_visible(offs_n, s, offs_mb, doc_k, valid_k, DOC, row, L, W, HAS_DOCS, HAS_VALID)
-            dk, dv = _dkdv_block(dk, dv, k, v, q_base, do_base, s_ql, s_dl, LSE, DELTA, DQA, bh,
-                                 s, L, offs_mb, offs_d, vis, qk_scale, sm_scale, True, FUSE_DQ, D, BLOCK_D)
+        for s in range(q_lo, q_hi, BLOCK_M):
+            offs_m = s + offs_mb
+            diff = offs_m[None, :] - offs_n[:, None]
+            vis = (diff >= 0) & (diff < W)
+            if HAS_VALID:
+                vis = vis & (valid_k[:, None] | (diff == 0))
+            if HAS_DOCS:
+                doc_q = tl.load(DOC + row + offs_m, mask=offs_m < L, other=-1)
+                vis = vis & (doc_k[:, None] == doc_q[None, :])
+            dk, dv = _dkdv_block(dk, dv, k, v, q_base, do_base, s_ql, s_dl, LSE, DELTA, bh,
+                                 s, L, offs_mb, offs_d, vis, qk_scale, True, D, BLOCK_D)
     dk = dk * sm_scale
     _store_rows(DK + b64 * s_gkb + hk.to(tl.int64) * s_gkh, offs_n, s_gkl, offs_d, n_ok, dk.to(DK.dtype.element_ty), D, BLOCK_D)
     _store_rows(DV + b64 * s_gvb + hk.to(tl.int64) * s_gvh, offs_n, s_gvl, offs_d, n_ok, dv.to(DV.dtype.element_ty), D, BLOCK_D)
@@ -505,15 +445,19 @@ def _bwd_dkdv_band_kernel(
 
 @triton.jit(do_not_specialize=["L", "W", "H", "GROUP"])
 def _bwd_dkdv_far_kernel(
-    Q, K, V, DO, DK, DV, LSE, DELTA, DQA, KEPT_POS, KCOUNT, DOC, DOC_END,
+    Q, K, V, DO, DK, DV, LSE, DELTA, KEPT_POS, KCOUNT, DOC, DOC_END,
     s_qb, s_qh, s_ql, s_kb, s_kh, s_kl, s_vb, s_vh, s_vl, s_db, s_dh, s_dl,
     s_gkb, s_gkh, s_gkl, s_gvb, s_gvh, s_gvl,
     L, W, H, qk_scale, sm_scale,
     GROUP, D: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_DOCS: tl.constexpr, MASK_FREE: tl.constexpr, FUSE_DQ: tl.constexpr,
+    HAS_DOCS: tl.constexpr,
 ):
-    """Adds to dK, dV of kept keys the gradient from queries beyond their window (runs after the band)."""
+    """Adds to dK, dV of kept keys the gradient from queries beyond their window (runs after the band).
+
+    Query blocks past every key's window (most of them) run a mask-free loop; the masked one
+    takes the first few and the ragged end (and everything when documents are on).
+    """
     pid_c = tl.program_id(0)
     pid_bk = tl.program_id(1)
     Hkv = H // GROUP
@@ -539,20 +483,18 @@ def _bwd_dkdv_far_kernel(
             doc_k = tl.load(DOC + row + pos, mask=c_ok, other=-2)
             q_end = tl.load(DOC_END + row + pos_last)
         else:
-            doc_k = pos  # unused
             q_end = L
         n_blocks = tl.cdiv(tl.maximum(q_end - s0, 0), BLOCK_M)
-        # Query blocks [i_fs, i_fe) lie past every key's window (a full compact block, no
-        # document edge): their loop skips the mask.
-        if MASK_FREE and not HAS_DOCS:
-            i_fs = tl.minimum(tl.cdiv(pos_last + W - s0, BLOCK_M), n_blocks)
-            lim = q_end - BLOCK_M - s0
-            i_fe = tl.where(lim >= 0, lim // BLOCK_M + 1, 0)
-            i_fe = tl.minimum(i_fe, n_blocks)
-            i_fe = tl.where(cs + BLOCK_N <= n_kept, tl.maximum(i_fe, i_fs), i_fs)
-        else:
+        # Query blocks [i_fs, i_fe) (from s0) see every key of a full compact block: past the
+        # last key's window and before the end of the sequence.
+        if HAS_DOCS:
             i_fs = n_blocks
             i_fe = n_blocks
+        else:
+            i_fs = tl.minimum(tl.cdiv(pos_last + W - s0, BLOCK_M), n_blocks)
+            lim = q_end - BLOCK_M - s0
+            i_fe = tl.minimum(tl.where(lim >= 0, lim // BLOCK_M + 1, 0), n_blocks)
+            i_fe = tl.where(cs + BLOCK_N <= n_kept, tl.maximum(i_fe, i_fs), i_fs)
         n_masked = i_fs + (n_blocks - i_fe)
         dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
         dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
@@ -561,20 +503,19 @@ def _bwd_dkdv_far_kernel(
             bh = b64 * H + h
             q_base = Q + b64 * s_qb + h.to(tl.int64) * s_qh
             do_base = DO + b64 * s_db + h.to(tl.int64) * s_dh
-            if MASK_FREE:
-                for i in range(i_fs, i_fe):
-                    dk, dv = _dkdv_block(dk, dv, k, v, q_base, do_base, s_ql, s_dl, LSE, DELTA, DQA, bh,
-                                         s0 + i * BLOCK_M, L, offs_mb, offs_d, c_ok[:, None], qk_scale, sm_scale,
-                                         False, FUSE_DQ, D, BLOCK_D)
+            for i in range(i_fs, i_fe):
+                dk, dv = _dkdv_block(dk, dv, k, v, q_base, do_base, s_ql, s_dl, LSE, DELTA, bh,
+                                     s0 + i * BLOCK_M, L, offs_mb, offs_d, c_ok[:, None], qk_scale, False, D, BLOCK_D)
             for t in range(0, n_masked):
-                s = s0 + _masked_index(t, i_fs, i_fe) * BLOCK_M
+                # the t-th masked block: blocks 0..i_fs-1, then i_fe, i_fe+1, ...
+                s = s0 + tl.where(t < i_fs, t, t - i_fs + i_fe) * BLOCK_M
                 offs_m = s + offs_mb
                 vis = c_ok[:, None] & ((pos[:, None] + W) <= offs_m[None, :])
                 if HAS_DOCS:
                     doc_q = tl.load(DOC + row + offs_m, mask=offs_m < L, other=-1)
                     vis = vis & (doc_k[:, None] == doc_q[None, :])
-                dk, dv = _dkdv_block(dk, dv, k, v, q_base, do_base, s_ql, s_dl, LSE, DELTA, DQA, bh,
-                                     s, L, offs_mb, offs_d, vis, qk_scale, sm_scale, True, FUSE_DQ, D, BLOCK_D)
+                dk, dv = _dkdv_block(dk, dv, k, v, q_base, do_base, s_ql, s_dl, LSE, DELTA, bh,
+                                     s, L, offs_mb, offs_d, vis, qk_scale, True, D, BLOCK_D)
         dk_ptrs = DK + b64 * s_gkb + hk.to(tl.int64) * s_gkh
         dv_ptrs = DV + b64 * s_gvb + hk.to(tl.int64) * s_gvh
         old_k = _rows(dk_ptrs, pos, s_gkl, offs_d, c_ok, D, BLOCK_D, True)
