@@ -24,16 +24,21 @@ against the bf16 matrix-multiply rate measured at the start of the same run (the
 reaches in practice) and against the datasheet's dense bf16 peak. "vs base" is a framework row's
 throughput over the baseline's of the same shape, "vs van" SepLLM's over vanilla's.
 
-A row that runs out of memory is retried once at half the micro-batch (then reported as such);
---time-budget-s skips the rows that would start after the budget, so a run cut short still
-leaves every finished row in --out.
+On one GPU every row runs in a fresh process (--isolate, the default there), so no row inherits
+memory, compiled graphs or DeepSpeed state from the rows before it; compiled graphs are shared
+through inductor's on-disk cache only. A row that runs out of memory is retried at half the
+micro-batch (then reported as such); --time-budget-s skips the rows that would start after the
+budget, so a run cut short still leaves every finished row in --out.
 """
 from __future__ import annotations
 
 import argparse
 import gc
 import json
+import os
+import subprocess
 import sys
+import tempfile
 import time
 from typing import Optional
 from pathlib import Path
@@ -92,6 +97,8 @@ class Batches:
             is_sep = torch.rand(self.shape, generator=g) < self.rate
             picks = self.separators[torch.randint(0, len(self.separators), self.shape, generator=g)]
             tokens = torch.where(is_sep, picks, tokens)
+        if self.device.type == "cuda":  # from pinned memory the copy queues behind the running step
+            tokens = tokens.pin_memory()
         return tokens.to(self.device, non_blocking=True)
 
 
@@ -163,7 +170,7 @@ def framework_args(model: str, seq: int, micro: int, attention: str, cli):
         "lr_decay_iters": 10**6, "checkpoint_activations": cli.checkpoint_activations,
         "model_parallel_size": cli.model_parallel_size, "pipe_parallel_size": cli.pipe_parallel_size,
         "sequence_parallel": cli.sequence_parallel, "wall_clock_breakdown": False, "steps_per_print": 10**9,
-        "zero_optimization": {"stage": 1}, "PRINT_KV_RATIO": False,
+        "zero_optimization": {"stage": 1}, "PRINT_KV_RATIO": False, "torch_compile": cli.compile,
     }
     if cli.bf16:
         overrides.update(precision="bfloat16", fp16=None, bf16={"enabled": True})
@@ -220,6 +227,7 @@ def run_framework(model: str, seq: int, micro: int, attention: str, cli, env) ->
     tokens = micro * seq * cli.grad_acc * parallel.dp_size
     row = dict(impl=f"framework-{attention}", kept=kept, seconds=seconds, tokens=tokens,
                non_embedding=non_embedding, layers=args.model.num_layers, hidden=args.model.hidden_size, vocab=vocab)
+    engine.destroy()  # removes DeepSpeed's hooks and buffers, which would keep the model alive
     del engine, optimizer, parallel, net
     return row
 
@@ -426,6 +434,9 @@ def parse(argv: list[str] | None):
     parser.add_argument("--time-budget-s", type=float, default=None,
                         help="start no new row after this many seconds (the finished rows are kept)")
     parser.add_argument("--toy", action="store_true", help="tiny model, seq 128, 2 steps: a CPU smoke run")
+    parser.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=None,
+                        help="each row in a fresh process (default: on for one GPU, off on CPU and under torchrun)")
+    parser.add_argument("--ceiling-tflops", type=float, default=None, help=argparse.SUPPRESS)  # given to isolated rows
     cli = parser.parse_args(argv)
     if cli.toy:
         cli.models, cli.seqs, cli.tokens_per_micro_batch = ["toy"], [128], 256
@@ -444,10 +455,65 @@ def run_row(impl: str, model: str, seq: int, micro: int, cli, env) -> dict:
 
 
 def release_memory(env) -> None:
+    import torch._dynamo
+
+    torch._dynamo.reset()  # compiled graphs and their guards hold on to the modules they traced
     gc.collect()
     if env.device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(env.device)
+
+
+def measure(impl: str, model: str, seq: int, cli, env, ceiling: Optional[float]) -> dict:
+    """One row in this process; out of memory retries at half the micro-batch, down to 1."""
+    micro = max(cli.tokens_per_micro_batch // seq, 1)
+    release_memory(env)
+    while True:
+        try:
+            row = finish(run_row(impl, model, seq, micro, cli, env), model, seq, micro, env, ceiling)
+            break
+        except torch.OutOfMemoryError:
+            release_memory(env)
+            if micro == 1 or env.world_size > 1:  # ranks must agree on the shape: no retry
+                row = {"model": model, "seq": seq, "micro_batch": micro, "impl": impl, "error": "out of memory"}
+                break
+            micro //= 2
+            if env.is_main:
+                print(f"{model} {seq} {impl}: out of memory, retrying at micro-batch {micro}", flush=True)
+    release_memory(env)
+    return row
+
+
+def measure_isolated(impl: str, model: str, seq: int, cli, ceiling: Optional[float], timeout_s: Optional[float]) -> dict:
+    """One row in a fresh Python process running this script, so it starts with an empty GPU."""
+    micro = max(cli.tokens_per_micro_batch // seq, 1)
+    failed = {"model": model, "seq": seq, "micro_batch": micro, "impl": impl}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "row.json"
+        cmd = [sys.executable, __file__, "--no-isolate", "--models", model, "--seqs", str(seq), "--impls", impl,
+               "--tokens-per-micro-batch", str(cli.tokens_per_micro_batch), "--grad-acc", str(cli.grad_acc),
+               "--steps", str(cli.steps), "--warmup", str(cli.warmup), "--sepllm-config", cli.sepllm_config,
+               "--separator-rate", str(cli.separator_rate), "--json", str(out)]
+        cmd += ["--ceiling-tflops", str(ceiling)] if ceiling else []
+        cmd += ["--token-file", cli.token_file] if cli.token_file else []
+        cmd += ["--checkpoint-activations"] if cli.checkpoint_activations else []
+        cmd += [] if cli.compile else ["--no-compile"]
+        cmd += [] if cli.bf16 else ["--fp32"]
+        # Without this process's rendezvous variables: the row sets up its own one-process group.
+        rendezvous = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+        child_env = {k: v for k, v in os.environ.items() if k not in rendezvous}
+        try:
+            proc = subprocess.run(cmd, cwd=REPO, env=child_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return {**failed, "error": "timed out"}
+        if proc.returncode != 0 or not out.exists():
+            print(proc.stdout[-3000:], flush=True)
+            return {**failed, "error": f"failed (exit {proc.returncode})"}
+        for line in proc.stdout.splitlines():
+            if "out of memory, retrying" in line:
+                print(line, flush=True)
+        return json.loads(out.read_text())["rows"][0]
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -457,16 +523,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     cli = parse(argv)
     started = time.monotonic()
     env = init_distributed()
-    # Regional compilation keeps one graph per (model, seq) shape of the block; allow all of them.
-    import torch._dynamo
-
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-    ceiling = matmul_ceiling(env.device)
+    isolate = cli.isolate if cli.isolate is not None else (env.device.type == "cuda" and env.world_size == 1)
+    if isolate and env.world_size > 1:
+        raise SystemExit("--isolate runs rows in fresh processes of one GPU; under torchrun use --no-isolate")
+    ceiling = cli.ceiling_tflops if cli.ceiling_tflops is not None else matmul_ceiling(env.device)
     device_name = torch.cuda.get_device_name(env.device) if env.device.type == "cuda" else "cpu"
     meta = {"device": device_name, "gpus": env.world_size, "ceiling_tflops": ceiling,
             "peak_tflops": peak_tflops(device_name), "steps": cli.steps, "warmup": cli.warmup,
             "model_parallel_size": cli.model_parallel_size, "pipe_parallel_size": cli.pipe_parallel_size,
-            "sequence_parallel": cli.sequence_parallel, "torch": torch.__version__}
+            "sequence_parallel": cli.sequence_parallel, "torch": torch.__version__, "isolated_rows": isolate}
     rows: list[dict] = []
     if env.is_main:
         print(f"device {device_name} x {env.world_size}; bf16 matmul ceiling "
@@ -475,24 +540,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for model in cli.models:
         for seq in cli.seqs:
             for impl in cli.impls:
-                micro = max(cli.tokens_per_micro_batch // seq, 1)
-                if cli.time_budget_s is not None and time.monotonic() - started > cli.time_budget_s:
-                    row = {"model": model, "seq": seq, "micro_batch": micro, "impl": impl, "error": "skipped (time budget)"}
+                left = None if cli.time_budget_s is None else cli.time_budget_s - (time.monotonic() - started)
+                if left is not None and left <= 0:
+                    row = {"model": model, "seq": seq, "micro_batch": max(cli.tokens_per_micro_batch // seq, 1),
+                           "impl": impl, "error": "skipped (time budget)"}
+                elif isolate:
+                    # A row started inside the budget may finish after it, but not by more than a minute.
+                    row = measure_isolated(impl, model, seq, cli, ceiling, None if left is None else left + 60)
                 else:
-                    release_memory(env)
-                    while True:
-                        try:
-                            row = finish(run_row(impl, model, seq, micro, cli, env), model, seq, micro, env, ceiling)
-                            break
-                        except torch.OutOfMemoryError:
-                            release_memory(env)
-                            if micro == 1 or env.world_size > 1:  # ranks must agree on the shape: no retry
-                                row = {"model": model, "seq": seq, "micro_batch": micro, "impl": impl, "error": "out of memory"}
-                                break
-                            micro //= 2
-                            if env.is_main:
-                                print(f"{model} {seq} {impl}: out of memory, retrying at micro-batch {micro}", flush=True)
-                    release_memory(env)
+                    row = measure(impl, model, seq, cli, env, ceiling)
                 add_ratios(row, rows)
                 rows.append(row)
                 if env.is_main:

@@ -33,6 +33,7 @@ class Parallel:
     dp_rank: int = 0
     sequence_parallel: bool = False
     pass_doc_ids: bool = False
+    compiled: bool = False  # blocks and loss run under torch.compile (megatron.parallel.compile)
 
     @property
     def dp_size(self) -> int:
@@ -49,6 +50,10 @@ class Parallel:
 
     def lm_loss(self, logits: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
         if self.layout.tp == 1:
+            if self.compiled:
+                from megatron.parallel.compile import compiled_lm_loss
+
+                return compiled_lm_loss()(logits, labels, loss_mask)
             return lm_loss(logits, labels, loss_mask)
         return vocab_parallel_lm_loss(logits, labels, loss_mask)
 
@@ -58,6 +63,10 @@ class Parallel:
     def deepspeed_config(self, config: dict) -> dict:
         """`config` (NeoXArgs.deepspeed_config) with what this layout adds."""
         config = dict(config)
+        # DeepSpeed's throughput timer synchronizes the device at the start and end of every step
+        # by default, which stalls the queue of kernels twice per step; the trainer measures
+        # throughput itself. A config that sets `timers` keeps its own.
+        config.setdefault("timers", {"throughput": {"enabled": False}})
         if self.pipelined:
             # DeepSpeed splits the activation it sends between stages over the tensor-parallel ranks,
             # assuming every rank holds the same tensor; under sequence parallelism each holds a
@@ -94,9 +103,9 @@ class Parallel:
         return value / self.dp_size
 
     @torch.no_grad()
-    def grad_norm(self, parameters) -> float:
-        """L2 norm of the gradients of the whole model: split parameters count on every
-        tensor-parallel rank, whole ones once, and the pipeline stages add up."""
+    def grad_norm(self, parameters) -> torch.Tensor:
+        """L2 norm of the gradients of the whole model (a device scalar): split parameters count
+        on every tensor-parallel rank, whole ones once, and the pipeline stages add up."""
         from deepspeed.runtime.utils import is_model_parallel_parameter
 
         squares = [
@@ -109,7 +118,7 @@ class Parallel:
         total = torch.stack(squares).sum() if squares else torch.zeros((), device=device)
         if self.mpu is not None:
             torch.distributed.all_reduce(total, group=self.mpu.get_model_parallel_group())
-        return float(total) ** 0.5
+        return total.sqrt()
 
 
 def check_fits(args, layout: Layout, mlp_width: Optional[int] = None) -> None:
@@ -131,6 +140,21 @@ def configure_checkpointing(mpu, partition_activations: bool) -> None:
     deepspeed.checkpointing.configure(mpu, partition_activations=partition_activations)
 
 
+def compile_wanted(setting: Optional[bool], layout: Layout) -> bool:
+    """Whether to compile (the `torch_compile` setting): None means on GPUs, without model parallelism."""
+    if setting is False:
+        return False
+    model_parallel = layout.tp > 1 or layout.pp > 1
+    if setting is None:
+        return torch.cuda.is_available() and not model_parallel
+    if model_parallel:
+        raise ValueError(
+            f"torch_compile: true is supported without tensor or pipeline parallelism only (the layout is {layout}); "
+            "set torch_compile to null (compile where supported) or false"
+        )
+    return True
+
+
 def parallelize(model: nn.Module, args, world_size: int, rank: int) -> Parallel:
     """Collective. Split `model` (a whole, initialised GPTModel) for this rank of a `world_size` job."""
     from megatron.parallel import groups
@@ -140,8 +164,13 @@ def parallelize(model: nn.Module, args, world_size: int, rank: int) -> Parallel:
     p, t = args.parallel, args.training
     layout = resolve_layout(world_size, p.model_parallel_size, p.pipe_parallel_size)
     check_fits(args, layout, mlp_width=model.dims.mlp_width)
+    compiled = compile_wanted(t.torch_compile, layout)
     if layout.tp == 1 and layout.pp == 1:
-        return Parallel(layout, model, None, dp_rank=rank)
+        if compiled:
+            from megatron.parallel.compile import compile_model
+
+            compile_model(model)
+        return Parallel(layout, model, None, dp_rank=rank, compiled=compiled)
 
     groups.init_megatron_core(layout)
     from megatron.core import parallel_state

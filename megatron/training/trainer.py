@@ -141,7 +141,13 @@ class Trainer:
         from megatron.data.batch import get_batch
 
         d = self.args.data
-        tokens = next(data_iter)["text"].to(self.env.device)
+        tokens = next(data_iter)["text"]
+        if self.env.device.type == "cuda":
+            # A copy from pageable memory waits for the device to drain; from pinned memory it is
+            # queued behind the running step.
+            tokens = tokens.pin_memory().to(self.env.device, non_blocking=True)
+        else:
+            tokens = tokens.to(self.env.device)
         return get_batch(tokens, eod_id=self.tokenizer.eod, reset_position_ids=d.reset_position_ids,
                          reset_attention_mask=d.reset_attention_mask, eod_mask_loss=d.eod_mask_loss)
 
@@ -149,7 +155,9 @@ class Trainer:
         logits = self.engine(batch["input_ids"], position_ids=batch["position_ids"], doc_ids=batch["doc_ids"])
         return self.parallel.lm_loss(logits, batch["labels"], batch["loss_mask"])
 
-    def train_step(self) -> dict[str, float]:
+    def train_step(self) -> dict:
+        """One optimizer step. The loss and gradient norm stay device tensors (reading them would
+        wait for the step to finish): the loop reads them only when it logs."""
         self.engine.train()
         grad_norm = None
         if self.parallel.pipelined:
@@ -172,11 +180,11 @@ class Trainer:
         self.last_batch = batch
         self.state.iteration += 1
         self.state.consumed_train_samples += self.global_batch
-        out = {"loss": float(loss), "lr": self.scheduler.get_lr()}
+        out = {"loss": loss.detach(), "lr": self.scheduler.get_lr()}
         if grad_norm is None:
             grad_norm = self.engine.get_global_grad_norm()
         if grad_norm is not None:
-            out["grad_norm"] = float(grad_norm)
+            out["grad_norm"] = grad_norm
         return out
 
     @torch.no_grad()
@@ -236,7 +244,7 @@ class Trainer:
         if 0 in set(a.checkpoint.extra_save_iters or []) and self.state.iteration == 0 and a.checkpoint.save:
             self.save()
         history: list[float] = []
-        window_losses: list[float] = []
+        window_losses: list[torch.Tensor] = []  # device scalars since the last log, read at the next
         t_log = time.time()
         iters_since_log = 0
         device_name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
@@ -245,23 +253,26 @@ class Trainer:
         while self.state.iteration < t.train_iters:
             metrics = self.train_step()
             it = self.state.iteration
-            history.append(metrics["loss"])
             window_losses.append(metrics["loss"])
             iters_since_log += 1
             forward_passes += self.grad_acc
-            logger.advance(1, {"loss": metrics["loss"]})
+            logger.advance(1)
+            log_now = it % lg.log_interval == 0 or it == t.train_iters
+            print_ratios = a.sepllm.PRINT_KV_RATIO and forward_passes % a.sepllm.print_ratio_intervals < self.grad_acc
             plan = None
-            if mode != "full":
+            if mode != "full" and (log_now or print_ratios):
                 plan = build_attention_plan(self.last_batch["input_ids"], a.sepllm, a.model.num_layers,
                                             doc_ids=self.last_batch["doc_ids"])
-            if a.sepllm.PRINT_KV_RATIO and plan is not None and forward_passes % a.sepllm.print_ratio_intervals < self.grad_acc:
+            if print_ratios and plan is not None:
                 ratios = [kept_ratios(plan, layer) for layer in range(a.model.num_layers)]
                 logger.message(
                     "SepLLM kept ratio per layer: attention map "
                     + " ".join(f"{r['attn_map_ratio']:.3f}" for r in ratios)
                     + " | KV " + " ".join(f"{r['kv_ratio']:.3f}" for r in ratios)
                 )
-            if it % lg.log_interval == 0 or it == t.train_iters:
+            if log_now:
+                window = torch.stack(window_losses).float().tolist()  # the one wait for the device per log
+                history.extend(window)
                 elapsed = time.time() - t_log
                 tokens = iters_since_log * self.global_batch * a.model.seq_length
                 attn_ratio = 1.0
@@ -274,8 +285,8 @@ class Trainer:
                 )
                 tflops = fpt * tokens / max(elapsed, 1e-9) / 1e12 / self.env.world_size
                 row = {
-                    "loss": float(np.mean(window_losses)), "lr": metrics["lr"],
-                    **({"grad_norm": metrics["grad_norm"]} if "grad_norm" in metrics else {}),
+                    "loss": float(np.mean(window)), "lr": metrics["lr"],
+                    **({"grad_norm": float(metrics["grad_norm"])} if "grad_norm" in metrics else {}),
                     "tokens_per_s": tokens / max(elapsed, 1e-9), "tflops_per_gpu": tflops,
                 }
                 if peak:

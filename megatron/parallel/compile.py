@@ -1,0 +1,67 @@
+"""Regional torch.compile of a built GPTModel, applied from outside the model (torchtitan style).
+
+    compile_model(model)      # every transformer block and the final norm, in place
+
+Each block is compiled on its own rather than the whole model: the blocks share one graph per
+input shape (parameters are graph inputs), so compile time does not grow with depth. What
+inductor gains is in the elementwise work between the matrix products: LayerNorm, rotary, GELU,
+bias and residual adds become a few fused kernels in forward and backward.
+
+The attention core (`SelfAttention.attend`) stays outside the compiled graphs. It reads the
+per-batch SepLLM plan and the block's layer index, so tracing it would specialise every graph on
+the layer and on the plan's cached layouts (one recompile per layer); its work is already one
+fused kernel (SDPA or the Sep-Attention Triton kernels), which runs exactly as in eager mode,
+never an unfused fallback. Each block thus runs as: compiled graph (norms, QKV, rotary) ->
+attention kernel -> compiled graph (output projection, MLP, residual).
+
+The language-model loss over the logits is compiled separately (`compiled_lm_loss`): in eager
+mode its fp32 cast, log-softmax and their gradients each read and write the whole
+[tokens x vocabulary] tensor.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import nn
+
+from megatron.parallel.loss import lm_loss
+
+
+def _keep_attention_eager() -> None:
+    """Make the attention core a boundary between compiled graphs (once per process).
+
+    Patched on the class rather than per instance: dynamo guards on the identity of a called
+    function, so one wrapper per block would make every block a separate graph.
+    """
+    from megatron.model.attention import SelfAttention
+
+    if not getattr(SelfAttention.attend, "_outside_compiled_graphs", False):
+        attend = torch.compiler.disable(SelfAttention.attend)
+        attend._outside_compiled_graphs = True
+        SelfAttention.attend = attend
+
+
+def compile_model(model: nn.Module) -> None:
+    """Compile each transformer block and the final norm of `model` (a GPTModel) in place.
+
+    Shapes are static: a new sequence length or micro-batch size compiles once more, a new batch
+    of the same shape (other separators, other documents) never does.
+    """
+    layers = getattr(model, "layers", None)
+    if not isinstance(layers, nn.ModuleList) or not len(layers):
+        raise ValueError(f"compile_model needs a GPTModel with transformer blocks in .layers, got {type(model).__name__}")
+    _keep_attention_eager()
+    # Two graphs per block (before and after attention), per shape, and a few for train/eval mode.
+    import torch._dynamo
+
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 32)
+    for block in layers:
+        block.compile(dynamic=False)
+    model.final_norm.compile(dynamic=False)
+
+
+@functools.cache
+def compiled_lm_loss():
+    """`megatron.parallel.loss.lm_loss` under torch.compile (one fused pass over the logits)."""
+    return torch.compile(lm_loss, dynamic=False)
