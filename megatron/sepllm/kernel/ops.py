@@ -59,6 +59,11 @@ def _meta(layout: SepLayout):
 
 
 def _launch(kernel, grid, cfg: C.BlockConfig, *args, **constexprs):
+    if grid[1] > 65535:  # CUDA's limit on the second grid dimension (blocks of a sequence)
+        raise ValueError(
+            f"sequence too long for the Sep-Attention kernel: {grid[1]} blocks of {cfg.block_m} or {cfg.block_n} "
+            "tokens exceed CUDA's 65535; use shorter sequences or USE_SEP_ATTN_KERNEL_ACCELERATOR: false"
+        )
     if interpreted():
         kernel[grid](*args, **constexprs)
     else:
@@ -76,7 +81,7 @@ def launch_forward(q, k, v, layout: SepLayout, window: int, scale: float, cfg: O
     out = torch.empty_like(q)
     lse = torch.empty(B, H, L, device=q.device, dtype=torch.float32)
     doc, doc_start, _, valid, has_docs, has_valid = _meta(layout)
-    grid = (_cdiv(L, cfg.block_m), B * H)
+    grid = (B * H, _cdiv(L, cfg.block_m))  # heads fastest: see _fwd_kernel
     _launch(
         T._fwd_kernel, grid, cfg,
         q, k, v, out, lse, layout.kept_pos, layout.kept_count, doc, doc_start, valid,
@@ -138,8 +143,9 @@ def launch_dkdv_far(do, q, k, v, lse, delta, layout: SepLayout, window: int, sca
         return
     cfg = cfg or _cfg(C.DKDV_FAR, D)
     doc, _, doc_end, _, has_docs, _ = _meta(layout)
+    grid = (B * Hkv, _cdiv(L, cfg.block_n))  # heads fastest: see _bwd_dkdv_far_kernel
     _launch(
-        T._bwd_dkdv_far_kernel, (_cdiv(L, cfg.block_n), B * Hkv), cfg,
+        T._bwd_dkdv_far_kernel, grid, cfg,
         q, k, v, do, dk, dv, lse, delta, layout.kept_pos, layout.kept_count, doc, doc_end, *strides,
         L, window, H, scale * LOG2E, scale,
         GROUP=H // Hkv, D=D, BLOCK_D=_block_d(D), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HAS_DOCS=has_docs,

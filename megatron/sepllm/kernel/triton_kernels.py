@@ -139,8 +139,10 @@ def _fwd_kernel(
     HAS_DOCS: tl.constexpr, HAS_VALID: tl.constexpr,
 ):
     n_m = tl.cdiv(L, BLOCK_M)
-    pid_m = n_m - 1 - tl.program_id(0)  # the longest query blocks start first
-    pid_bh = tl.program_id(1)
+    # Programs start in grid order, heads fastest: the longest query blocks of every head go
+    # first (measured 1-4% faster on an H100 than head by head; the dQ kernel is not, see there).
+    pid_m = n_m - 1 - tl.program_id(1)
+    pid_bh = tl.program_id(0)
     b = pid_bh // H
     h = pid_bh % H
     hk = h // GROUP
@@ -308,6 +310,8 @@ def _bwd_dq_kernel(
     HAS_DOCS: tl.constexpr, HAS_VALID: tl.constexpr,
 ):
     n_m = tl.cdiv(L, BLOCK_M)
+    # Head by head, longest query blocks first: longest-first over all heads (as the forward
+    # does) measured up to 10% slower here at 32k-131k tokens on an H100.
     pid_m = n_m - 1 - tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H
@@ -457,9 +461,13 @@ def _bwd_dkdv_far_kernel(
 
     Query blocks past every key's window (most of them) run a mask-free loop; the masked one
     takes the first few and the ragged end (and everything when documents are on).
+    A program's work falls with its compact block index (its keys see fewer later queries), so
+    the grid puts heads fastest: the first compact blocks of every head start first. Head by
+    head, the longest programs of the last heads started last and ran alone (0.53 -> 0.41 ms at
+    8k tokens, head dim 128, on an H100).
     """
-    pid_c = tl.program_id(0)
-    pid_bk = tl.program_id(1)
+    pid_c = tl.program_id(1)
+    pid_bk = tl.program_id(0)
     Hkv = H // GROUP
     b = pid_bk // Hkv
     hk = pid_bk % Hkv
