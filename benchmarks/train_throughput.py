@@ -159,7 +159,7 @@ def attention_backends(device):
 # ------------------------------------------------------------------------------ this framework
 
 
-def framework_args(model: str, seq: int, micro: int, attention: str, cli):
+def framework_args(model: str, seq: int, micro: int, attention: str, cli, extra: Optional[dict] = None):
     from megatron.neox_arguments import NeoXArgs
 
     files = [REPO / MODELS["160M" if model == "toy" else model]]
@@ -178,18 +178,20 @@ def framework_args(model: str, seq: int, micro: int, attention: str, cli):
         overrides.update(precision="fp32", fp16=None, bf16=None)
     if model == "toy":
         overrides.update(TOY)
+    overrides.update(extra or {})
     return NeoXArgs.from_files(files, overrides)
 
 
-def run_framework(model: str, seq: int, micro: int, attention: str, cli, env) -> dict:
+def build_framework(model: str, seq: int, micro: int, attention: str, cli, env, overrides: Optional[dict] = None):
+    """(engine, parallel, step, args, info): the DeepSpeed engine over the parallelized GPTModel and
+    one training step on fresh micro-batches, as the trainer runs it."""
     from megatron.data.batch import get_batch
     from megatron.model import GPTModel, count_parameters, padded_vocab_size
     from megatron.parallel.parallelize import parallelize
-    from megatron.sepllm.mask import build_attention_plan, kept_ratios
     from megatron.training.lr_schedule import AnnealingLR
     from megatron.training.optimizer import build_optimizer
 
-    args = framework_args(model, seq, micro, attention, cli)
+    args = framework_args(model, seq, micro, attention, cli, overrides)
     torch.manual_seed(1234)
     vocab = padded_vocab_size(50277, args.model.make_vocab_size_divisible_by, args.parallel.model_parallel_size)
     # Initialised on the GPU where nothing is split (CPU initialisation of 1.4B weights takes ~15 s);
@@ -198,7 +200,8 @@ def run_framework(model: str, seq: int, micro: int, attention: str, cli, env) ->
     net = GPTModel(args.model, args.sepllm, vocab, device=env.device if whole else None)
     if args.training.checkpoint_activations:
         net.enable_activation_checkpointing(args.training.checkpoint_num_layers)
-    non_embedding = count_parameters(net, exclude_embeddings=True)
+    info = dict(non_embedding=count_parameters(net, exclude_embeddings=True), layers=args.model.num_layers,
+                hidden=args.model.hidden_size, vocab=vocab)
     parallel = parallelize(net, args, env.world_size, env.rank)
     optimizer = build_optimizer(parallel.module, args.optimizer.optimizer, args.optimizer.weight_decay)
     scheduler = AnnealingLR(optimizer, max_lr=args.optimizer.lr, min_lr=args.lr.min_lr, warmup=0.0,
@@ -220,15 +223,22 @@ def run_framework(model: str, seq: int, micro: int, attention: str, cli, env) ->
             engine.backward(parallel.lm_loss(logits, b["labels"], b["loss_mask"]))
             engine.step()
 
+    step.batch = batch
+    return engine, parallel, step, args, info
+
+
+def run_framework(model: str, seq: int, micro: int, attention: str, cli, env) -> dict:
+    from megatron.sepllm.mask import build_attention_plan, kept_ratios
+
+    engine, parallel, step, args, info = build_framework(model, seq, micro, attention, cli, env)
     with attention_backends(env.device):
         seconds = timed(step, cli.steps, cli.warmup, env.device)
-    plan = build_attention_plan(batch()["input_ids"], args.sepllm, args.model.num_layers)
+    plan = build_attention_plan(step.batch()["input_ids"], args.sepllm, args.model.num_layers)
     kept = sum(kept_ratios(plan, layer)["attn_map_ratio"] for layer in range(args.model.num_layers)) / args.model.num_layers
     tokens = micro * seq * cli.grad_acc * parallel.dp_size
-    row = dict(impl=f"framework-{attention}", kept=kept, seconds=seconds, tokens=tokens,
-               non_embedding=non_embedding, layers=args.model.num_layers, hidden=args.model.hidden_size, vocab=vocab)
+    row = dict(impl=f"framework-{attention}", kept=kept, seconds=seconds, tokens=tokens, **info)
     engine.destroy()  # removes DeepSpeed's hooks and buffers, which would keep the model alive
-    del engine, optimizer, parallel, net
+    del engine, parallel, step
     return row
 
 
@@ -286,7 +296,8 @@ class PythiaBaseline(nn.Module):
         return F.cross_entropy(self.out(self.norm(x)).float().flatten(0, 1), labels.flatten())
 
 
-def run_baseline(model: str, seq: int, micro: int, cli, env, shape: dict) -> dict:
+def build_baseline(seq: int, micro: int, cli, env, shape: dict):
+    """(step, non_embedding parameter count) of the minimal compiled PyTorch training step."""
     torch.manual_seed(1234)
     net = PythiaBaseline(shape["layers"], shape["hidden"], shape["heads"], VOCAB, seq).to(env.device)
     non_embedding = sum(p.numel() for n, p in net.named_parameters() if not n.startswith(("embed", "out")))
@@ -317,11 +328,16 @@ def run_baseline(model: str, seq: int, micro: int, cli, env, shape: dict) -> dic
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    return step, non_embedding
+
+
+def run_baseline(model: str, seq: int, micro: int, cli, env, shape: dict) -> dict:
+    step, non_embedding = build_baseline(seq, micro, cli, env, shape)
     with attention_backends(env.device):
         seconds = timed(step, cli.steps, cli.warmup, env.device)
     row = dict(impl="baseline", kept=1.0, seconds=seconds, tokens=micro * seq * cli.grad_acc * env.world_size,
                non_embedding=non_embedding, layers=shape["layers"], hidden=shape["hidden"], vocab=VOCAB)
-    del compiled, net, optimizer
+    del step
     return row
 
 
