@@ -16,6 +16,10 @@ Variants (DeepSpeed settings given as config overrides):
   eager            no torch.compile
   compiled         regional torch.compile (torch_compile: true)
   compiled-sepllm  the same with the SepLLM config (kernel)
+  compiled-no-overflow-check         bf16 check_grad_overflow off (bf16 has no loss scale to protect)
+  compiled-overlap-comm              and ZeRO overlap_comm (gradient reduction in backward hooks)
+  compiled-bf16-optimizer            fp32 gradient accumulation: DeepSpeed's BF16_Optimizer instead of ZeRO's
+  compiled-bf16-optimizer-immediate  the same, fp32 gradients accumulated in backward hooks
 """
 from __future__ import annotations
 
@@ -41,6 +45,15 @@ VARIANTS = {
     "eager": ("vanilla", {"torch_compile": False}),
     "compiled": ("vanilla", {"torch_compile": True}),
     "compiled-sepllm": ("sepllm", {"torch_compile": True}),
+    "compiled-no-overflow-check": ("vanilla", {"torch_compile": True,
+                                               "bf16": {"enabled": True, "check_grad_overflow": False}}),
+    "compiled-overlap-comm": ("vanilla", {"torch_compile": True, "bf16": {"enabled": True, "check_grad_overflow": False},
+                                          "zero_optimization": {"stage": 1, "overlap_comm": True}}),
+    "compiled-bf16-optimizer": ("vanilla", {"torch_compile": True,
+                                            "deepspeed_extra_args": {"data_types": {"grad_accum_dtype": "fp32"}}}),
+    "compiled-bf16-optimizer-immediate": ("vanilla", {"torch_compile": True,
+                                                      "bf16": {"enabled": True, "immediate_grad_update": True},
+                                                      "deepspeed_extra_args": {"data_types": {"grad_accum_dtype": "fp32"}}}),
 }
 
 
