@@ -59,10 +59,11 @@ def _meta(layout: SepLayout):
 
 
 def _launch(kernel, grid, cfg: C.BlockConfig, *args, **constexprs):
-    if grid[1] > 65535:  # CUDA's limit on the second grid dimension (blocks of a sequence)
+    if grid[1] > 65535:  # CUDA's limit on the second grid dimension (sequence blocks, or batch x heads)
         raise ValueError(
-            f"sequence too long for the Sep-Attention kernel: {grid[1]} blocks of {cfg.block_m} or {cfg.block_n} "
-            "tokens exceed CUDA's 65535; use shorter sequences or USE_SEP_ATTN_KERNEL_ACCELERATOR: false"
+            f"sequence too long or batch x heads too large for the Sep-Attention kernel: launch grid {grid} exceeds "
+            "CUDA's 65535 in its second dimension; use shorter sequences, smaller micro-batches, or "
+            "USE_SEP_ATTN_KERNEL_ACCELERATOR: false"
         )
     if interpreted():
         kernel[grid](*args, **constexprs)
