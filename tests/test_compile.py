@@ -82,3 +82,12 @@ def test_deepspeed_throughput_timer_is_off_unless_configured():
     assert parallel.deepspeed_config({})["timers"] == {"throughput": {"enabled": False}}
     own = {"throughput": {"enabled": True, "synchronized": False}}
     assert parallel.deepspeed_config({"timers": own})["timers"] == own
+
+
+def test_bf16_zero1_runs_deepspeeds_bf16_optimizer_with_fp32_gradients():
+    parallel = Parallel(Layout(1, 1, 1), torch.nn.Linear(2, 2), None)
+    config = parallel.deepspeed_config({"bf16": {"enabled": True}, "zero_optimization": {"stage": 1}})
+    assert config["data_types"] == {"grad_accum_dtype": "fp32"}
+    assert config["bf16"] == {"enabled": True, "immediate_grad_update": True}
+    for other in ({"bf16": {"enabled": True}, "zero_optimization": {"stage": 2}}, {"zero_optimization": {"stage": 1}}):
+        assert "data_types" not in parallel.deepspeed_config(other)
