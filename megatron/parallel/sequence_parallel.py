@@ -28,7 +28,7 @@ def _gather(x: torch.Tensor, group) -> torch.Tensor:
         return x
     local = x.movedim(SEQ_DIM, 0).contiguous()
     out = torch.empty((local.shape[0] * size, *local.shape[1:]), dtype=x.dtype, device=x.device)
-    dist.all_gather_single(out, local, group=group)
+    dist.all_gather_into_tensor(out, local, group=group)
     return out.movedim(0, SEQ_DIM).contiguous()
 
 
@@ -40,7 +40,7 @@ def _reduce_scatter(x: torch.Tensor, group) -> torch.Tensor:
     if full.shape[0] % size:
         raise ValueError(f"sequence length {full.shape[0]} is not divisible by the {size} sequence-parallel ranks")
     out = torch.empty((full.shape[0] // size, *full.shape[1:]), dtype=x.dtype, device=x.device)
-    dist.reduce_scatter_single(out, full, group=group)
+    dist.reduce_scatter_tensor(out, full, group=group)
     return out.movedim(0, SEQ_DIM).contiguous()
 
 
