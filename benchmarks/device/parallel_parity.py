@@ -24,19 +24,21 @@ import test_parallel as runs  # noqa: E402  (the configs and worker the CPU test
 
 
 def compare(layouts: list[str], folder: Path) -> list[dict]:
+    """Rows of every layout against one process; each layout's rows are printed as soon as it has run,
+    so a run cut short by a time limit still reports the layouts it finished."""
     corpus = runs.build_corpus(folder)
     results = {}
+    rows = []
     for layout in ["one", *layouts]:
         configs = [runs.write_config(folder, f"{layout}_{model}", corpus, model, layout) for model in runs.MODELS]
         print(f"launching {layout} ({runs.LAYOUTS[layout][0]} processes)", flush=True)
         results[layout] = dict(zip(runs.MODELS, runs.launch(folder, runs.LAYOUTS[layout][0], configs)))
-    rows = []
-    for layout in layouts:
-        for model in runs.MODELS:
+        for model in runs.MODELS if layout != "one" else ():
             want, got = results["one"][model], results[layout][model]
             diffs = [abs(a - b) for a, b in zip(got["losses"], want["losses"])] + [abs(got["valid"] - want["valid"])]
             rows.append({"layout": layout, "model": model, "losses": got["losses"], "reference": want["losses"],
                          "valid": got["valid"], "reference_valid": want["valid"], "max_abs_diff": max(diffs)})
+            print(f"{layout} {model}: losses {got['losses']} vs {want['losses']}, max abs diff {max(diffs):.2e}", flush=True)
     return rows
 
 
