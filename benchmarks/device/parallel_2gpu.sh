@@ -36,7 +36,9 @@ else
     parity=()
     shape=(--models 1.4B --seqs 2048 --tokens-per-micro-batch 16384 --warmup 5 --steps 10)
 fi
-bench=(benchmarks/train_throughput.py "${shape[@]}" --impls framework-vanilla)
+# Eager throughout: torch_compile is refused with tensor parallelism, and one-GPU and parallel rows must
+# run the same step for their ratio to measure scaling.
+bench=(benchmarks/train_throughput.py "${shape[@]}" --impls framework-vanilla --no-compile)
 two=(python3 -m torch.distributed.run --nproc_per_node 2)
 
 step "throughput, 1 GPU" 110 env CUDA_VISIBLE_DEVICES=0 python3 "${bench[@]}" --json "$TMP/1gpu.json"
