@@ -100,15 +100,20 @@ def test_two_processes_match_one(tmp_path, corpus, stage):
     assert two == pytest.approx(one, rel=1e-5, abs=1e-5)
 
 
-@pytest.mark.parametrize("nproc,stage", [(1, 0), (2, 2)], ids=["1proc-zero0", "2proc-zero2"])
-def test_resume_is_exact(tmp_path, corpus, nproc, stage):
-    common = dict(train_iters=6, lr_decay_iters=6, zero_optimization={"stage": stage}, checkpoint_factor=3)
+@pytest.mark.parametrize("nproc,stage,precision", [(1, 0, "fp32"), (2, 2, "fp32"), (2, 1, "bfloat16")],
+                         ids=["1proc-zero0", "2proc-zero2", "2proc-zero1-bf16"])
+def test_resume_is_exact(tmp_path, corpus, nproc, stage, precision):
+    """bf16 ZeRO-1 runs DeepSpeed's BF16_Optimizer (its own checkpoint files): resume must be exact too."""
+    common = dict(train_iters=6, lr_decay_iters=6, zero_optimization={"stage": stage}, checkpoint_factor=3,
+                  precision=precision)
     full = run(tmp_path, make_config(tmp_path, corpus, "full.yml", save=str(tmp_path / "full"), **common), nproc)
     stopped = run(tmp_path, make_config(tmp_path, corpus, "a.yml", save=str(tmp_path / "ck"), **{**common, "train_iters": 3}), nproc)
     resumed = run(tmp_path, make_config(tmp_path, corpus, "b.yml", save=str(tmp_path / "ck"), load=str(tmp_path / "ck"), **common), nproc)
     assert stopped["losses"] == full["losses"][:3]
     assert resumed["start"] == 3
     assert resumed["losses"] == full["losses"][3:], "resumed losses must equal the uninterrupted run bit for bit"
+    if precision == "bfloat16":
+        assert list((tmp_path / "ck").glob("global_step3/bf16_zero_pp_rank_*optim_states.pt")), "expected BF16_Optimizer states"
 
 
 def test_kill_during_save_keeps_previous_checkpoint(tmp_path, corpus):
