@@ -112,6 +112,10 @@ SAVED_AT = 3  # TP=2 and PP=2 SepLLM runs save here; their launches then resume 
 # with its optimizer state (the second and last steps then match TP=2 continuing only if Adam's
 # moments and step count came across).
 RESHARDED_INTO = {"pp2": dict(tp=1, pp=2, dp=1), "dp2": dict(tp=1, pp=1, dp=2)}
+# The TP=2 launch also trains the SepLLM model in bf16 with ZeRO-1, which DeepSpeed runs with its
+# BF16_Optimizer (other optimizer files); resharded the same way, PP=2 and DP=2 resume it too, and
+# DP=2 once more without its optimizer state, to show what the comparison would miss otherwise.
+BF16 = {"precision": "bfloat16"}
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +124,9 @@ def runs(tmp_path_factory, corpus):
 
     Besides the two models, the TP=2 and PP=2 launches resume their SepLLM run from its step-3
     checkpoint ("resumed", same layout, optimizer included), and the PP=2 and DP=2 launches resume
-    the TP=2 checkpoint resharded to their layout ("resharded", optimizer included).
+    the TP=2 checkpoint resharded to their layout ("resharded", optimizer included). The TP=2 launch
+    trains the SepLLM model in bf16 too ("bf16"), which PP=2 and DP=2 resume resharded
+    ("resharded_bf16"), DP=2 also without its optimizer state ("resharded_bf16_no_optim").
     """
     folder = tmp_path_factory.mktemp("parallel")
     cache: dict[str, dict] = {}
@@ -133,14 +139,19 @@ def runs(tmp_path_factory, corpus):
             checkpoints = str(folder / f"ck_{layout}")
             runs_["sepllm"] = {"save": checkpoints, "extra_save_iters": [SAVED_AT]}
             runs_["resumed"] = {"load": checkpoints, "iteration": SAVED_AT}
+        if layout == "tp2":
+            runs_["bf16"] = {**BF16, "save": str(folder / "ck_tp2_bf16"), "extra_save_iters": [SAVED_AT]}
         if layout in RESHARDED_INTO:
             from megatron.parallel.layout import Layout
             from megatron.parallel.reshard import reshard
 
             get("tp2")
-            target = folder / f"ck_tp2_as_{layout}"
-            reshard(folder / "ck_tp2" / f"global_step{SAVED_AT}", target, Layout(**RESHARDED_INTO[layout]))
-            runs_["resharded"] = {"load": str(target)}
+            for source, run, extra in (("ck_tp2", "resharded", {}), ("ck_tp2_bf16", "resharded_bf16", BF16)):
+                target = folder / f"{source}_as_{layout}"
+                reshard(folder / source / f"global_step{SAVED_AT}", target, Layout(**RESHARDED_INTO[layout]))
+                runs_[run] = {**extra, "load": str(target)}
+            if layout == "dp2":
+                runs_["resharded_bf16_no_optim"] = {**runs_["resharded_bf16"], "no_load_optim": True}
         configs = [write_config(folder, f"{layout}_{name}", corpus, name if name in MODELS else "sepllm", layout, **extra)
                    for name, extra in runs_.items()]
         results = launch(folder, LAYOUTS[layout][0], configs)
@@ -196,6 +207,76 @@ def test_tensor_parallel_checkpoint_resumes_in_another_layout_with_its_optimizer
     assert resharded["valid"] == pytest.approx(runs("tp2")["sepllm"]["valid"], rel=2e-5, abs=2e-5)
 
 
+# bf16 layouts sum in another order: on CPU the resharded PP=2 / DP=2 losses were within 6e-5 of
+# TP=2's (already at the first resumed step, before any update); resuming without the optimizer
+# state missed the second step by 0.04.
+BF16_TOLERANCE = 5e-4
+
+
+@pytest.mark.multiproc
+@pytest.mark.parametrize("layout", sorted(RESHARDED_INTO))
+def test_bf16_checkpoint_resumes_in_another_layout_with_its_optimizer(runs, layout):
+    """The same for bf16 ZeRO-1 (DeepSpeed's BF16_Optimizer, whose partitions keep their padding)."""
+    continuing = runs("tp2")["bf16"]
+    resharded = runs(layout)["resharded_bf16"]
+    assert resharded["start"] == SAVED_AT and len(resharded["losses"]) == STEPS - SAVED_AT
+    assert resharded["losses"] == pytest.approx(continuing["losses"][SAVED_AT:], rel=0, abs=BF16_TOLERANCE)
+    assert resharded["valid"] == pytest.approx(continuing["valid"], rel=0, abs=BF16_TOLERANCE)
+    if layout == "dp2":
+        # The tolerance is tight enough to notice a lost optimizer state: the first resumed step only
+        # evaluates the loaded weights, the second shows the update Adam made without its moments.
+        without = runs(layout)["resharded_bf16_no_optim"]
+        assert without["losses"][0] == pytest.approx(resharded["losses"][0], rel=0, abs=BF16_TOLERANCE)
+        assert abs(without["losses"][1] - continuing["losses"][-1]) > 20 * BF16_TOLERANCE, without["losses"]
+
+
+def _assert_same_content(got, want, where: str) -> None:
+    import torch
+
+    assert type(got) is type(want), where
+    if torch.is_tensor(want):
+        assert got.dtype == want.dtype and got.shape == want.shape and torch.equal(got, want), where
+    elif isinstance(want, dict):
+        assert got.keys() == want.keys(), where  # DeepSpeed looks keys up; their order means nothing
+        for key in want:
+            _assert_same_content(got[key], want[key], f"{where}.{key}")
+    elif isinstance(want, (list, tuple)):
+        assert len(got) == len(want), where
+        for i, (g, w) in enumerate(zip(got, want)):
+            _assert_same_content(g, w, f"{where}[{i}]")
+    elif hasattr(want, "__dict__"):  # DeepSpeed's loss scaler and fragment addresses
+        _assert_same_content(vars(got), vars(want), where)
+    else:
+        assert got == want, where
+
+
+@pytest.mark.multiproc
+@pytest.mark.parametrize("source", ["ck_tp2", "ck_tp2_bf16"], ids=["zero1", "bf16-optimizer"])
+def test_resharding_into_the_same_layout_writes_deepspeeds_own_optimizer_files(runs, tmp_path, source):
+    """ZeRO-1 (fp32) and BF16_Optimizer files, written by DeepSpeed under TP=2, come out of resharding
+    into TP=2 identical (partitions, paddings, slice mappings, Adam's state), also by way of DP=2."""
+    import torch
+
+    from megatron.parallel.layout import Layout
+    from megatron.parallel.reshard import reshard
+
+    original = runs("tp2")["folder"] / source / f"global_step{SAVED_AT}"
+    optim_files = sorted(p.name for p in original.glob("*optim_states.pt"))
+    assert optim_files and all(n.startswith("bf16_") == (source == "ck_tp2_bf16") for n in optim_files)
+    via_dp2, _ = reshard(original, tmp_path / "dp2", Layout(tp=1, pp=1, dp=2))
+    assert len(list(via_dp2.glob("*optim_states.pt"))) == 2
+    for start, out in ((original, "same"), (via_dp2, "back")):
+        written, notices = reshard(start, tmp_path / out, Layout(tp=2, pp=1, dp=1))
+        assert notices == [] and sorted(p.name for p in written.glob("*optim_states.pt")) == optim_files
+        for name in optim_files:
+            _assert_same_content(torch.load(written / name, weights_only=False),
+                                 torch.load(original / name, weights_only=False), f"{out}/{name}")
+        for rank in range(2):
+            name = f"mp_rank_{rank:02d}_model_states.pt"
+            _assert_same_content(torch.load(written / name, weights_only=False)["param_shapes"],
+                                 torch.load(original / name, weights_only=False)["param_shapes"], f"{out}/{name}")
+
+
 @pytest.mark.multiproc
 def test_reshard_round_trip_keeps_every_weight(runs, tmp_path):
     import torch
@@ -246,13 +327,54 @@ def test_layout_coordinates_follow_deepspeed_and_megatron_order():
 def test_optimizer_formats_resharding_cannot_carry_are_named():
     from megatron.parallel.reshard import ReshardError, _check_zero_format
 
-    _check_zero_format("zero_pp_rank_0_mp_rank_00_optim_states.pt", {"zero_stage": 1, "base_optimizer_state": {}})
-    cases = [("bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt", {"base_optimizer_state": {}}, "BF16_Optimizer"),
+    bf16_optimizer = {"base_optimizer_state": {}, "single_partition_of_fp32_groups": [], "group_paddings": [],
+                      "partition_count": []}
+    assert _check_zero_format("zero_pp_rank_0_mp_rank_00_optim_states.pt", {"zero_stage": 1, "base_optimizer_state": {}}) is False
+    assert _check_zero_format("bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt", {"zero_stage": 2, "base_optimizer_state": {}}) is False
+    assert _check_zero_format("bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt", bf16_optimizer) is True
+    cases = [("zero_pp_rank_0_mp_rank_00_optim_states.pt", bf16_optimizer, "an unknown optimizer"),
+             ("bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt", {"base_optimizer_state": {}}, "an unknown optimizer"),
              ("zero_pp_rank_0_mp_rank_00_optim_states.pt", {"zero_stage": 3}, "ZeRO stage 3"),
              ("zero_pp_rank_0_mp_rank_00_optim_states.pt", {"zero_stage": 1, "base_optimizer_state": []}, "elastic")]
     for name, sd, what in cases:
         with pytest.raises(ReshardError, match=f"{what}.*no_load_optim: true"):
             _check_zero_format(name, sd)
+
+
+def test_optimizer_partitions_put_the_alignment_padding_where_deepspeed_does():
+    """Groups of 5 and 1 values over 2 ranks (padded to 8 and 4), the layouts derived from DeepSpeed
+    0.19.8's BF16_Optimizer and DeepSpeedZeroOptimizer: the TP=2 model's groups need no padding, so
+    the end-to-end tests cannot tell where it goes."""
+    from collections import OrderedDict
+
+    import torch
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    from megatron.parallel.reshard import OPTIMIZER_KEYS, OptimizerState, _flat_group, _rank_optimizer_state
+
+    shapes = [OrderedDict(a=torch.Size([3]), b=torch.Size([2])), OrderedDict(c=torch.Size([1]))]
+    flat = {key: [torch.arange(1.0, 6.0) * (k + 1), torch.tensor([7.0 * (k + 1)])] for k, key in enumerate(OPTIMIZER_KEYS)}
+    expected_partitions = [[[1, 2, 3, 4], [7, 0]], [[5, 0, 0, 0], [0, 0]]]  # [rank][group], padding last
+    expected_mappings = [[{"a": (3, 0), "b": (1, 3)}, {"c": (1, 0)}], [{"b": (1, 0)}, {}]]
+    for bf16_optimizer in (True, False):
+        optim = OptimizerState(tensors={}, step=torch.tensor(3.0), param_groups=[{"params": [0]}, {"params": [1]}],
+                               common={"clip_grad": 0.1}, extra={}, bf16_optimizer=bf16_optimizer)
+        sds = [_rank_optimizer_state(optim, flat, shapes, d, 2) for d in range(2)]
+        for d, sd in enumerate(sds):
+            for g in range(2):
+                whole = torch.tensor(expected_partitions[d][g], dtype=torch.float32)
+                state = sd["base_optimizer_state"]["state"][g]
+                assert torch.equal(state["exp_avg"], 2 * whole) and torch.equal(state["exp_avg_sq"], 3 * whole)
+                lean = whole if bf16_optimizer else whole[: [[4, 1], [1, 0]][d][g]]  # ZeRO drops the padding
+                assert torch.equal(sd["single_partition_of_fp32_groups"][g], lean)
+                assert sd["param_slice_mappings"][g] == {n: fragment_address(numel=m, start=s)
+                                                         for n, (m, s) in expected_mappings[d][g].items()}
+            assert sd["partition_count"] == [2, 2]
+        # BF16_Optimizer counts the group's whole padding on the last rank, ZeRO each rank's own.
+        assert [sd["group_paddings"] for sd in sds] == ([[0, 0], [3, 3]] if bf16_optimizer else [[0, 1], [3, 2]])
+        for g in range(2):
+            read = _flat_group(sds, g, bf16_optimizer)
+            assert all(torch.equal(read[key], flat[key][g]) for key in OPTIMIZER_KEYS)
 
 
 def test_world_size_must_factor_into_the_layout():

@@ -6,9 +6,10 @@
 Reads a checkpoint saved under any layout (any ZeRO stage when there is no model parallelism)
 and writes OUT_DIR/global_stepN for the new one, with `latest` pointing at it. Weights, learning-
 rate schedule, step counters and the data position carry over, and for ZeRO stage 1/2 checkpoints
-the optimizer too (fp32 master weights, Adam's moments and step): resume with `load: OUT_DIR`.
-For other checkpoints the tool says that the optimizer was not carried: resume those with
-`no_load_optim: true` as well (see megatron/parallel/reshard.py).
+(fp32, fp16, bf16; bf16 ZeRO-1 runs with DeepSpeed's BF16_Optimizer) the optimizer too (fp32 master
+weights, Adam's moments and step): resume with `load: OUT_DIR`. For ZeRO-0 and ZeRO-3 checkpoints
+the tool says that the optimizer was not carried: resume those with `no_load_optim: true` as well
+(see megatron/parallel/reshard.py).
 """
 from __future__ import annotations
 

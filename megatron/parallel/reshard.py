@@ -6,17 +6,20 @@ GPTModel parameter names, and written again as the files DeepSpeed loads for the
     pipe 1:  mp_rank_{tp:02d}_model_states.pt               module = this tensor-parallel slice
     pipe >1: layer_{i:02d}-model_{tp:02d}-model_states.pt   one per pipeline layer (see pipeline.py)
              mp_rank_{stage * tp_size + tp:02d}_model_states.pt   steps, LR schedule, client state
-    zero_pp_rank_{dp}_mp_rank_{mp:02d}_optim_states.pt      ZeRO-1/2 optimizer partition of a rank
+    [bf16_]zero_pp_rank_{dp}_mp_rank_{mp:02d}_optim_states.pt   optimizer partition of a rank
 
 Written: the weights, the learning-rate schedule, DeepSpeed's step counters and the client state
 (our train_state: iteration and consumed samples, so the data continues where it stopped), and,
-for ZeRO stage 1 and 2 checkpoints, the optimizer: fp32 master weights, Adam's exp_avg and
-exp_avg_sq and its step count. DeepSpeed keeps those as one flat vector per parameter group and
-rank; they are cut back into parameters by the `param_shapes` saved with the checkpoint, merged
-over tensor-parallel ranks like the weights, and flattened and partitioned again exactly as
-DeepSpeed's ZeRO-1/2 optimizer lays them out for the target rank (parameter order of the target
-module, alignment 2 x data-parallel size, equal partitions). Such a checkpoint resumes with its
-optimizer state (plain `load`).
+for ZeRO stage 1 and 2 checkpoints in fp32, fp16 or bf16 (DeepSpeedZeroOptimizer) and for bf16
+ZeRO-1 checkpoints of DeepSpeed's BF16_Optimizer, the optimizer: fp32 master weights, Adam's
+exp_avg and exp_avg_sq and its step count. DeepSpeed keeps those as one flat vector per parameter
+group and rank; they are cut back into parameters by the `param_shapes` saved with the checkpoint,
+merged over tensor-parallel ranks like the weights, and flattened and partitioned again exactly as
+the source's optimizer lays them out for the target rank (parameter order of the target module,
+alignment 2 x data-parallel size, equal partitions; DeepSpeedZeroOptimizer saves its fp32
+partitions without the alignment padding and counts each rank's padding, BF16_Optimizer saves them
+whole and counts the padding on the last rank). Such a checkpoint resumes with its optimizer state
+(plain `load`).
 
 Not carried: per-rank RNG states, and the optimizer of ZeRO-0 and ZeRO-3 checkpoints (other formats):
 load those results with `no_load_optim: true`, which keeps the LR schedule and step counters (the
@@ -44,7 +47,7 @@ from megatron.parallel.tensor_parallel import shard, split_dim
 
 _LAYER_FILE = re.compile(r"^layer_(\d+)-model_(\d+)-model_states\.pt$")
 _MP_FILE = re.compile(r"^mp_rank_(\d+)_model_states\.pt$")
-_OPTIM_FILE = re.compile(r"^(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_(\d+)_optim_states\.pt$")
+_OPTIM_FILE = re.compile(r"^(bf16_)?zero_pp_rank_(\d+)_mp_rank_(\d+)_optim_states\.pt$")
 _PIPE_PARAM = re.compile(r"^(\d+)\.(.+)$")
 _TIED_PREFIX = "tied_modules.word_embeddings."
 ZERO_ALIGNMENT = 2  # DeepSpeed's nccl_start_alignment_factor: flat groups align to 2 x data-parallel size
@@ -140,7 +143,7 @@ def target_vocab_divisor(padded_vocab: int, tp: int, divisible_by: int, vocab: O
     return padded_vocab // tp
 
 
-# ------------------------------------------------------------------ optimizer state (ZeRO stage 1 and 2)
+# ------------------------------------------------------- optimizer state (ZeRO stage 1 and 2, BF16_Optimizer)
 
 OPTIMIZER_KEYS = ("fp32", "exp_avg", "exp_avg_sq")  # fp32: the master weights
 
@@ -154,6 +157,8 @@ class OptimizerState:
     param_groups: list[dict]  # torch optimizer hyperparameters of the (decay, no-decay) groups
     common: dict  # loss scaler, clip_grad, zero_stage, ds_version: copied to every rank
     extra: dict  # the file's other keys (ds_config, ds_version)
+    bf16_optimizer: bool = False  # DeepSpeed's BF16_Optimizer layout rather than DeepSpeedZeroOptimizer's
+    file_prefix: str = ""  # "bf16_" for any bf16 run: DeepSpeed looks for that name first when loading
 
 
 def _group_state(sd: dict, group: int) -> dict:
@@ -174,41 +179,41 @@ def _gpt_name(name: str, pipelined: bool, num_layers: int) -> str:
 
 
 def read_optimizer(folder: Path, num_layers: int) -> Optional[OptimizerState]:
-    """The ZeRO-1/2 optimizer state of a checkpoint of any layout, merged; None when it has no ZeRO files.
+    """The ZeRO-1/2 or BF16_Optimizer state of a checkpoint of any layout, merged; None when it has no
+    optimizer files.
 
-    Raises ReshardError for ZeRO files of another format (ZeRO-3, elastic checkpoints).
+    Raises ReshardError for optimizer files of another format (ZeRO-3, elastic checkpoints).
     """
-    files = {}
+    files, prefixes = {}, set()
     for path in folder.iterdir():
         if m := _OPTIM_FILE.match(path.name):
-            files[(int(m.group(2)), int(m.group(1)))] = path  # (mp rank, dp rank)
+            files[(int(m.group(3)), int(m.group(2)))] = path  # (mp rank, dp rank)
+            prefixes.add(m.group(1) or "")
     if not files:
         return None
+    if len(prefixes) > 1:
+        raise ReshardError(f"{folder} holds both bf16_zero_pp_rank_* and zero_pp_rank_* optimizer files; remove "
+                           "the ones of the other run so that one optimizer state remains")
     tp, pp = source_layout(folder)
     dp = 1 + max(d for _, d in files)
     missing = [f"mp {mp} dp {d}" for mp in range(tp * pp) for d in range(dp) if (mp, d) not in files]
     if missing:
         raise ReshardError(f"{folder} lacks the ZeRO optimizer files of ranks {', '.join(missing)}; is the checkpoint complete?")
     slices: dict[str, dict[str, list[Optional[torch.Tensor]]]] = {key: {} for key in OPTIMIZER_KEYS}
-    first = None
+    first, bf16_optimizer = None, False
     for mp in range(tp * pp):
         tp_rank = mp % tp
         loaded = [_load(files[(mp, d)]) for d in range(dp)]
         sds = [f["optimizer_state_dict"] for f in loaded]
         if first is None:
             first = loaded[0]
-        _check_zero_format(files[(mp, 0)].name, sds[0])
+        bf16_optimizer = _check_zero_format(files[(mp, 0)].name, sds[0])
         shapes = _load(folder / f"mp_rank_{mp:02d}_model_states.pt").get("param_shapes")
         if not shapes:
             raise ReshardError(f"{folder}/mp_rank_{mp:02d}_model_states.pt has no param_shapes; the optimizer "
                                "state cannot be cut into parameters: resume with no_load_optim: true")
         for g, group_shapes in enumerate(shapes):
-            partitions = [sd["single_partition_of_fp32_groups"][g] for sd in sds]
-            flats = {"fp32": torch.cat(partitions)}
-            for key in OPTIMIZER_KEYS[1:]:
-                # Only the last rank is padded; the fp32 partitions are saved without the padding.
-                flats[key] = torch.cat([_group_state(sd, g)[key].reshape(-1)[: part.numel()]
-                                        for sd, part in zip(sds, partitions)])
+            flats = _flat_group(sds, g, bf16_optimizer)
             paddings = sds[0].get("param_alignment_paddings", [[0] * len(group_shapes)] * len(shapes))[g]
             offset = 0
             for (name, shape), padding in zip(group_shapes.items(), paddings):
@@ -228,22 +233,45 @@ def read_optimizer(folder: Path, num_layers: int) -> Optional[OptimizerState]:
     common = {k: sd0[k] for k in ("loss_scaler", "dynamic_loss_scale", "overflow", "clip_grad", "zero_stage", "ds_version")
               if k in sd0}
     return OptimizerState(tensors, _group_state(sd0, 0).get("step"), copy.deepcopy(sd0["base_optimizer_state"]["param_groups"]),
-                          common, {k: v for k, v in first.items() if k != "optimizer_state_dict"})
+                          common, {k: v for k, v in first.items() if k != "optimizer_state_dict"},
+                          bf16_optimizer=bf16_optimizer, file_prefix=prefixes.pop())
 
 
-def _check_zero_format(file_name: str, sd: dict) -> None:
-    """Only DeepSpeedZeroOptimizer's files (ZeRO stage 1 and 2, not elastic) are re-partitioned."""
+def _flat_group(sds: list[dict], g: int, bf16_optimizer: bool) -> dict[str, torch.Tensor]:
+    """Group g's flat master weights and moments over all data-parallel ranks, without the alignment padding."""
+    partitions = [sd["single_partition_of_fp32_groups"][g] for sd in sds]
+    if bf16_optimizer:
+        # Every partition is saved whole; the padding sits at the end and is counted on the last rank.
+        real = sum(p.numel() for p in partitions) - int(sds[-1]["group_paddings"][g])
+        flats = {"fp32": torch.cat([p.detach().reshape(-1) for p in partitions])[:real]}
+        for key in OPTIMIZER_KEYS[1:]:
+            flats[key] = torch.cat([_group_state(sd, g)[key].reshape(-1) for sd in sds])[:real]
+        return flats
+    flats = {"fp32": torch.cat(partitions)}
+    for key in OPTIMIZER_KEYS[1:]:
+        # Only the last rank is padded; the fp32 partitions are saved without the padding.
+        flats[key] = torch.cat([_group_state(sd, g)[key].reshape(-1)[: part.numel()]
+                                for sd, part in zip(sds, partitions)])
+    return flats
+
+
+def _check_zero_format(file_name: str, sd: dict) -> bool:
+    """True for DeepSpeed's BF16_Optimizer, False for DeepSpeedZeroOptimizer (ZeRO stage 1 and 2, not elastic);
+    other formats are not re-partitioned."""
     if "zero_stage" not in sd:
-        what = "DeepSpeed's BF16_Optimizer (bf16 with ZeRO stage 1)" if file_name.startswith("bf16_") else "an unknown optimizer"
+        if (file_name.startswith("bf16_") and isinstance(sd.get("base_optimizer_state"), dict)
+                and {"single_partition_of_fp32_groups", "group_paddings", "partition_count"} <= sd.keys()):
+            return True
+        what = "an unknown optimizer"
     elif int(sd["zero_stage"]) not in (1, 2):
         what = f"ZeRO stage {int(sd['zero_stage'])}"
     elif not isinstance(sd.get("base_optimizer_state"), dict):
         what = "an elastic ZeRO checkpoint"
     else:
-        return
+        return False
     raise ReshardError(f"{file_name} holds the optimizer state of {what}, which resharding does not carry over "
-                       "(supported: ZeRO stage 1 and 2 in fp32 or fp16): resume the resharded checkpoint with "
-                       "no_load_optim: true")
+                       "(supported: ZeRO stage 1 and 2 in fp32, fp16 or bf16, and DeepSpeed's BF16_Optimizer): "
+                       "resume the resharded checkpoint with no_load_optim: true")
 
 
 def _merge(name: str, parts: list[Optional[torch.Tensor]], folder: Path) -> torch.Tensor:
@@ -313,11 +341,12 @@ def _optimizer_groups(names: list[tuple[str, str]], model: dict[str, torch.Tenso
 
 def optimizer_files(model: dict[str, torch.Tensor], optim: OptimizerState, layout: Layout, num_layers: int,
                     partition_method: str, order: list[str]) -> tuple[dict[str, dict], dict[str, list]]:
-    """The ZeRO-1/2 files of `layout` ({file name: content}) and each mp_rank file's param_shapes.
+    """The optimizer files of `layout` ({file name: content}) and each mp_rank file's param_shapes.
 
     Each group is flattened in module order, padded to a multiple of 2 x dp and cut into dp equal
-    partitions (DeepSpeedZeroOptimizer's layout without parameter_alignment): the optimizer state
-    holds the padded partition, single_partition_of_fp32_groups the partition without padding.
+    partitions (DeepSpeed's layout without parameter_alignment). Adam's state holds the padded
+    partition. DeepSpeedZeroOptimizer saves the fp32 partition without its padding and each rank's
+    padding; BF16_Optimizer saves it whole and the group's padding on the last rank only.
     """
     files, shapes = {}, {}
     missing = [n for n in order if n not in optim.tensors["fp32"]]
@@ -340,28 +369,59 @@ def optimizer_files(model: dict[str, torch.Tensor], optim: OptimizerState, layou
                     (n, shard(model[g], split_dim(g), tp_rank, layout.tp).shape) for n, g in group))
             shapes[f"mp_rank_{mp:02d}_model_states.pt"] = group_shapes
             for d in range(layout.dp):
-                state, fp32, paddings = {}, [], []
-                for i, group in enumerate(groups):
-                    numel = flat["fp32"][i].numel()
-                    aligned = math.ceil(numel / (ZERO_ALIGNMENT * layout.dp)) * ZERO_ALIGNMENT * layout.dp
-                    size = aligned // layout.dp
-                    lean = max(0, min(size, numel - d * size))
-
-                    def partition(values: torch.Tensor) -> torch.Tensor:
-                        part = torch.zeros(size, dtype=values.dtype)
-                        part[:lean] = values[d * size : d * size + lean]
-                        return part
-
-                    state[i] = {"step": optim.step.clone() if torch.is_tensor(optim.step) else optim.step,
-                                "exp_avg": partition(flat["exp_avg"][i]), "exp_avg_sq": partition(flat["exp_avg_sq"][i])}
-                    fp32.append(partition(flat["fp32"][i])[:lean].clone())
-                    paddings.append(size - lean)
-                sd = {**optim.common, "base_optimizer_state": {"state": state, "param_groups": copy.deepcopy(optim.param_groups)},
-                      "single_partition_of_fp32_groups": fp32, "group_paddings": paddings,
-                      "param_alignment_paddings": [[0] * len(g) for g in groups],
-                      "partition_count": [layout.dp] * len(groups)}
-                files[f"zero_pp_rank_{d}_mp_rank_{mp:02d}_optim_states.pt"] = {**optim.extra, "optimizer_state_dict": sd}
+                sd = _rank_optimizer_state(optim, flat, group_shapes, d, layout.dp)
+                name = f"{optim.file_prefix}zero_pp_rank_{d}_mp_rank_{mp:02d}_optim_states.pt"
+                files[name] = {**optim.extra, "optimizer_state_dict": sd}
     return files, shapes
+
+
+def _rank_optimizer_state(optim: OptimizerState, flat: dict[str, list[torch.Tensor]], group_shapes: list[OrderedDict],
+                          d: int, dp: int) -> dict:
+    """The optimizer_state_dict of data-parallel rank d: what DeepSpeed's optimizer state_dict() returns there."""
+    state, fp32, paddings, mappings = {}, [], [], []
+    for i, shapes in enumerate(group_shapes):
+        numel = flat["fp32"][i].numel()
+        aligned = math.ceil(numel / (ZERO_ALIGNMENT * dp)) * ZERO_ALIGNMENT * dp
+        size = aligned // dp
+        lean = max(0, min(size, numel - d * size))  # this partition's values before the padding
+
+        def partition(values: torch.Tensor) -> torch.Tensor:
+            part = torch.zeros(size, dtype=values.dtype)
+            part[:lean] = values[d * size : d * size + lean]
+            return part
+
+        state[i] = {"step": optim.step.clone() if torch.is_tensor(optim.step) else optim.step,
+                    "exp_avg": partition(flat["exp_avg"][i]), "exp_avg_sq": partition(flat["exp_avg_sq"][i])}
+        if optim.bf16_optimizer:
+            fp32.append(partition(flat["fp32"][i]))
+            paddings.append(aligned - numel if d == dp - 1 else 0)
+        else:
+            fp32.append(partition(flat["fp32"][i])[:lean].clone())
+            paddings.append(size - lean)
+        mappings.append(_slice_mappings(shapes, d * size, size))
+    base = {"state": state, "param_groups": copy.deepcopy(optim.param_groups)}
+    if optim.bf16_optimizer:
+        return {**optim.common, "base_optimizer_state": base, "single_partition_of_fp32_groups": fp32,
+                "group_paddings": paddings, "partition_count": [dp] * len(group_shapes),
+                "param_slice_mappings": mappings}
+    return {**optim.common, "base_optimizer_state": base, "single_partition_of_fp32_groups": fp32,
+            "group_paddings": paddings, "param_alignment_paddings": [[0] * len(s) for s in group_shapes],
+            "partition_count": [dp] * len(group_shapes), "param_slice_mappings": mappings}
+
+
+def _slice_mappings(shapes: OrderedDict, start: int, size: int) -> OrderedDict:
+    """Where each parameter overlapping the partition [start, start + size) lies in it, as DeepSpeed records it
+    (param_slice_mappings, read by its universal-checkpoint conversion)."""
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    mappings, offset = OrderedDict(), 0
+    for name, shape in shapes.items():
+        end = offset + math.prod(shape)
+        first, last = max(offset, start), min(end, start + size)
+        if first < last:
+            mappings[name] = fragment_address(numel=last - first, start=first - start)
+        offset = end
+    return mappings
 
 
 def _torch_bytes(obj) -> bytes:
