@@ -118,9 +118,9 @@ def main(argv=None) -> dict:
 
     bar = tqdm(total=args.num_eval_tokens, unit="tok", dynamic_ncols=True)
 
-    def progress(step, elapsed):
+    def progress(step, elapsed, cache_entries):
         bar.n = step.tokens_done
-        bar.set_postfix(nll=f"{step.nll[-1].item():.2f}", tok_s=f"{step.tokens_done / max(elapsed, 1e-9):.0f}", cache=step.cache_entries)
+        bar.set_postfix(nll=f"{step.nll[-1].item():.2f}", tok_s=f"{step.tokens_done / max(elapsed, 1e-9):.0f}", cache=cache_entries)
         bar.refresh()
 
     if args.concat_texts:

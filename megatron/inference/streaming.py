@@ -86,7 +86,6 @@ def prepare_model(model, settings: StreamingSettings, *, separator_ids=None, tok
 @dataclass
 class StepResult:
     nll: torch.Tensor  # [k] negative log-likelihoods of the tokens predicted in this forward
-    cache_entries: Optional[int]  # entries the cache holds after this forward (None: not read back, static cache)
     tokens_done: int
 
 
@@ -111,19 +110,12 @@ def stream_text(model, ids: torch.Tensor, cache, chunk_size: int, max_tokens: Op
             logits = model(inp, past_key_values=cache, use_cache=True).logits[0].float()
         nll = F.cross_entropy(logits, ids[0, done + 1:done + k + 1], reduction="none")
         done += k
-        yield StepResult(nll, _entries(cache), done)
-
-
-def _entries(cache) -> Optional[int]:
-    if isinstance(cache, SepCache):
-        return None if cache.static else cache.core.held(0)  # a static cache would sync the device every token
-    return cache.get_seq_length()
+        yield StepResult(nll, done)
 
 
 def _max_entries(cache) -> int:
-    if isinstance(cache, SepCache) and cache.static:
-        return cache.core.max_held()
-    return _entries(cache) or 0
+    """The most entries the cache held after any forward pass so far (a DynamicCache only grows)."""
+    return cache.core.max_held() if isinstance(cache, SepCache) else cache.get_seq_length()
 
 
 @dataclass
@@ -144,11 +136,12 @@ class StreamReport:
 
 
 def evaluate_stream(model, texts: Iterable[torch.Tensor], settings: StreamingSettings, *, num_eval_tokens: Optional[int] = None,
-                    concat: bool = False, on_step: Optional[Callable[[StepResult, float], None]] = None,
+                    concat: bool = False, on_step: Optional[Callable[[StepResult, float, int], None]] = None,
                     memory_marks: Iterable[int] = (10_000, 100_000, 500_000, 1_000_000)) -> StreamReport:
     """Stream `texts` (token id tensors) until num_eval_tokens predictions; a new cache per text
     unless `concat` (then the texts form one stream, as upstream's evaluation does). On CUDA the
-    peak memory is also recorded when the stream passes each of `memory_marks` tokens."""
+    peak memory is also recorded when the stream passes each of `memory_marks` tokens. About once a
+    second `on_step(last step, seconds so far, most cache entries held)` reports progress."""
     if concat:
         texts = [torch.cat([t.view(-1) for t in texts])]
     nlls: list[float] = []
@@ -172,15 +165,13 @@ def evaluate_stream(model, texts: Iterable[torch.Tensor], settings: StreamingSet
             pending.append(step.nll)
             while marks and done_before + step.tokens_done >= marks[0]:
                 peak_at[marks.pop(0)] = torch.cuda.max_memory_allocated()  # host-side allocator statistic: no sync
-            if step.cache_entries is not None:
-                max_entries = max(max_entries, step.cache_entries)
             now = time.perf_counter()
             if now - last_flush > 1.0:  # syncing with the device once a second keeps token mode fast
                 nlls.extend(torch.cat(pending).tolist())
                 pending = []
                 last_flush = now
                 if on_step is not None:
-                    on_step(StepResult(torch.tensor(nlls[-1:]), _max_entries(cache), len(nlls)), now - start)
+                    on_step(StepResult(torch.tensor(nlls[-1:]), len(nlls)), now - start, max(max_entries, _max_entries(cache)))
         max_entries = max(max_entries, _max_entries(cache))
         done_before = len(nlls) + sum(p.numel() for p in pending)
     if pending:

@@ -65,6 +65,10 @@ class SelfAttention(nn.Module):
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         return q, k, v
 
+    # Under torch.compile (megatron/parallel/compile.py) the attention core is a boundary between
+    # graphs: it reads the per-batch plan and the layer index, which would specialise every graph
+    # on the layer, and its work is already one fused kernel. No effect in eager mode.
+    @torch.compiler.disable
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         """[B, H, L, D] attention output of this layer under the context's plan."""
         dropout_p = self.dropout_p if self.training else 0.0

@@ -7,9 +7,10 @@ input shape (parameters are graph inputs), so compile time does not grow with de
 inductor gains is in the elementwise work between the matrix products: LayerNorm, rotary, GELU,
 bias and residual adds become a few fused kernels in forward and backward.
 
-The attention core (`SelfAttention.attend`) stays outside the compiled graphs. It reads the
-per-batch SepLLM plan and the block's layer index, so tracing it would specialise every graph on
-the layer and on the plan's cached layouts (one recompile per layer); its work is already one
+The attention core (`SelfAttention.attend`, marked `torch.compiler.disable` in the model) stays
+outside the compiled graphs. It reads the per-batch SepLLM plan and the block's layer index, so
+tracing it would specialise every graph on the layer and on the plan's cached layouts (one
+recompile per layer); its work is already one
 fused kernel (SDPA or the Sep-Attention Triton kernels), which runs exactly as in eager mode,
 never an unfused fallback. Each block thus runs as: compiled graph (norms, QKV, rotary) ->
 attention kernel -> compiled graph (output projection, MLP, residual).
@@ -28,20 +29,6 @@ from torch import nn
 from megatron.parallel.loss import lm_loss
 
 
-def _keep_attention_eager() -> None:
-    """Make the attention core a boundary between compiled graphs (once per process).
-
-    Patched on the class rather than per instance: dynamo guards on the identity of a called
-    function, so one wrapper per block would make every block a separate graph.
-    """
-    from megatron.model.attention import SelfAttention
-
-    if not getattr(SelfAttention.attend, "_outside_compiled_graphs", False):
-        attend = torch.compiler.disable(SelfAttention.attend)
-        attend._outside_compiled_graphs = True
-        SelfAttention.attend = attend
-
-
 def compile_model(model: nn.Module) -> None:
     """Compile each transformer block and the final norm of `model` (a GPTModel) in place.
 
@@ -51,7 +38,6 @@ def compile_model(model: nn.Module) -> None:
     layers = getattr(model, "layers", None)
     if not isinstance(layers, nn.ModuleList) or not len(layers):
         raise ValueError(f"compile_model needs a GPTModel with transformer blocks in .layers, got {type(model).__name__}")
-    _keep_attention_eager()
     # Two graphs per block (before and after attention), per shape, and a few for train/eval mode.
     import torch._dynamo
 

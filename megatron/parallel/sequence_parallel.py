@@ -53,56 +53,33 @@ def _split(x: torch.Tensor, group) -> torch.Tensor:
     return x.chunk(size, dim=SEQ_DIM)[dist.get_rank(group)].contiguous()
 
 
-class _ScatterToSequence(torch.autograd.Function):
-    """Forward: keep this rank's slice of the sequence. Backward: all-gather the slices."""
+class _SequenceComm(torch.autograd.Function):
+    """One collective in forward, its adjoint in backward:
+    split      <-> all-gather     (keep this rank's slice of the sequence);
+    all-gather <-> reduce-scatter (every rank's column-parallel layer contributed a partial input
+                                   gradient for the whole sequence);
+    reduce-scatter <-> all-gather (sum row-parallel partial outputs, keep this rank's slice)."""
 
     @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        return _split(x, group)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _gather(grad, ctx.group), None
-
-
-class _GatherFromSequence(torch.autograd.Function):
-    """Forward: all-gather the whole sequence. Backward: reduce-scatter, since every rank's
-    column-parallel layer contributed a partial input gradient for the whole sequence."""
-
-    @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        return _gather(x, group)
+    def forward(ctx, x, group, forward_op, backward_op):
+        ctx.group, ctx.backward_op = group, backward_op
+        return forward_op(x, group)
 
     @staticmethod
     def backward(ctx, grad):
-        return _reduce_scatter(grad, ctx.group), None
-
-
-class _ReduceScatterToSequence(torch.autograd.Function):
-    """Forward: sum row-parallel partial outputs and keep this rank's slice. Backward: all-gather."""
-
-    @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        return _reduce_scatter(x, group)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _gather(grad, ctx.group), None
+        return ctx.backward_op(grad, ctx.group), None, None, None
 
 
 def scatter_to_sequence(x: torch.Tensor, group) -> torch.Tensor:
-    return _ScatterToSequence.apply(x, group)
+    return _SequenceComm.apply(x, group, _split, _gather)
 
 
 def gather_from_sequence(x: torch.Tensor, group) -> torch.Tensor:
-    return _GatherFromSequence.apply(x, group)
+    return _SequenceComm.apply(x, group, _gather, _reduce_scatter)
 
 
 def reduce_scatter_to_sequence(x: torch.Tensor, group) -> torch.Tensor:
-    return _ReduceScatterToSequence.apply(x, group)
+    return _SequenceComm.apply(x, group, _reduce_scatter, _gather)
 
 
 def _gather_input_hook(group, module, args):

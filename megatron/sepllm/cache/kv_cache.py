@@ -34,8 +34,18 @@ from megatron.sepllm.cache.rotary import RotarySpec, rotate_by
 SHIFT_STRATEGIES = ("evict", "read")
 
 
+def check_ready(cache) -> None:
+    """What a cache needs before its first forward pass (both caches; apply_sepllm fills these in)."""
+    if cache.budget.policy == SEPLLM and not cache.separator_ids:
+        raise ValueError("a SepLLM cache needs separator_token_ids (none were given and none were filled in by apply_sepllm)")
+    if cache.pos_shift and cache.rotary is None:
+        raise ValueError("pos_shift=True needs the model's rotary frequencies (rotary=RotarySpec...); apply_sepllm fills them in")
+
+
 class SepKVCache:
     """KV cache keeping initial, separator and local entries within a fixed capacity."""
+
+    static = False
 
     def __init__(
         self,
@@ -64,6 +74,7 @@ class SepKVCache:
         self._values: dict[int, torch.Tensor] = {}
         self._state: dict[int, str] = {}  # layer -> "ready" (holds layout) | "union" (holds layout + chunk)
         self._updated: set[int] = set()
+        self._max_held = 0
         self._stored_pos: Optional[torch.Tensor] = None  # shift_strategy="read": rotation the stored keys carry
         self._stored_union: Optional[torch.Tensor] = None
         self._sep_tensor: Optional[torch.Tensor] = None
@@ -74,10 +85,7 @@ class SepKVCache:
         """Plan the forward pass over `input_ids` [B, q]; `valid` [B, q] marks real (non-padding) tokens."""
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
-        if self.budget.policy == SEPLLM and not self.separator_ids:
-            raise ValueError("a SepLLM cache needs separator_token_ids (none were given and none were filled in by apply_sepllm)")
-        if self.pos_shift and self.rotary is None:
-            raise ValueError("pos_shift=True needs the model's rotary frequencies (rotary=RotarySpec...); apply_sepllm fills them in")
+        check_ready(self)
         self._finish_all()
         if self.layout is None:
             self.layout = SlotLayout.empty(input_ids.shape[0], input_ids.device)
@@ -148,6 +156,7 @@ class SepKVCache:
                 k = rotate_by(k, self._evict_delta, self.rotary)
             self._keys[layer], self._values[layer] = k, v
         self._state[layer] = "ready"
+        self._max_held = max(self._max_held, self._keys[layer].shape[2])
 
     def _finish_all(self) -> None:
         for layer in [l for l, s in self._state.items() if s == "union"]:
@@ -179,6 +188,10 @@ class SepKVCache:
         """Entries (slots) layer `layer` holds now."""
         return 0 if layer not in self._keys else self._keys[layer].shape[2]
 
+    def max_held(self) -> int:
+        """The most entries a layer held after any forward pass (its evictions applied)."""
+        return self._max_held
+
     @property
     def num_layers(self) -> int:
         return len(self._keys)
@@ -190,15 +203,8 @@ class SepKVCache:
 
     def kept_orig_positions(self, row: int = 0) -> list[int]:
         """Stream positions of the tokens row `row` keeps after the last chunk (for inspection and tests)."""
-        if self.layout is None:
-            return []
-        lay = self.layout
-        return lay.orig[row][lay.valid[row]].tolist()
+        return [] if self.layout is None else self.layout.kept_positions(row)
 
     def kv_ratio(self) -> float:
         """Kept entries over tokens seen, averaged over rows (1.0 before any eviction)."""
-        if self.layout is None or self.layout.batch == 0:
-            return 1.0
-        kept = self.layout.valid.long().sum(1).float()
-        seen = self.layout.seen.float().clamp(min=1)
-        return float((kept / seen).mean())
+        return 1.0 if self.layout is None else self.layout.kv_ratio()

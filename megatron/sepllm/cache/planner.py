@@ -50,6 +50,16 @@ class SlotLayout:
     def width(self) -> int:
         return self.valid.shape[1]
 
+    def kept_positions(self, row: int = 0) -> list[int]:
+        """Stream positions of the tokens row `row` holds."""
+        return self.orig[row][self.valid[row]].tolist()
+
+    def kv_ratio(self) -> float:
+        """Held entries over tokens seen, averaged over rows (1.0 before any eviction)."""
+        if self.batch == 0:
+            return 1.0
+        return float((self.valid.long().sum(1).float() / self.seen.float().clamp(min=1)).mean())
+
     def select(self, index: torch.Tensor) -> "SlotLayout":
         """Rows `index` of the batch (beam reordering, repeat_interleave)."""
         index = index.to(self.valid.device)

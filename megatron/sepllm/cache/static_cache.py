@@ -25,7 +25,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from megatron.sepllm.cache.budget import SEPLLM, CacheBudget
+from megatron.sepllm.cache.budget import CacheBudget
+from megatron.sepllm.cache.kv_cache import check_ready
 from megatron.sepllm.cache.planner import SlotLayout, compress_rows, separator_tensor
 from megatron.sepllm.cache.rotary import RotarySpec, rotate_by
 
@@ -91,10 +92,7 @@ class StaticSepKVCache:
         if input_ids.dim() != 2 or input_ids.shape[1] != 1:
             raise ValueError(f"the static SepLLM cache feeds one token per forward pass (input_ids [batch, 1]), got shape "
                              f"{tuple(input_ids.shape)}; use the dynamic cache (static=False) for prefill or chunked streaming")
-        if self.budget.policy == SEPLLM and not self.separator_ids:
-            raise ValueError("a SepLLM cache needs separator_token_ids (none were given and none were filled in by apply_sepllm)")
-        if self.pos_shift and self.rotary is None:
-            raise ValueError("pos_shift=True needs the model's rotary frequencies (rotary=RotarySpec...); apply_sepllm fills them in")
+        check_ready(self)
         if self._updated and len(self._updated) != len(self._keys):
             raise RuntimeError("a forward pass updated only some layers of the static cache; start a new cache")
         self._updated = set()
@@ -191,11 +189,11 @@ class StaticSepKVCache:
         return SlotLayout(m["valid"], m["is_sep"], m["is_init"], m["orig"], m["pos"], m["seen"], self.columns)
 
     def held(self, layer: int = 0) -> int:
-        """Entries row 0.. hold now (the largest over rows); reads back from the device."""
+        """Entries the fullest row holds now (reads back from the device)."""
         return 0 if self._meta is None else int(self._meta["held"].max())
 
     def max_held(self) -> int:
-        """The most entries any row held between steps (after compression, as the dynamic cache's held())."""
+        """The most entries any row held after any step (its evictions applied), as SepKVCache.max_held."""
         return 0 if self._meta is None else int(self._meta["max_held"])
 
     def layer_kv(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -212,16 +210,10 @@ class StaticSepKVCache:
         return self.columns
 
     def kept_orig_positions(self, row: int = 0) -> list[int]:
-        if self._meta is None:
-            return []
-        m = self._meta
-        return m["orig"][row][m["valid"][row]].tolist()
+        return [] if self._meta is None else self.layout.kept_positions(row)
 
     def kv_ratio(self) -> float:
-        if self._meta is None:
-            return 1.0
-        m = self._meta
-        return float((m["valid"].long().sum(1).float() / m["seen"].float().clamp(min=1)).mean())
+        return 1.0 if self._meta is None else self.layout.kv_ratio()
 
     def select_rows(self, index: torch.Tensor) -> None:
         raise ValueError("the static SepLLM cache serves streaming with a fixed batch; beam search and row selection need the dynamic cache (static=False)")

@@ -224,12 +224,7 @@ class SepLLMRuntime:
     def _count(self, layer: int, mask: torch.Tensor) -> None:
         """Share of the causal (non-padding) keys the queries see: the kept-KV / attention-map ratio."""
         if self._cache is not None:
-            if self._cache.static:
-                return  # the cache's own kv_ratio() reports; per-layer host bookkeeping would freeze in a CUDA graph
-            lay = self._cache.core.layout
-            # Cache mode: keys held / tokens seen, after this chunk.
-            self._layer_ratios.append(lay.valid.sum(1).double() / lay.seen.double().clamp(min=1))
-            return
+            return  # cache mode: the cache knows its kept ratio (kv_report asks it), the same in every layer
         h = self._history
         T, q = h.ids.shape[1], self._q
         causal = (torch.arange(T, device=mask.device)[None, :] <= torch.arange(T - q, T, device=mask.device)[:, None])[None] & h.valid[:, None, :]
@@ -243,9 +238,12 @@ class SepLLMRuntime:
     def kv_report(self) -> dict[str, Any]:
         """Kept-KV ratio of the newest token (mean over rows) and the attention-map ratio so far."""
         report = {"mode": "sepcache" if self._cache is not None else self.mode, "forwards": self._forwards}
-        ratio = torch.stack(self._layer_ratios).mean(0) if self._layer_ratios else self._last_ratio
-        if ratio is not None:
-            report["kv_ratio"] = float(ratio.mean())
+        if self._cache is not None:
+            report["kv_ratio"] = self._cache.kv_ratio()  # keys held / tokens seen, after the last chunk
+        else:
+            ratio = torch.stack(self._layer_ratios).mean(0) if self._layer_ratios else self._last_ratio
+            if ratio is not None:
+                report["kv_ratio"] = float(ratio.mean())
         if float(self._causal_keys) > 0:
             report["attn_map_ratio"] = float(self._seen_keys / self._causal_keys)
         return report

@@ -111,7 +111,7 @@ class SepCache(Cache):
 
     @property
     def static(self) -> bool:
-        return getattr(self.core, "static", False)
+        return self.core.static
 
     def __len__(self) -> int:
         return len(self.layers)
