@@ -130,10 +130,10 @@ def test_bad_input_fails_loudly():
     with pytest.raises(RuntimeError, match="non-decreasing"):
         sep_attention_kernel(q1, k1, v1, bad_docs, 0)
     from megatron.sepllm.kernel import configs as C
-    from megatron.sepllm.kernel.ops import _launch
+    from megatron.sepllm.kernel.launcher import launch
 
     with pytest.raises(ValueError, match="sequence too long"):  # checked before any kernel runs
-        _launch(None, (16, 65536), C.INTERPRETER)
+        launch(None, (16, 65536), C.INTERPRETER, (), (), (), ())
 
 
 def test_compiled_graph_does_not_recompile_for_new_batches():

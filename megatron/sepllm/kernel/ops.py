@@ -11,9 +11,9 @@ import math
 from typing import Optional
 
 import torch
-import triton
 
 from megatron.sepllm.kernel import configs as C
+from megatron.sepllm.kernel import launcher
 from megatron.sepllm.kernel import triton_kernels as T
 from megatron.sepllm.kernel.layout import SepLayout
 
@@ -23,7 +23,7 @@ _KERNELS = (T._fwd_kernel, T._bwd_dq_kernel, T._bwd_dkdv_band_kernel, T._bwd_dkd
 
 def interpreted() -> bool:
     """True when the kernels were created under TRITON_INTERPRET=1 (they then run on CPU tensors)."""
-    return not hasattr(T._fwd_kernel, "device_caches")
+    return launcher.interpreted(T._fwd_kernel)
 
 
 def compiled_kernel_count() -> int:
@@ -58,38 +58,26 @@ def _meta(layout: SepLayout):
     )
 
 
-def _launch(kernel, grid, cfg: C.BlockConfig, *args, **constexprs):
-    if grid[1] > 65535:  # CUDA's limit on the second grid dimension (sequence blocks, or batch x heads)
-        raise ValueError(
-            f"sequence too long or batch x heads too large for the Sep-Attention kernel: launch grid {grid} exceeds "
-            "CUDA's 65535 in its second dimension; use shorter sequences, smaller micro-batches, or "
-            "USE_SEP_ATTN_KERNEL_ACCELERATOR: false"
-        )
-    if interpreted():
-        kernel[grid](*args, **constexprs)
-    else:
-        kernel[grid](*args, **constexprs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-
-
 def _cfg(kind: str, head_dim: int) -> C.BlockConfig:
     return C.INTERPRETER if interpreted() else C.default_config(kind, head_dim)
 
 
+def _consts(D: int, cfg: C.BlockConfig, *flags: bool) -> tuple:
+    return (D, _block_d(D), cfg.block_m, cfg.block_n, *flags)
+
+
 def launch_forward(q, k, v, layout: SepLayout, window: int, scale: float, cfg: Optional[C.BlockConfig] = None):
     B, H, L, D = q.shape
-    Hkv = k.shape[1]
     cfg = cfg or _cfg(C.FWD, D)
     out = torch.empty_like(q)
     lse = torch.empty(B, H, L, device=q.device, dtype=torch.float32)
     doc, doc_start, _, valid, has_docs, has_valid = _meta(layout)
-    grid = (B * H, _cdiv(L, cfg.block_m))  # heads fastest: see _fwd_kernel
-    _launch(
-        T._fwd_kernel, grid, cfg,
-        q, k, v, out, lse, layout.kept_pos, layout.kept_count, doc, doc_start, valid,
-        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
-        L, window, H, scale * LOG2E,
-        GROUP=H // Hkv, D=D, BLOCK_D=_block_d(D), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-        HAS_DOCS=has_docs, HAS_VALID=has_valid,
+    launcher.launch(
+        T._fwd_kernel, (B * H, _cdiv(L, cfg.block_m)), cfg,  # heads fastest: see _fwd_kernel
+        (q, k, v, out, lse, layout.kept_pos, layout.kept_count, doc, doc_start, valid),
+        (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3]),
+        (L, window, H, scale * LOG2E, H // k.shape[1]),
+        _consts(D, cfg, has_docs, has_valid),
     )
     return out, lse
 
@@ -97,41 +85,38 @@ def launch_forward(q, k, v, layout: SepLayout, window: int, scale: float, cfg: O
 def launch_dq(do, q, k, v, out, lse, layout: SepLayout, window: int, scale: float, cfg: Optional[C.BlockConfig] = None):
     """dQ, and DELTA = rowsum(out * dO) that the dK/dV kernels need (launch them after this)."""
     B, H, L, D = q.shape
-    Hkv = k.shape[1]
     cfg = cfg or _cfg(C.DQ, D)
     dq = torch.empty_like(q)
     delta = torch.empty(B, H, L, device=q.device, dtype=torch.float32)
     doc, doc_start, _, valid, has_docs, has_valid = _meta(layout)
-    _launch(
+    launcher.launch(
         T._bwd_dq_kernel, (_cdiv(L, cfg.block_m), B * H), cfg,
-        q, k, v, out, do, dq, lse, delta, layout.kept_pos, layout.kept_count, doc, doc_start, valid,
-        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], *do.stride()[:3], *dq.stride()[:3],
-        L, window, H, scale * LOG2E, scale,
-        GROUP=H // Hkv, D=D, BLOCK_D=_block_d(D), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-        HAS_DOCS=has_docs, HAS_VALID=has_valid,
+        (q, k, v, out, do, dq, lse, delta, layout.kept_pos, layout.kept_count, doc, doc_start, valid),
+        (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], *do.stride()[:3], *dq.stride()[:3]),
+        (L, window, H, scale * LOG2E, scale, H // k.shape[1]),
+        _consts(D, cfg, has_docs, has_valid),
     )
     return dq, delta
 
 
-def _dkdv_args(do, q, k, v, dk, dv):
-    B, H, L, D = q.shape
-    strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dk.stride()[:3], *dv.stride()[:3])
-    return B, H, k.shape[1], L, D, strides
+def _dkdv_strides(do, q, k, v, dk, dv) -> tuple:
+    return (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dk.stride()[:3], *dv.stride()[:3])
 
 
 def launch_dkdv_band(do, q, k, v, lse, delta, layout: SepLayout, window: int, scale: float,
                      cfg: Optional[C.BlockConfig] = None):
     """dK, dV from the window band: writes every row of new dk, dv tensors."""
     dk, dv = torch.empty_like(k), torch.empty_like(v)
-    B, H, Hkv, L, D, strides = _dkdv_args(do, q, k, v, dk, dv)
+    B, H, L, D = q.shape
+    Hkv = k.shape[1]
     cfg = cfg or _cfg(C.DKDV, D)
     doc, _, _, valid, has_docs, has_valid = _meta(layout)
-    _launch(
+    launcher.launch(
         T._bwd_dkdv_band_kernel, (_cdiv(L, cfg.block_n), B * Hkv), cfg,
-        q, k, v, do, dk, dv, lse, delta, doc, valid, *strides,
-        L, window, H, scale * LOG2E, scale,
-        GROUP=H // Hkv, D=D, BLOCK_D=_block_d(D), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-        HAS_DOCS=has_docs, HAS_VALID=has_valid,
+        (q, k, v, do, dk, dv, lse, delta, doc, valid),
+        _dkdv_strides(do, q, k, v, dk, dv),
+        (L, window, H, scale * LOG2E, scale, H // Hkv),
+        _consts(D, cfg, has_docs, has_valid),
     )
     return dk, dv
 
@@ -139,17 +124,18 @@ def launch_dkdv_band(do, q, k, v, lse, delta, layout: SepLayout, window: int, sc
 def launch_dkdv_far(do, q, k, v, lse, delta, layout: SepLayout, window: int, scale: float, dk, dv,
                     cfg: Optional[C.BlockConfig] = None):
     """Adds the far-part gradient of the kept keys to dk, dv in place (after launch_dkdv_band)."""
-    B, H, Hkv, L, D, strides = _dkdv_args(do, q, k, v, dk, dv)
+    B, H, L, D = q.shape
+    Hkv = k.shape[1]
     if window > L:  # a window covering the sequence leaves no far part
         return
     cfg = cfg or _cfg(C.DKDV_FAR, D)
     doc, _, doc_end, _, has_docs, _ = _meta(layout)
-    grid = (B * Hkv, _cdiv(L, cfg.block_n))  # heads fastest: see _bwd_dkdv_far_kernel
-    _launch(
-        T._bwd_dkdv_far_kernel, grid, cfg,
-        q, k, v, do, dk, dv, lse, delta, layout.kept_pos, layout.kept_count, doc, doc_end, *strides,
-        L, window, H, scale * LOG2E, scale,
-        GROUP=H // Hkv, D=D, BLOCK_D=_block_d(D), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HAS_DOCS=has_docs,
+    launcher.launch(
+        T._bwd_dkdv_far_kernel, (B * Hkv, _cdiv(L, cfg.block_n)), cfg,  # heads fastest: see the kernel
+        (q, k, v, do, dk, dv, lse, delta, layout.kept_pos, layout.kept_count, doc, doc_end),
+        _dkdv_strides(do, q, k, v, dk, dv),
+        (L, window, H, scale * LOG2E, scale, H // Hkv),
+        _consts(D, cfg, has_docs),
     )
 
 
@@ -165,10 +151,6 @@ def _bench(fn) -> float:
 
 def _tuned(kind: str, key, fn) -> C.BlockConfig:
     return C.tuned_config(kind, key, C.CANDIDATES[kind], lambda cfg: _bench(lambda: fn(cfg)))
-
-
-def _layout(kept_pos, kept_count, doc, doc_start, doc_end, valid) -> SepLayout:
-    return SepLayout(kept_pos, kept_count, doc, doc_start, doc_end, valid)
 
 
 def forward(q, k, v, layout: SepLayout, window: int, scale: float, recompile: bool):
@@ -200,21 +182,24 @@ def backward(do, q, k, v, out, lse, layout: SepLayout, window: int, scale: float
 
 
 class SepAttentionFunction(torch.autograd.Function):
-    """Eager autograd path: far less Python per call than a custom op (which matters at 2k tokens)."""
+    """Eager autograd path: far less Python per call than a custom op (which matters at 2k tokens).
+
+    The layout rides along as a plain object: its tensors need no gradient and no version
+    checks, and unpacking six optional tensors per call is host time at 2k tokens.
+    """
 
     @staticmethod
-    def forward(ctx, q, k, v, kept_pos, kept_count, doc, doc_start, doc_end, valid, window, scale, recompile):
-        layout = SepLayout(kept_pos, kept_count, doc, doc_start, doc_end, valid)
+    def forward(ctx, q, k, v, layout, window, scale, recompile):
         out, lse = forward(q, k, v, layout, window, scale, recompile)
-        ctx.save_for_backward(q, k, v, out, lse, kept_pos, kept_count, doc, doc_start, doc_end, valid)
-        ctx.window, ctx.scale, ctx.recompile = window, scale, recompile
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.layout, ctx.window, ctx.scale, ctx.recompile = layout, window, scale, recompile
         return out
 
     @staticmethod
     def backward(ctx, d_out):
-        q, k, v, out, lse, *meta = ctx.saved_tensors
-        dq, dk, dv = backward(d_out, q, k, v, out, lse, SepLayout(*meta), ctx.window, ctx.scale, ctx.recompile)
-        return dq, dk, dv, None, None, None, None, None, None, None, None, None
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv = backward(d_out, q, k, v, out, lse, ctx.layout, ctx.window, ctx.scale, ctx.recompile)
+        return dq, dk, dv, None, None, None, None
 
 
 # The same computation as torch.library custom ops, for torch.compile: opaque calls with fixed
@@ -270,11 +255,11 @@ sep_attention_fwd.register_autograd(_op_backward, setup_context=_setup_context)
 
 def sep_attention(q, k, v, layout: SepLayout, window: int, scale: float, recompile: bool) -> torch.Tensor:
     """Differentiable Sep-Attention output: the custom op under torch.compile, the Function in eager."""
-    args = (q, k, v, layout.kept_pos, layout.kept_count, layout.doc, layout.doc_start, layout.doc_end, layout.valid,
-            window, scale, recompile)
     if torch.compiler.is_compiling():
-        return torch.ops.sepllm.sep_attention_fwd(*args)[0]
-    return SepAttentionFunction.apply(*args)
+        return torch.ops.sepllm.sep_attention_fwd(
+            q, k, v, layout.kept_pos, layout.kept_count, layout.doc, layout.doc_start, layout.doc_end, layout.valid,
+            window, scale, recompile)[0]
+    return SepAttentionFunction.apply(q, k, v, layout, window, scale, recompile)
 
 
 def default_scale(head_dim: int) -> float:
