@@ -100,12 +100,15 @@ def test_two_processes_match_one(tmp_path, corpus, stage):
     assert two == pytest.approx(one, rel=1e-5, abs=1e-5)
 
 
-@pytest.mark.parametrize("nproc,stage,precision", [(1, 0, "fp32"), (2, 2, "fp32"), (2, 1, "bfloat16")],
-                         ids=["1proc-zero0", "2proc-zero2", "2proc-zero1-bf16"])
+@pytest.mark.parametrize("nproc,stage,precision", [(1, 0, "fp32"), (2, 2, "fp32"), (2, 1, "bfloat16"),
+                                                   (1, 1, "autocast"), (2, 1, "autocast")],
+                         ids=["1proc-zero0", "2proc-zero2", "2proc-zero1-bf16", "1proc-autocast", "2proc-zero1-autocast"])
 def test_resume_is_exact(tmp_path, corpus, nproc, stage, precision):
-    """bf16 ZeRO-1 runs DeepSpeed's BF16_Optimizer (its own checkpoint files): resume must be exact too."""
+    """bf16 ZeRO-1 runs DeepSpeed's BF16_Optimizer (its own checkpoint files), torch_autocast the torch
+    optimizer over fp32 parameters (ZeRO 1 as stage 0 on one process): resume must be exact too."""
+    autocast = precision == "autocast"
     common = dict(train_iters=6, lr_decay_iters=6, zero_optimization={"stage": stage}, checkpoint_factor=3,
-                  precision=precision)
+                  precision="bfloat16" if autocast else precision, torch_autocast=autocast)
     full = run(tmp_path, make_config(tmp_path, corpus, "full.yml", save=str(tmp_path / "full"), **common), nproc)
     stopped = run(tmp_path, make_config(tmp_path, corpus, "a.yml", save=str(tmp_path / "ck"), **{**common, "train_iters": 3}), nproc)
     resumed = run(tmp_path, make_config(tmp_path, corpus, "b.yml", save=str(tmp_path / "ck"), load=str(tmp_path / "ck"), **common), nproc)
@@ -114,6 +117,13 @@ def test_resume_is_exact(tmp_path, corpus, nproc, stage, precision):
     assert resumed["losses"] == full["losses"][3:], "resumed losses must equal the uninterrupted run bit for bit"
     if precision == "bfloat16":
         assert list((tmp_path / "ck").glob("global_step3/bf16_zero_pp_rank_*optim_states.pt")), "expected BF16_Optimizer states"
+    if autocast:
+        import torch
+
+        states = torch.load(tmp_path / "ck" / "global_step3" / "mp_rank_00_model_states.pt", weights_only=False)
+        assert all(t.dtype == torch.float32 for t in states["module"].values() if t.is_floating_point()), "fp32 parameters"
+        zero_files = list((tmp_path / "ck").glob("global_step3/*zero_pp_rank_*optim_states.pt"))
+        assert bool(zero_files) == (nproc > 1), "ZeRO 1 partitions over 2 processes, runs as stage 0 on one"
 
 
 def test_kill_during_save_keeps_previous_checkpoint(tmp_path, corpus):

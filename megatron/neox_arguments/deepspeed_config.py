@@ -13,14 +13,52 @@ if TYPE_CHECKING:
 DEEPSPEED_KEYS = (
     "train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "gradient_clipping",
     "zero_optimization", "fp16", "bf16", "steps_per_print", "wall_clock_breakdown", "communication_data_type",
+    "torch_autocast",
 )
+
+# ZeRO stages tested with torch_autocast (fp32 parameters under DeepSpeed's ZeRO 0 and its ZeRO 1/2 optimizer).
+AUTOCAST_ZERO_STAGES = (0, 1, 2)
 
 # Keys GPT-NeoX configs put in the fp16 mapping that DeepSpeed's fp16 section rejects.
 _NEOX_ONLY_FP16_KEYS = ("fp16", "type")
 
 
+def torch_autocast_problems(args: "NeoXArgs") -> list[str]:
+    """Why `torch_autocast: true` cannot run with the rest of `args` (empty when it can)."""
+    precision, parallel = args.precision, args.parallel
+    if not precision.torch_autocast:
+        return []
+    problems = []
+    if precision.precision != "bfloat16":
+        problems.append(
+            f"torch_autocast runs bf16 compute over fp32 parameters, but precision is {precision.precision}; "
+            "set precision: bfloat16 (or bf16: {enabled: true}), or torch_autocast: false"
+        )
+    stage = args.optimizer.zero_stage
+    if stage not in AUTOCAST_ZERO_STAGES:
+        problems.append(
+            f"torch_autocast supports ZeRO stages {', '.join(map(str, AUTOCAST_ZERO_STAGES))}, got stage {stage}; "
+            "change zero_optimization.stage or set torch_autocast: false"
+        )
+    if parallel.model_parallel_size > 1 or parallel.pipe_parallel_size > 1:
+        problems.append(
+            "torch_autocast is supported without tensor or pipeline parallelism only (model_parallel_size "
+            f"{parallel.model_parallel_size}, pipe_parallel_size {parallel.pipe_parallel_size}): the pipeline engine "
+            "and the tensor-parallel layers are tested with DeepSpeed's bf16 parameters; set torch_autocast: false"
+        )
+    return problems
+
+
 def build_deepspeed_config(args: "NeoXArgs", dp_world_size: int) -> dict[str, Any]:
-    """The dict for deepspeed.initialize(config=...), for `dp_world_size` data-parallel ranks."""
+    """The dict for deepspeed.initialize(config=...), for `dp_world_size` data-parallel ranks.
+
+    Raises ConfigError for a precision setting DeepSpeed cannot run here.
+    """
+    from megatron.neox_arguments.errors import ConfigError
+
+    problems = torch_autocast_problems(args)
+    if problems:
+        raise ConfigError(problems)
     batch = args.training.batch_sizes(dp_world_size)
     config: dict[str, Any] = {
         "train_batch_size": batch.train_batch_size,
@@ -35,6 +73,12 @@ def build_deepspeed_config(args: "NeoXArgs", dp_world_size: int) -> dict[str, An
     if precision.precision == "fp16":
         fp16 = {k: v for k, v in (precision.fp16 or {}).items() if k not in _NEOX_ONLY_FP16_KEYS}
         config["fp16"] = {**fp16, "enabled": True}
+    elif precision.precision == "bfloat16" and precision.torch_autocast:
+        # No bf16 section: parameters stay fp32 and the client optimizer steps them directly.
+        autocast: dict[str, Any] = {"enabled": True, "dtype": "bfloat16"}
+        if precision.fp32_allreduce:
+            autocast["lower_precision_safe_modules"] = []  # no parameter's gradient is reduced in bf16
+        config["torch_autocast"] = autocast
     elif precision.precision == "bfloat16":
         config["bf16"] = {**(precision.bf16 or {}), "enabled": True}
     if precision.fp32_allreduce:

@@ -4,6 +4,7 @@
     optimizer = build_optimizer(parallel.module, ...)
     engine = parallel.initialize(optimizer, scheduler, args.deepspeed_config(parallel.dp_size))
     loss = parallel.lm_loss(logits, labels, loss_mask)          # vocab-parallel under TP
+    engine.backward(loss); grad_norm = parallel.step(engine)      # otherwise, per micro-batch
     loss = engine.train_batch(parallel.pipe_batches(batches))   # when parallel.pipelined
 
 With model_parallel_size 1 and one pipeline stage the model and the DeepSpeed engine are exactly
@@ -34,6 +35,9 @@ class Parallel:
     sequence_parallel: bool = False
     pass_doc_ids: bool = False
     compiled: bool = False  # blocks and loss run under torch.compile (megatron.parallel.compile)
+    # Set by deepspeed_config: the clipping threshold `step` applies itself (0: norm only), or
+    # None where DeepSpeed clips (its optimizer wrappers, the pipeline engine).
+    clip_grad: Optional[float] = None
 
     @property
     def dp_size(self) -> int:
@@ -77,6 +81,20 @@ class Parallel:
             # backward, as it is produced, rather than in a loop after it.
             config.setdefault("data_types", {"grad_accum_dtype": "fp32"})
             config["bf16"] = {"immediate_grad_update": True, **bf16}
+        zero = dict(config.get("zero_optimization") or {})
+        if (config.get("torch_autocast") or {}).get("enabled") and self.dp_size == 1 and zero.get("stage", 0) in (1, 2):
+            # Over one data-parallel rank ZeRO partitions nothing, but its optimizer reads norms and
+            # overflow flags back from the device every step; stage 0 steps the torch optimizer directly.
+            config["zero_optimization"] = {**zero, "stage": 0}
+        low_precision_params = any((config.get(k) or {}).get("enabled") for k in ("fp16", "bf16"))
+        stage = (config.get("zero_optimization") or {}).get("stage", 0)
+        self.clip_grad = None
+        if not self.pipelined and stage == 0 and not low_precision_params:
+            # Over fp32 parameters without ZeRO, DeepSpeed clips with a Python loop of per-parameter
+            # norms and products plus an all-reduce of the norm; `step` does it in a few fused
+            # (foreach) kernels, never reading the device.
+            self.clip_grad = float(config.get("gradient_clipping") or 0.0)
+            config["gradient_clipping"] = 0.0
         if self.pipelined:
             # DeepSpeed splits the activation it sends between stages over the tensor-parallel ranks,
             # assuming every rank holds the same tensor; under sequence parallelism each holds a
@@ -94,7 +112,25 @@ class Parallel:
             config=self.deepspeed_config(config), mpu=None if self.pipelined else self.mpu,
             dist_init_required=False,
         )
+        if self.dp_size == 1 and not self.pipelined and engine.zero_optimization_stage() == 0:
+            # Without ZeRO DeepSpeed "all-reduces" over one rank too: it flattens every gradient into
+            # one buffer, reduces it and copies it back, two passes over the gradients for nothing.
+            engine.enable_backward_allreduce = False
         return engine
+
+    def step(self, engine) -> Optional[torch.Tensor]:
+        """engine.step() after a micro-batch's backward (DeepSpeed steps the optimizer on the last
+        of the accumulation steps). Without ZeRO the gradients are clipped here first (see
+        deepspeed_config) and their norm is returned as a device scalar; None where DeepSpeed
+        keeps the norm (engine.get_global_grad_norm())."""
+        norm = None
+        if engine.zero_optimization_stage() == 0 and not self.pipelined and engine.is_gradient_accumulation_boundary():
+            parameters = [p for p in engine.module.parameters() if p.grad is not None]
+            norm = self.grad_norm(parameters)  # gradients are data-parallel averaged by now
+            if self.clip_grad:
+                torch.nn.utils.clip_grads_with_norm_(parameters, self.clip_grad, norm)
+        engine.step()
+        return norm
 
     def pipe_batches(self, batches: list[dict]) -> Iterator[tuple]:
         """Micro-batches (get_batch dicts) as DeepSpeed's pipeline engine reads them."""
@@ -118,14 +154,17 @@ class Parallel:
         on every tensor-parallel rank, whole ones once, and the pipeline stages add up."""
         from deepspeed.runtime.utils import is_model_parallel_parameter
 
-        squares = [
-            p.grad.detach().float().pow(2).sum()
+        grads = [
+            p.grad.detach()
             for p in parameters
             if p.grad is not None and not getattr(p, "ds_pipe_replicated", False)
             and (self.tp_rank == 0 or is_model_parallel_parameter(p))
         ]
-        device = next(iter(self.module.parameters())).device
-        total = torch.stack(squares).sum() if squares else torch.zeros((), device=device)
+        if not grads:
+            total = torch.zeros((), device=next(iter(self.module.parameters())).device)
+        else:
+            # One fused norm kernel per dtype instead of a few kernels per parameter.
+            total = torch.nn.utils.get_total_norm(grads).float().pow(2)
         if self.mpu is not None:
             torch.distributed.all_reduce(total, group=self.mpu.get_model_parallel_group())
         return total.sqrt()

@@ -73,6 +73,9 @@ class Trainer:
         )
         self.dp_size, self.dp_rank = self.parallel.dp_size, self.parallel.dp_rank
         self.engine = self.parallel.initialize(optimizer, self.scheduler, a.deepspeed_config(self.dp_size))
+        if a.optimizer.zero_stage != self.engine.zero_optimization_stage():
+            self._print(f"ZeRO stage {a.optimizer.zero_stage} runs as stage {self.engine.zero_optimization_stage()} "
+                        f"over {self.dp_size} data-parallel rank(s) with torch_autocast (it would partition nothing)")
         self.micro_batch = self.engine.train_micro_batch_size_per_gpu()
         self.grad_acc = self.engine.gradient_accumulation_steps()
         self.global_batch = self.micro_batch * self.grad_acc * self.dp_size
@@ -167,14 +170,11 @@ class Trainer:
             batch = batches[-1]
         else:
             losses = []
-            for micro in range(self.grad_acc):
+            for _ in range(self.grad_acc):
                 batch = self._batch(self.train_iter)
                 loss = self._forward(batch)
                 self.engine.backward(loss)
-                if micro == self.grad_acc - 1 and self.engine.zero_optimization_stage() == 0:
-                    # DeepSpeed reports the norm only under ZeRO; gradients are dp-averaged by now.
-                    grad_norm = self.parallel.grad_norm(self.engine.module.parameters())
-                self.engine.step()
+                grad_norm = self.parallel.step(self.engine)  # the norm on the last micro-batch, without ZeRO
                 losses.append(loss.detach())
             loss = self.parallel.mean_over_data_parallel(torch.stack(losses).mean())
         self.last_batch = batch
