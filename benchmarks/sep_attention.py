@@ -6,6 +6,7 @@
     python benchmarks/sep_attention.py --out results_dir
     python benchmarks/sep_attention.py --rows 8192:128:16:16:2:256:pg19 --rows 2048:64:12:12:8:64:iid15
     python benchmarks/sep_attention.py --sweep        # block sizes of each kernel at two shapes
+    python benchmarks/sep_attention.py --sweep --kinds fwd dq --rows 32768:128:16:16:1:256:pg19
 
 Full attention: every SDPA backend (cuDNN, FlashAttention-2, memory-efficient) pinned in turn,
 the fastest kept. SepLLM time = kernel forward + backward + the per-batch cost (separator
@@ -307,19 +308,31 @@ def table(results: list[dict], layers: int) -> str:
     return "\n".join(lines)
 
 
-def sweep(device, jobs: int, best_path: Path | None = None, precompile_only: bool = False) -> str:
-    """Time every candidate block config of each kernel at the 2k/64 and 8k/128 settings."""
+SWEEP_ROWS = [Row(2048, 64, 12, 12, 8, 64, "pg19"), Row(8192, 128, 16, 16, 2, 256, "pg19")]
+
+
+def sweep(device, jobs: int, best_path: Path | None = None, precompile_only: bool = False,
+          rows: list[Row] | None = None, kinds: list[str] | None = None) -> str:
+    """Time every candidate block config of each kernel (default: at the 2k/64 and 8k/128 settings).
+
+    best_configs.json gets the fastest config per kernel and head dim at the shortest row of that head dim.
+    """
     from megatron.sepllm.kernel import configs as C
     from megatron.sepllm.kernel import ops
     from megatron.sepllm.kernel import plan_layout
 
-    precompile([dict(D=D, kind=kind, cfg=tuple(asdict(c).values())) for D in (64, 128)
-                for kind in C.CANDIDATES for c in C.CANDIDATES[kind]], jobs)
+    rows = rows or SWEEP_ROWS
+    kinds = kinds or list(C.CANDIDATES)
+    precompile([dict(D=D, kind=kind, cfg=tuple(asdict(c).values())) for D in sorted({r.D for r in rows})
+                for kind in kinds for c in C.CANDIDATES[kind]], jobs)
     if precompile_only:
         return ""
-    lines = ["| shape | kernel | block_m | block_n | warps | stages | ms |", "|---|---|---|---|---|---|---|"]
+    lines = ["| shape | kernel | block_m | block_n | far block_n | warps | stages | ms |", "|---|---|---|---|---|---|---|---|"]
     best: dict = {}
-    for row in (Row(2048, 64, 12, 12, 8, 64, "pg19"), Row(8192, 128, 16, 16, 2, 256, "pg19")):
+    first_of_dim = {}
+    for row in sorted(rows, key=lambda r: r.L):
+        first_of_dim.setdefault(row.D, row)
+    for row in rows:
         ids, _ = make_ids(row, 0, device)
         plan = build_attention_plan(ids, SepLLMArgs(separator_token_ids="gpt-neox-20b", prefill_local_window_size=row.n), 1)
         layout = plan_layout(plan, 0, device)
@@ -338,6 +351,8 @@ def sweep(device, jobs: int, best_path: Path | None = None, precompile_only: boo
             C.DKDV_FAR: lambda c: ops.launch_dkdv_far(do, q, k, v, lse, delta, layout, W, scale, dk, dv, c),
         }
         for kind, fn in runs.items():
+            if kind not in kinds:
+                continue
             for cfg in C.CANDIDATES[kind]:
                 try:
                     ms = timer(lambda: fn(cfg))
@@ -345,9 +360,11 @@ def sweep(device, jobs: int, best_path: Path | None = None, precompile_only: boo
                     ms = float("nan")
                     print(f"  {kind} {cfg}: {str(exc).splitlines()[0][:120]}", flush=True)
                 shape = f"L{row.L} D{row.D} H{row.H} B{row.B} n{row.n}"
-                lines.append(f"| {shape} | {kind} | {cfg.block_m} | {cfg.block_n} | {cfg.num_warps} | {cfg.num_stages} | {ms:.3f} |")
+                far = cfg.far_n if kind in (C.FWD, C.DQ) else "-"
+                lines.append(f"| {shape} | {kind} | {cfg.block_m} | {cfg.block_n} | {far} | {cfg.num_warps} | "
+                             f"{cfg.num_stages} | {ms:.3f} |")
                 print(lines[-1], flush=True)
-                if ms == ms and ms < best.get((kind, row.D), (None, float("inf")))[1]:
+                if first_of_dim[row.D] is row and ms == ms and ms < best.get((kind, row.D), (None, float("inf")))[1]:
                     best[(kind, row.D)] = (asdict(cfg), ms)
     if best_path is not None:
         best_path.write_text(json.dumps([dict(kind=k, D=d, cfg=c, ms=ms) for (k, d), (c, ms) in best.items()], indent=1))
@@ -367,7 +384,8 @@ def main(argv=None) -> None:
     ap.add_argument("--num-tokens", type=int, default=600_000)
     ap.add_argument("--rows", action="append", help="L:D:H:Hkv:B:n:pattern (repeatable); default: the issue's set")
     ap.add_argument("--layers", type=int, default=12, help="layers sharing one batch's plan and layout")
-    ap.add_argument("--sweep", action="store_true", help="time the block-size candidates of each kernel")
+    ap.add_argument("--sweep", action="store_true", help="time the block-size candidates of each kernel (at --rows if given)")
+    ap.add_argument("--kinds", nargs="+", choices=["fwd", "dq", "dkdv", "dkdv_far"], help="kernels to --sweep (default: all)")
     ap.add_argument("--out", type=Path, help="directory for results.json and table.md")
     ap.add_argument("--configs", type=Path, help="best_configs.json of a --sweep run to use instead of the defaults")
     ap.add_argument("--precompile-only", action="store_true", help="only compile the kernel variants a run needs")
@@ -383,7 +401,8 @@ def main(argv=None) -> None:
     if args.sweep:
         if args.out:
             args.out.mkdir(parents=True, exist_ok=True)
-        text = sweep(device, args.jobs, args.out / "best_configs.json" if args.out else None, args.precompile_only)
+        text = sweep(device, args.jobs, args.out / "best_configs.json" if args.out else None, args.precompile_only,
+                     [Row.parse(r) for r in args.rows] if args.rows else None, args.kinds)
         print(text)
         if args.out:
             (args.out / "sweep.md").write_text(text + "\n")
