@@ -7,7 +7,9 @@
     python benchmarks/train_throughput.py --out DIR    # DIR/throughput.md and .json, rewritten after every row
 
 Rows: Pythia 160M / 410M / 1.4B shapes (configs/pythia) x sequence 2048 / 8192 x
-  framework-vanilla  GPTModel with full causal attention, through the DeepSpeed engine (bf16, ZeRO-1)
+  framework-vanilla  GPTModel with full causal attention, through the DeepSpeed engine (ZeRO-1; bf16 by
+                     torch_autocast over fp32 parameters, or with --deepspeed-bf16 DeepSpeed's bf16
+                     parameters and its BF16_Optimizer)
   framework-sepllm   the same with SepLLM (--sepllm-config, default configs/sepllm/n256.yml: kernel on)
   baseline           one file of plain PyTorch: the same Pythia block (parallel residual, 25% rotary,
                      LayerNorm, GELU, untied embeddings), bf16 autocast, cuDNN attention,
@@ -173,7 +175,9 @@ def framework_args(model: str, seq: int, micro: int, attention: str, cli, extra:
         "zero_optimization": {"stage": 1}, "PRINT_KV_RATIO": False, "torch_compile": cli.compile,
     }
     if cli.bf16:
-        overrides.update(precision="bfloat16", fp16=None, bf16={"enabled": True})
+        # torch_autocast runs without tensor or pipeline parallelism; those rows keep DeepSpeed's bf16.
+        autocast = cli.torch_autocast and cli.model_parallel_size == 1 and cli.pipe_parallel_size <= 1
+        overrides.update(precision="bfloat16", fp16=None, bf16={"enabled": True}, torch_autocast=autocast)
     else:
         overrides.update(precision="fp32", fp16=None, bf16=None)
     if model == "toy":
@@ -221,7 +225,7 @@ def build_framework(model: str, seq: int, micro: int, attention: str, cli, env, 
             b = batch()
             logits = engine(b["input_ids"], position_ids=b["position_ids"], doc_ids=b["doc_ids"])
             engine.backward(parallel.lm_loss(logits, b["labels"], b["loss_mask"]))
-            engine.step()
+            parallel.step(engine)
 
     step.batch = batch
     return engine, parallel, step, args, info
@@ -445,6 +449,8 @@ def parse(argv: list[str] | None):
     parser.add_argument("--checkpoint-activations", action="store_true", help="recompute layers in backward (framework rows)")
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="baseline without torch.compile")
     parser.add_argument("--fp32", dest="bf16", action="store_false", help="fp32 instead of bf16 (default on CPU)")
+    parser.add_argument("--deepspeed-bf16", dest="torch_autocast", action="store_false",
+                        help="framework rows with DeepSpeed's bf16 parameters (BF16_Optimizer) instead of torch_autocast")
     parser.add_argument("--json", default=None, help="also write the rows here")
     parser.add_argument("--out", type=Path, default=None, help="folder for throughput.md and throughput.json")
     parser.add_argument("--time-budget-s", type=float, default=None,
@@ -515,6 +521,7 @@ def measure_isolated(impl: str, model: str, seq: int, cli, ceiling: Optional[flo
         cmd += ["--checkpoint-activations"] if cli.checkpoint_activations else []
         cmd += [] if cli.compile else ["--no-compile"]
         cmd += [] if cli.bf16 else ["--fp32"]
+        cmd += [] if cli.torch_autocast else ["--deepspeed-bf16"]
         # Without this process's rendezvous variables: the row sets up its own one-process group.
         rendezvous = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
         child_env = {k: v for k, v in os.environ.items() if k not in rendezvous}
@@ -547,7 +554,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     meta = {"device": device_name, "gpus": env.world_size, "ceiling_tflops": ceiling,
             "peak_tflops": peak_tflops(device_name), "steps": cli.steps, "warmup": cli.warmup,
             "model_parallel_size": cli.model_parallel_size, "pipe_parallel_size": cli.pipe_parallel_size,
-            "sequence_parallel": cli.sequence_parallel, "torch": torch.__version__, "isolated_rows": isolate}
+            "sequence_parallel": cli.sequence_parallel, "torch": torch.__version__, "isolated_rows": isolate,
+            "framework_bf16": "torch_autocast" if cli.torch_autocast else "deepspeed"}
     rows: list[dict] = []
     if env.is_main:
         print(f"device {device_name} x {env.world_size}; bf16 matmul ceiling "

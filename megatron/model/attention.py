@@ -65,6 +65,10 @@ class SelfAttention(nn.Module):
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         return q, k, v
 
+    def dense_causal(self, ctx: ForwardContext) -> bool:
+        """True when every layer of this pass computes plain causal attention with SDPA."""
+        return ctx.alibi is None and self.sa_variant is None and ctx.plan.is_dense_causal
+
     # Under torch.compile (megatron/parallel/compile.py) the attention core is a boundary between
     # graphs: it reads the per-batch plan and the layer index, which would specialise every graph
     # on the layer, and its work is already one fused kernel. No effect in eager mode.
@@ -90,6 +94,12 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         q, k, v = self.project(x, ctx)
-        out = self.attend(q, k, v, ctx)
+        if self.dense_causal(ctx):
+            # Causal SDPA depends on neither the layer nor the plan's tensors, so it is traced into
+            # the compiled block (one graph instead of two around a boundary).
+            dropout_p = self.dropout_p if self.training else 0.0
+            out = sepllm_attention(q, k, v, None, self.layer_idx, dropout_p=dropout_p)
+        else:
+            out = self.attend(q, k, v, ctx)
         B, H, L, D = out.shape
         return self.dense(out.transpose(1, 2).reshape(B, L, H * D))

@@ -7,13 +7,15 @@ input shape (parameters are graph inputs), so compile time does not grow with de
 inductor gains is in the elementwise work between the matrix products: LayerNorm, rotary, GELU,
 bias and residual adds become a few fused kernels in forward and backward.
 
-The attention core (`SelfAttention.attend`, marked `torch.compiler.disable` in the model) stays
-outside the compiled graphs. It reads the per-batch SepLLM plan and the block's layer index, so
-tracing it would specialise every graph on the layer and on the plan's cached layouts (one
-recompile per layer); its work is already one
-fused kernel (SDPA or the Sep-Attention Triton kernels), which runs exactly as in eager mode,
-never an unfused fallback. Each block thus runs as: compiled graph (norms, QKV, rotary) ->
-attention kernel -> compiled graph (output projection, MLP, residual).
+Plain causal attention (every layer of the pass full causal, no ALiBi or Self-Adjust Softmax:
+vanilla models) is traced into the block's graph: SDPA with is_causal reads neither the layer nor
+the plan's tensors, so a vanilla block is one graph. Any other attention core
+(`SelfAttention.attend`, marked `torch.compiler.disable` in the model) stays outside the compiled
+graphs. It reads the per-batch SepLLM plan and the block's layer index, so tracing it would
+specialise every graph on the layer and on the plan's cached layouts (one recompile per layer);
+its work is already one fused kernel (the Sep-Attention Triton kernels, or SDPA), which runs
+exactly as in eager mode, never an unfused fallback. Such a block thus runs as: compiled graph
+(norms, QKV, rotary) -> attention kernel -> compiled graph (output projection, MLP, residual).
 
 The language-model loss over the logits is compiled separately (`compiled_lm_loss`): in eager
 mode its fp32 cast, log-softmax and their gradients each read and write the whole
