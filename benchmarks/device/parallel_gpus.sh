@@ -1,19 +1,28 @@
 #!/usr/bin/env bash
-# Two GPUs of one host (nvidia-h200-x2), NCCL: (a) loss parity of TP=2, PP=2 and DP=2 (ZeRO-1) against
-# one GPU, vanilla and SepLLM, fp32, 5 steps; (b) per-GPU throughput of the Pythia-1.4B shape at seq 2048
-# (micro-batch 8 per GPU, framework-vanilla) with data parallelism 2, tensor parallelism 2 and tensor
-# parallelism 2 + sequence parallelism, against the same shape on one GPU.
-#   bash benchmarks/device/parallel_2gpu.sh          # on the GPUs (carry .whl); about 5-6 minutes
-#   bash benchmarks/device/parallel_2gpu.sh --toy    # CPU smoke run of the same path (gloo, toy model)
+# GPUs of one host, NCCL: (a) per-GPU throughput of the Pythia-1.4B shape at seq 2048 (micro-batch 8
+# per GPU, framework-vanilla, eager) with data parallelism over all GPUs, tensor parallelism 2 and tensor
+# parallelism 2 + sequence parallelism, against the same shape on one GPU; (b) loss parity of parallel
+# layouts against one GPU, vanilla and SepLLM, fp32, 5 steps (benchmarks/device/parallel_parity.py).
+#   bash benchmarks/device/parallel_gpus.sh --gpus 2    # nvidia-h200-x2 (carry .whl); parity of TP=2, PP=2, DP=2
+#   bash benchmarks/device/parallel_gpus.sh --gpus 4    # nvidia-h200-x4; parity of TP=2 x PP=2, data parallel 4
+#   bash benchmarks/device/parallel_gpus.sh --toy       # CPU smoke run of the same path (gloo, toy model)
 # Writes $OUT/parity.md, parity.json, scaling.md, scaling.json and parallel.log. Every step gets a
-# share of a 460 s deadline, so a slow step cannot cost the whole run.
+# share of a 540 s deadline, so a slow step cannot cost the whole run.
 set -o pipefail
 cd "$(dirname "$0")/../.."
 . benchmarks/device/setup_env.sh
+gpus=2 toy=0
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --gpus) gpus=$2; shift 2;;
+        --toy) toy=1; shift;;
+        *) echo "unknown argument $1 (use --gpus N or --toy)" >&2; exit 2;;
+    esac
+done
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
 LOG="$OUT/parallel.log"
 : > "$LOG"
-DEADLINE=$((SECONDS + 460))
+DEADLINE=$((SECONDS + 540))
 status=0
 
 step() {  # step NAME LIMIT_S COMMAND...: runs COMMAND under min(LIMIT_S, time left), logs it
@@ -29,26 +38,33 @@ step() {  # step NAME LIMIT_S COMMAND...: runs COMMAND under min(LIMIT_S, time l
 }
 
 TMP=$(mktemp -d)
-if [ "$1" = "--toy" ]; then
+if [ "$toy" = 1 ]; then
     parity=(--layouts dp2 tp2)
     shape=(--toy)
+elif [ "$gpus" -ge 4 ]; then
+    parity=(--layouts tp2pp2)  # the 2-GPU layouts are the --gpus 2 run's
+    shape=(--models 1.4B --seqs 2048 --tokens-per-micro-batch 16384 --warmup 4 --steps 8)
 else
-    parity=()
-    shape=(--models 1.4B --seqs 2048 --tokens-per-micro-batch 16384 --warmup 5 --steps 10)
+    parity=(--layouts tp2 pp2 dp2)
+    shape=(--models 1.4B --seqs 2048 --tokens-per-micro-batch 16384 --warmup 4 --steps 8)
 fi
 # Eager throughout: torch_compile is refused with tensor parallelism, and one-GPU and parallel rows must
 # run the same step for their ratio to measure scaling.
 bench=(benchmarks/train_throughput.py "${shape[@]}" --impls framework-vanilla --no-compile)
-two=(python3 -m torch.distributed.run --nproc_per_node 2)
+run=(python3 -m torch.distributed.run)
+# megatron-core overlaps the input-gradient all-reduce with the weight-gradient product only when the
+# device runs one hardware queue (its documented requirement for tensor parallelism).
+tp_env=(env CUDA_VISIBLE_DEVICES=0,1 CUDA_DEVICE_MAX_CONNECTIONS=1)
 
-step "throughput, 1 GPU" 110 env CUDA_VISIBLE_DEVICES=0 python3 "${bench[@]}" --json "$TMP/1gpu.json"
-step "throughput, data parallel 2" 100 "${two[@]}" --master_port 29511 "${bench[@]}" --json "$TMP/dp2.json"
-step "throughput, tensor parallel 2" 110 "${two[@]}" --master_port 29512 "${bench[@]}" --model-parallel-size 2 --json "$TMP/tp2.json"
-step "throughput, tensor parallel 2 + sequence parallel" 110 "${two[@]}" --master_port 29513 "${bench[@]}" --model-parallel-size 2 \
-    --sequence-parallel --json "$TMP/tp2sp.json"
+step "NCCL parity" 200 python3 benchmarks/device/parallel_parity.py "${parity[@]}" --out "$OUT"
+step "throughput, 1 GPU" 100 env CUDA_VISIBLE_DEVICES=0 python3 "${bench[@]}" --json "$TMP/1gpu.json"
+step "throughput, data parallel $gpus" 100 "${run[@]}" --nproc_per_node "$gpus" --master_port 29511 "${bench[@]}" --json "$TMP/dp.json"
+step "throughput, tensor parallel 2 + sequence parallel" 100 "${tp_env[@]}" "${run[@]}" --nproc_per_node 2 --master_port 29513 "${bench[@]}" \
+    --model-parallel-size 2 --sequence-parallel --json "$TMP/tp2sp.json"
+step "throughput, tensor parallel 2" 100 "${tp_env[@]}" "${run[@]}" --nproc_per_node 2 --master_port 29512 "${bench[@]}" --model-parallel-size 2 \
+    --json "$TMP/tp2.json"
 step "scaling table" 30 python3 benchmarks/device/scaling_table.py --reference "$TMP/1gpu.json" \
-    --runs "data 2=$TMP/dp2.json" "tensor 2=$TMP/tp2.json" "tensor 2 + SP=$TMP/tp2sp.json" --out "$OUT"
-step "NCCL parity" 240 python3 benchmarks/device/parallel_parity.py "${parity[@]}" --out "$OUT"
+    --runs "data $gpus=$TMP/dp.json" "tensor 2=$TMP/tp2.json" "tensor 2 + SP=$TMP/tp2sp.json" --out "$OUT"
 rm -rf "$TMP"
 echo "== done in ${SECONDS}s, status $status" | tee -a "$LOG"
 exit $status
