@@ -1,15 +1,19 @@
 """Megatron sequence parallelism for our [batch, seq, hidden] activations.
 
 Outside attention and the MLP (norms, dropout, residual adds) each tensor-parallel rank keeps only
-its 1/tp slice of the sequence, so those activations take 1/tp of the memory:
+1/tp of the tokens, so those activations take 1/tp of the memory:
 
-    embedding -> scatter(seq) -> [norm -> gather(seq) -> column-parallel ... row-parallel -> reduce-scatter(seq)] x N
-              -> final norm -> gather(seq) -> vocab-parallel output layer
+    embedding -> scatter -> [norm -> gather -> column-parallel ... row-parallel -> reduce-scatter] x N
+              -> final norm -> gather -> vocab-parallel output layer
 
-megatron-core implements the same collectives for [seq, batch, hidden] tensors with CUDA-only buffers;
-these autograd functions split dimension 1 and allocate on the input's device, so they also run on
-gloo. Parameters that stay whole on every rank but only see part of the sequence (norm weights,
-row-parallel biases) get partial gradients; `sum_replicated_grads` adds them up over the group.
+What a rank keeps is a contiguous 1/tp chunk of the [batch x seq] tokens in memory order, viewed as
+[batch, seq/tp, hidden]; for batch > 1 that is not each sequence's slice, and it need not be: the work
+between a scatter and the next gather is token-wise. Chunking memory order makes every collective a
+plain all-gather or reduce-scatter over contiguous buffers; splitting dimension 1 instead needs a
+transposed copy of the whole activation before and after each collective (Megatron avoids that with
+[seq, batch, hidden] activations), which measured slower than no sequence parallelism at all.
+Parameters that stay whole on every rank but see only part of the tokens (norm weights, row-parallel
+biases) get partial gradients; `sum_replicated_grads` adds them up over the group.
 """
 from __future__ import annotations
 
@@ -19,38 +23,38 @@ from typing import Iterable
 import torch
 import torch.distributed as dist
 
-SEQ_DIM = 1
+
+def _local_shape(full: torch.Size, size: int) -> tuple[int, ...]:
+    if len(full) < 2 or full[1] % size:
+        raise ValueError(f"sequence length {full[1] if len(full) > 1 else '?'} (activation shape {tuple(full)}) is "
+                         f"not divisible by the {size} sequence-parallel ranks")
+    return (full[0], full[1] // size, *full[2:])
 
 
 def _gather(x: torch.Tensor, group) -> torch.Tensor:
     size = dist.get_world_size(group)
     if size == 1:
         return x
-    local = x.movedim(SEQ_DIM, 0).contiguous()
-    out = torch.empty((local.shape[0] * size, *local.shape[1:]), dtype=x.dtype, device=x.device)
-    dist.all_gather_into_tensor(out, local, group=group)
-    return out.movedim(0, SEQ_DIM).contiguous()
+    out = torch.empty((x.shape[0], x.shape[1] * size, *x.shape[2:]), dtype=x.dtype, device=x.device)
+    dist.all_gather_into_tensor(out.view(-1), x.contiguous().view(-1), group=group)  # flat: gloo checks shapes
+    return out
 
 
 def _reduce_scatter(x: torch.Tensor, group) -> torch.Tensor:
     size = dist.get_world_size(group)
     if size == 1:
         return x
-    full = x.movedim(SEQ_DIM, 0).contiguous()
-    if full.shape[0] % size:
-        raise ValueError(f"sequence length {full.shape[0]} is not divisible by the {size} sequence-parallel ranks")
-    out = torch.empty((full.shape[0] // size, *full.shape[1:]), dtype=x.dtype, device=x.device)
-    dist.reduce_scatter_tensor(out, full, group=group)
-    return out.movedim(0, SEQ_DIM).contiguous()
+    out = torch.empty(_local_shape(x.shape, size), dtype=x.dtype, device=x.device)
+    dist.reduce_scatter_tensor(out.view(-1), x.contiguous().view(-1), group=group)
+    return out
 
 
 def _split(x: torch.Tensor, group) -> torch.Tensor:
     size = dist.get_world_size(group)
     if size == 1:
         return x
-    if x.shape[SEQ_DIM] % size:
-        raise ValueError(f"sequence length {x.shape[SEQ_DIM]} is not divisible by the {size} sequence-parallel ranks")
-    return x.chunk(size, dim=SEQ_DIM)[dist.get_rank(group)].contiguous()
+    local = _local_shape(x.shape, size)
+    return x.contiguous().view(size, -1)[dist.get_rank(group)].view(local).clone()
 
 
 class _SequenceComm(torch.autograd.Function):
