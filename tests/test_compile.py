@@ -71,14 +71,16 @@ def test_compile_model_needs_transformer_blocks():
 
 
 def test_compile_switch(monkeypatch):
-    single, split = Layout(1, 1, 2), Layout(2, 1, 1)
+    single, tensor, pipe = Layout(1, 1, 2), Layout(2, 1, 1), Layout(1, 2, 1)
     assert compile_wanted(False, single) is False and compile_wanted(True, single) is True
+    assert compile_wanted(True, tensor) is True
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert compile_wanted(None, single) is True and compile_wanted(None, split) is False
+    assert compile_wanted(None, single) is True and compile_wanted(None, tensor) is True
+    assert compile_wanted(None, pipe) is False
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert compile_wanted(None, single) is False
-    with pytest.raises(ValueError, match="tensor or pipeline parallelism"):
-        compile_wanted(True, split)
+    assert compile_wanted(None, single) is False and compile_wanted(None, tensor) is False
+    with pytest.raises(ValueError, match="without pipeline parallelism only"):
+        compile_wanted(True, pipe)
 
 
 def test_deepspeed_throughput_timer_is_off_unless_configured():

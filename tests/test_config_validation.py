@@ -143,7 +143,8 @@ def test_backend_falls_back_to_gloo_without_cuda():
     assert resolve_backend("gloo", cuda_available=True) == "gloo"
 
 
-def test_torch_compile_with_model_parallelism_is_refused_before_launch():
-    assert "`torch_compile: true` (set in t.yml) is supported without tensor or pipeline parallelism" in error(
-        torch_compile=True, model_parallel_size=2)
+def test_torch_compile_with_pipeline_parallelism_is_refused_before_launch():
+    assert "`torch_compile: true` (set in t.yml) is supported without pipeline parallelism only" in error(
+        torch_compile=True, pipe_parallel_size=2, zero_optimization={"stage": 1})
+    assert load(torch_compile=True, model_parallel_size=2).training.torch_compile is True
     assert load(torch_compile=None, pipe_parallel_size=2, zero_optimization={"stage": 1}).training.torch_compile is None

@@ -141,6 +141,7 @@ def runs(tmp_path_factory, corpus):
             runs_["resumed"] = {"load": checkpoints, "iteration": SAVED_AT}
         if layout == "tp2":
             runs_["bf16"] = {**BF16, "save": str(folder / "ck_tp2_bf16"), "extra_save_iters": [SAVED_AT]}
+            runs_["compiled"] = {"torch_compile": True}  # SepLLM blocks, sequence-parallel, under torch.compile
         if layout in RESHARDED_INTO:
             from megatron.parallel.layout import Layout
             from megatron.parallel.reshard import reshard
@@ -172,6 +173,14 @@ def assert_same_losses(got: dict, want: dict) -> None:
 @pytest.mark.parametrize("layout", ["tp2", "pp2", "dp2"])
 def test_layout_matches_one_process(runs, layout):
     assert_same_losses(runs(layout), runs("one"))
+
+
+@pytest.mark.multiproc
+def test_compiled_tensor_parallel_blocks_match_one_process(runs):
+    got, want = runs("tp2")["compiled"], runs("one")["sepllm"]
+    assert got["compiled"] and not runs("tp2")["sepllm"]["compiled"]
+    assert got["losses"] == pytest.approx(want["losses"], rel=2e-5, abs=2e-5)
+    assert got["valid"] == pytest.approx(want["valid"], rel=2e-5, abs=2e-5)
 
 
 @pytest.mark.multiproc
@@ -475,7 +484,8 @@ def _worker(out: str, configs: list[str]) -> None:
         trainer = Trainer(args, env)
         start = trainer.state.iteration
         losses = trainer.train()
-        results.append({"start": start, "losses": losses, "valid": trainer.evaluate()})
+        results.append({"start": start, "losses": losses, "valid": trainer.evaluate(),
+                        "compiled": trainer.parallel.compiled})
         del trainer
     if env.is_main:
         Path(out).write_text(json.dumps(results))

@@ -30,7 +30,7 @@ class TrainingArgs:
     checkpoint_num_layers: int = arg(1, "Layers per activation-checkpointing chunk.")
     partition_activations: bool = arg(False, "Split checkpointed activations across tensor-parallel ranks (no effect with one rank per model).")
     synchronize_each_layer: bool = arg(False, "CUDA synchronize around each checkpointed layer (a debugging aid; not acted on).")
-    torch_compile: Optional[bool] = arg(None, "torch.compile each transformer block and the loss (regional; the attention kernels run as they are): None on for CUDA runs without tensor or pipeline parallelism, true also on CPU (needs a C++ compiler), false never.")
+    torch_compile: Optional[bool] = arg(None, "torch.compile each transformer block and the loss (regional; the attention kernels run as they are): None on for CUDA runs without pipeline parallelism, true also on CPU (needs a C++ compiler), false never.")
 
     def batch_sizes(self, dp_world_size: int) -> BatchSizes:
         """Train batch, micro batch and accumulation steps for `dp_world_size` data-parallel ranks.

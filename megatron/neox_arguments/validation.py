@@ -126,10 +126,9 @@ def _layout(args: "NeoXArgs", f: Findings) -> None:
     if stage in (0, 1, 2, 3) and not isinstance(stage, bool):  # other values are reported by _optimizer
         for problem in zero_problems(stage, tp, pp):
             f.problem(problem)
-    if t.torch_compile is True and (tp > 1 or pp > 1):
-        f.problem(f"{f.key('torch_compile', True)} is supported without tensor or pipeline parallelism only "
-                  f"(model_parallel_size {tp}, pipe_parallel_size {p.pipe_parallel_size}); set torch_compile to null (compile where "
-                  "supported) or false")
+    if t.torch_compile is True and pp > 1:
+        f.problem(f"{f.key('torch_compile', True)} is supported without pipeline parallelism only "
+                  f"(pipe_parallel_size {p.pipe_parallel_size}); set torch_compile to null (compile where supported) or false")
     if p.sequence_parallel and tp == 1:
         f.notice(f"{f.key('sequence_parallel', True)} has no effect with model_parallel_size 1")
     if t.partition_activations and (p.sequence_parallel or not (t.checkpoint_activations and tp > 1 and pp > 1)):

@@ -190,15 +190,19 @@ def configure_checkpointing(mpu, partition_activations: bool) -> None:
 
 
 def compile_wanted(setting: Optional[bool], layout: Layout) -> bool:
-    """Whether to compile (the `torch_compile` setting): None means on GPUs, without model parallelism."""
+    """Whether to compile (the `torch_compile` setting): None means on GPUs, without pipeline parallelism.
+
+    Tensor-parallel blocks compile whole: dynamo traces megatron-core's layers and the sequence-parallel
+    collectives into the block's graph. DeepSpeed's pipeline engine calls the blocks itself, so
+    pipelined runs stay eager.
+    """
     if setting is False:
         return False
-    model_parallel = layout.tp > 1 or layout.pp > 1
     if setting is None:
-        return torch.cuda.is_available() and not model_parallel
-    if model_parallel:
+        return torch.cuda.is_available() and layout.pp == 1
+    if layout.pp > 1:
         raise ValueError(
-            f"torch_compile: true is supported without tensor or pipeline parallelism only (the layout is {layout}); "
+            f"torch_compile: true is supported without pipeline parallelism only (the layout is {layout}); "
             "set torch_compile to null (compile where supported) or false"
         )
     return True
@@ -229,8 +233,12 @@ def parallelize(model: nn.Module, args, world_size: int, rank: int) -> Parallel:
     if layout.tp > 1:
         tensor_parallelize(model, rank=tp_rank, size=layout.tp, group=parallel_state.get_tensor_model_parallel_group(),
                            sequence_parallel=sequence_parallel)
+        if compiled:
+            from megatron.parallel.compile import compile_model
+
+            compile_model(model)
     parallel = Parallel(layout, model, None, tp_rank, pp_rank, dp_rank, sequence_parallel,
-                        pass_doc_ids=bool(args.data.reset_attention_mask))
+                        pass_doc_ids=bool(args.data.reset_attention_mask), compiled=compiled)
     if layout.pp > 1:
         # The pipeline runs blocks one by one and checkpoints them itself (GPTModel.run_layers is unused).
         interval = t.checkpoint_num_layers if t.checkpoint_activations else 0
