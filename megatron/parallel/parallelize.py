@@ -12,7 +12,7 @@ what a data-parallel run uses (no mpu, plain cross-entropy).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
 import torch
@@ -38,6 +38,7 @@ class Parallel:
     # Set by deepspeed_config: the clipping threshold `step` applies itself (0: norm only), or
     # None where DeepSpeed clips (its optimizer wrappers, the pipeline engine).
     clip_grad: Optional[float] = None
+    _trainable: list = field(default_factory=list, repr=False)  # set by initialize: the parameters `step` clips
 
     @property
     def dp_size(self) -> int:
@@ -116,6 +117,8 @@ class Parallel:
             # Without ZeRO DeepSpeed "all-reduces" over one rank too: it flattens every gradient into
             # one buffer, reduces it and copies it back, two passes over the gradients for nothing.
             engine.enable_backward_allreduce = False
+        # Walking the module tree for its parameters costs host time every step; the set is fixed.
+        self._trainable = [p for p in engine.module.parameters() if p.requires_grad]
         return engine
 
     def step(self, engine) -> Optional[torch.Tensor]:
@@ -125,7 +128,7 @@ class Parallel:
         keeps the norm (engine.get_global_grad_norm())."""
         norm = None
         if engine.zero_optimization_stage() == 0 and not self.pipelined and engine.is_gradient_accumulation_boundary():
-            parameters = [p for p in engine.module.parameters() if p.grad is not None]
+            parameters = [p for p in self._trainable if p.grad is not None]
             norm = self.grad_norm(parameters)  # gradients are data-parallel averaged by now
             if self.clip_grad:
                 torch.nn.utils.clip_grads_with_norm_(parameters, self.clip_grad, norm)
