@@ -17,8 +17,9 @@ if [ "$1" = "--toy" ]; then
     args=(--toy)
 else
     # 16384 tokens per micro-batch: 8 x 2048 or 2 x 8192 (the reference shape); a row that
-    # runs out of memory retries once at half the micro-batch.
-    args=(--models 160M 410M 1.4B --seqs 2048 8192 --tokens-per-micro-batch 16384 --warmup 5 --steps 10
+    # runs out of memory retries once at half the micro-batch. 30 timed steps after 10 warm-up ones:
+    # a 160M step is ~40 ms, and over 10 steps one host stall moved a row by several percent.
+    args=(--models 160M 410M 1.4B --seqs 2048 8192 --tokens-per-micro-batch 16384 --warmup 10 --steps 30
           --time-budget-s "${TIME_BUDGET_S:-330}" "$@")
 fi
 timeout --signal=TERM --kill-after=10 $(( ${TIME_BUDGET_S:-330} + 70 )) python3 benchmarks/train_throughput.py "${args[@]}" --out "$OUT" 2>&1 \
