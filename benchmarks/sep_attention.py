@@ -327,7 +327,7 @@ def sweep(device, jobs: int, best_path: Path | None = None, precompile_only: boo
                 for kind in kinds for c in C.CANDIDATES[kind]], jobs)
     if precompile_only:
         return ""
-    lines = ["| shape | kernel | block_m | block_n | far block_n | warps | stages | ms |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| shape | kernel | block_m | block_n | warps | stages | ms |", "|---|---|---|---|---|---|---|"]
     best: dict = {}
     first_of_dim = {}
     for row in sorted(rows, key=lambda r: r.L):
@@ -360,9 +360,7 @@ def sweep(device, jobs: int, best_path: Path | None = None, precompile_only: boo
                     ms = float("nan")
                     print(f"  {kind} {cfg}: {str(exc).splitlines()[0][:120]}", flush=True)
                 shape = f"L{row.L} D{row.D} H{row.H} B{row.B} n{row.n}"
-                far = cfg.far_n if kind in (C.FWD, C.DQ) else "-"
-                lines.append(f"| {shape} | {kind} | {cfg.block_m} | {cfg.block_n} | {far} | {cfg.num_warps} | "
-                             f"{cfg.num_stages} | {ms:.3f} |")
+                lines.append(f"| {shape} | {kind} | {cfg.block_m} | {cfg.block_n} | {cfg.num_warps} | {cfg.num_stages} | {ms:.3f} |")
                 print(lines[-1], flush=True)
                 if first_of_dim[row.D] is row and ms == ms and ms < best.get((kind, row.D), (None, float("inf")))[1]:
                     best[(kind, row.D)] = (asdict(cfg), ms)

@@ -51,16 +51,6 @@ def test_cases_match_reference(case):
     check_case(sep_attention_kernel, case)
 
 
-@pytest.mark.parametrize("cfg", [(16, 16, 1, 1, 0), (32, 16, 1, 1, 64)], ids=["far-tile-as-band", "far-tile-64"])
-def test_far_tile_widths(cfg, monkeypatch):
-    # The far part of the forward and dQ kernels walks tiles of its own width (far_block_n).
-    from megatron.sepllm.kernel import configs as C
-
-    monkeypatch.setattr(C, "INTERPRETER", C.BlockConfig(*cfg))
-    check_case(sep_attention_kernel, Case(L=150, D=16, vocab=8, sep=dict(prefill_local_window_size=5)))
-    check_case(sep_attention_kernel, Case(B=2, L=120, D=16, vocab=6, docs=True, sep=dict(prefill_local_window_size=9)))
-
-
 def test_per_layer_windows_and_full_layer_with_docs():
     # Layer 1 covers the sequence (full causal within documents): the kernel handles it too.
     case = Case(L=64, D=16, layers=3, docs=True, sep=dict(

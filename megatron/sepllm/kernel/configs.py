@@ -18,16 +18,9 @@ FWD, DQ, DKDV, DKDV_FAR = "fwd", "dq", "dkdv", "dkdv_far"  # DKDV: the band part
 @dataclass(frozen=True)
 class BlockConfig:
     block_m: int  # queries per tile
-    block_n: int  # keys per tile (fwd/dq: of the window band)
+    block_n: int  # keys per tile
     num_warps: int
     num_stages: int
-    # fwd/dq: keys per tile of the compact far part (0: block_n). Far tiles need no band alignment,
-    # and wider ones spend less of each step on the softmax bookkeeping.
-    far_block_n: int = 0
-
-    @property
-    def far_n(self) -> int:
-        return self.far_block_n or self.block_n
 
 
 # Keyed by (kernel, head-dim bucket). fwd/dq need block_m % block_n == 0 (band alignment).
@@ -45,14 +38,12 @@ _DEFAULTS: dict[tuple[str, int], BlockConfig] = {
 }
 
 CANDIDATES: dict[str, list[BlockConfig]] = {
-    FWD: [BlockConfig(128, 32, 4, 4), BlockConfig(64, 32, 4, 3), BlockConfig(64, 64, 4, 3),
-          BlockConfig(128, 32, 4, 4, 64), BlockConfig(128, 32, 8, 3, 64), BlockConfig(128, 32, 8, 4, 64),
-          BlockConfig(128, 32, 8, 3, 128), BlockConfig(128, 64, 8, 3, 128), BlockConfig(64, 32, 4, 3, 64),
-          BlockConfig(64, 32, 4, 4, 64), BlockConfig(128, 32, 4, 3, 64), BlockConfig(64, 32, 4, 3, 128)],
-    DQ: [BlockConfig(64, 32, 4, 5), BlockConfig(64, 32, 4, 3), BlockConfig(64, 32, 4, 5, 64),
-         BlockConfig(64, 32, 4, 4, 64), BlockConfig(64, 32, 4, 3, 64), BlockConfig(64, 32, 8, 4, 64),
-         BlockConfig(128, 32, 8, 4, 64), BlockConfig(128, 32, 8, 3, 64), BlockConfig(64, 32, 4, 3, 128),
-         BlockConfig(64, 16, 4, 4, 64)],
+    FWD: [BlockConfig(128, 32, 4, 4), BlockConfig(64, 64, 4, 3), BlockConfig(64, 32, 4, 3), BlockConfig(128, 32, 4, 5),
+          BlockConfig(64, 64, 4, 2), BlockConfig(64, 64, 8, 3), BlockConfig(64, 32, 4, 4), BlockConfig(128, 32, 4, 3),
+          BlockConfig(128, 64, 8, 3), BlockConfig(64, 32, 8, 3)],
+    DQ: [BlockConfig(64, 32, 4, 5), BlockConfig(64, 32, 4, 3), BlockConfig(64, 32, 4, 4), BlockConfig(64, 16, 4, 4),
+         BlockConfig(128, 64, 8, 3), BlockConfig(64, 32, 4, 6), BlockConfig(64, 32, 8, 5), BlockConfig(128, 32, 8, 5),
+         BlockConfig(64, 16, 4, 5), BlockConfig(128, 64, 8, 4)],
     DKDV: [BlockConfig(32, 64, 4, 3), BlockConfig(16, 64, 4, 3), BlockConfig(32, 64, 4, 2), BlockConfig(16, 64, 4, 2),
            BlockConfig(32, 64, 8, 3), BlockConfig(16, 64, 4, 4), BlockConfig(16, 128, 4, 3), BlockConfig(32, 128, 8, 3),
            BlockConfig(32, 32, 4, 3)],
@@ -62,7 +53,7 @@ CANDIDATES: dict[str, list[BlockConfig]] = {
 }
 
 # Small tiles for TRITON_INTERPRET=1 (CPU tests): any shape works there, small ones run fast.
-INTERPRETER = BlockConfig(16, 16, 1, 1, far_block_n=32)  # far tiles unlike band tiles, as on the GPU
+INTERPRETER = BlockConfig(16, 16, 1, 1)
 
 _tuned: dict[Hashable, BlockConfig] = {}
 _overrides: dict[tuple[str, int], BlockConfig] = {}

@@ -45,28 +45,43 @@ def launch(kernel, grid: tuple[int, int], cfg: BlockConfig, tensors: Sequence[to
             f"CUDA's {_MAX_GRID_Y} in its second dimension; use shorter sequences, smaller micro-batches, or "
             "USE_SEP_ATTN_KERNEL_ACCELERATOR: false"
         )
-    args = (*tensors, *ints, *scalars, *consts)
     if interpreted(kernel):
-        kernel[grid](*args)
+        kernel[grid](*tensors, *ints, *scalars, *consts)
         return
+    ptrs = [t.data_ptr() for t in tensors]
     misaligned = 0
-    for t in tensors:
-        misaligned |= t.data_ptr()
+    for p in ptrs:
+        misaligned |= p
     misaligned &= 15
     device = torch.cuda.current_device()
-    key = (kernel, cfg, consts, ints, tuple(t.dtype for t in tensors), device)
+    # id(kernel): JITFunction hashes its source-derived cache key under a lock on every call
+    key = (id(kernel), cfg, consts, ints, tuple(t.dtype for t in tensors), device)
     handle = None if misaligned else _handles.get(key)
     if handle is None:
         # Triton's dispatch: compiles on first use and returns the compiled kernel. Misaligned
         # pointers always take it (one key could then stand for several specializations).
-        handle = kernel[grid](*args, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        handle = kernel[grid](*tensors, *ints, *scalars, *consts, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         if not misaligned:
             if len(_handles) >= _MAX_HANDLES:
                 _handles.clear()
             _handles[key] = handle
         return
+    # Raw pointers: the launcher would otherwise call data_ptr() and query the driver for each
+    # tensor again (the tensors were checked to be CUDA tensors before we got here).
+    args = (*ptrs, *ints, *scalars, *consts)
     stream = _stream_getter()(device)
-    hooks = triton.knobs.runtime
-    enter, leave = hooks.launch_enter_hook, hooks.launch_exit_hook
+    enter, leave = _hooks()
     meta = handle.launch_metadata(grid, stream, *args) if enter is not None else None
     handle.run(grid[0], grid[1], 1, stream, handle.function, handle.packed_metadata, meta, enter, leave, *args)
+
+
+def _hooks():
+    """Triton's launch hooks (profilers install them), or None for an empty hook chain: calling an
+    empty chain and building launch metadata for it is host time for nothing."""
+    runtime = triton.knobs.runtime
+    enter, leave = runtime.launch_enter_hook, runtime.launch_exit_hook
+    if enter is not None and not getattr(enter, "calls", True):
+        enter = None
+    if leave is not None and not getattr(leave, "calls", True):
+        leave = None
+    return enter, leave

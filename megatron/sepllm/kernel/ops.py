@@ -62,9 +62,8 @@ def _cfg(kind: str, head_dim: int) -> C.BlockConfig:
     return C.INTERPRETER if interpreted() else C.default_config(kind, head_dim)
 
 
-def _consts(D: int, cfg: C.BlockConfig, *flags: bool, far: bool = False) -> tuple:
-    tiles = (cfg.block_m, cfg.block_n, cfg.far_n) if far else (cfg.block_m, cfg.block_n)
-    return (D, _block_d(D), *tiles, *flags)
+def _consts(D: int, cfg: C.BlockConfig, *flags: bool) -> tuple:
+    return (D, _block_d(D), cfg.block_m, cfg.block_n, *flags)
 
 
 def launch_forward(q, k, v, layout: SepLayout, window: int, scale: float, cfg: Optional[C.BlockConfig] = None):
@@ -78,7 +77,7 @@ def launch_forward(q, k, v, layout: SepLayout, window: int, scale: float, cfg: O
         (q, k, v, out, lse, layout.kept_pos, layout.kept_count, doc, doc_start, valid),
         (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3]),
         (L, window, H, scale * LOG2E, H // k.shape[1]),
-        _consts(D, cfg, has_docs, has_valid, far=True),
+        _consts(D, cfg, has_docs, has_valid),
     )
     return out, lse
 
@@ -95,7 +94,7 @@ def launch_dq(do, q, k, v, out, lse, layout: SepLayout, window: int, scale: floa
         (q, k, v, out, do, dq, lse, delta, layout.kept_pos, layout.kept_count, doc, doc_start, valid),
         (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], *do.stride()[:3], *dq.stride()[:3]),
         (L, window, H, scale * LOG2E, scale, H // k.shape[1]),
-        _consts(D, cfg, has_docs, has_valid, far=True),
+        _consts(D, cfg, has_docs, has_valid),
     )
     return dq, delta
 

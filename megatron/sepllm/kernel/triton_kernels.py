@@ -72,10 +72,9 @@ def _online_softmax_step(acc, m_i, l_i, qk, vis, v, MASKED: tl.constexpr):
 
 
 @triton.jit
-def _query_block_ranges(KCOUNT, DOC_START, krow, row, q0, q_last, W, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                        FAR_N: tl.constexpr, HAS_DOCS: tl.constexpr, HAS_VALID: tl.constexpr):
-    """Key-block ranges of one query block [q0, q_last]: far blocks (compact, FAR_N keys each) and
-    band blocks (BLOCK_N keys each).
+def _query_block_ranges(KCOUNT, DOC_START, krow, row, q0, q_last, W,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_DOCS: tl.constexpr, HAS_VALID: tl.constexpr):
+    """Key-block ranges of one query block [q0, q_last]: far blocks (compact) and band blocks.
 
     Each part has one mask-free run of blocks and up to two masked runs around it; the masked
     runs are walked by one loop (see _masked_far_start / _masked_band_start) to keep the
@@ -93,9 +92,9 @@ def _query_block_ranges(KCOUNT, DOC_START, krow, row, q0, q_last, W, BLOCK_M: tl
     # kept keys with pos <= q_last - W are seen by someone in the block, pos <= q0 - W by all
     c_hi = tl.load(KCOUNT + krow + tl.maximum(q_last - W + 1, 0))
     c_full_hi = tl.load(KCOUNT + krow + tl.maximum(q0 - W + 1, 0))
-    n_far = tl.cdiv(tl.maximum(c_hi - c_lo, 0), FAR_N)
-    k1 = tl.minimum(tl.cdiv(tl.maximum(c_full_lo - c_lo, 0), FAR_N), n_far)
-    k2 = tl.maximum(tl.minimum(tl.maximum(c_full_hi - c_lo, 0) // FAR_N, n_far), k1)
+    n_far = tl.cdiv(tl.maximum(c_hi - c_lo, 0), BLOCK_N)
+    k1 = tl.minimum(tl.cdiv(tl.maximum(c_full_lo - c_lo, 0), BLOCK_N), n_far)
+    k2 = tl.maximum(tl.minimum(tl.maximum(c_full_hi - c_lo, 0) // BLOCK_N, n_far), k1)
 
     lo = tl.maximum(q0 - W + 1, first_start)
     lo = (lo // BLOCK_N) * BLOCK_N
@@ -117,10 +116,10 @@ def _query_block_ranges(KCOUNT, DOC_START, krow, row, q0, q_last, W, BLOCK_M: tl
 
 
 @triton.jit
-def _masked_far_start(t, c_lo, k1, k2, FAR_N: tl.constexpr):
+def _masked_far_start(t, c_lo, k1, k2, BLOCK_N: tl.constexpr):
     """Start of the t-th masked far block: blocks 0..k1-1, then k2, k2+1, ..."""
     kb = tl.where(t < k1, t, t - k1 + k2)
-    return c_lo + kb * FAR_N
+    return c_lo + kb * BLOCK_N
 
 
 @triton.jit
@@ -136,7 +135,7 @@ def _fwd_kernel(
     s_qb, s_qh, s_ql, s_kb, s_kh, s_kl, s_vb, s_vh, s_vl, s_ob, s_oh, s_ol,
     L, W, H, qk_scale,
     GROUP, D: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, FAR_N: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_DOCS: tl.constexpr, HAS_VALID: tl.constexpr,
 ):
     n_m = tl.cdiv(L, BLOCK_M)
@@ -154,7 +153,6 @@ def _fwd_kernel(
     q_last = tl.minimum(q0 + BLOCK_M, L) - 1
     offs_m = q0 + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
-    offs_f = tl.arange(0, FAR_N)
     offs_d = tl.arange(0, BLOCK_D)
     m_ok = offs_m < L
 
@@ -171,16 +169,16 @@ def _fwd_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
     c_lo, c_hi, k1, k2, n_far_masked, lo, fs, fe, n_lo, n_band_masked = _query_block_ranges(
-        KCOUNT, DOC_START, krow, row, q0, q_last, W, BLOCK_M, BLOCK_N, FAR_N, HAS_DOCS, HAS_VALID)
+        KCOUNT, DOC_START, krow, row, q0, q_last, W, BLOCK_M, BLOCK_N, HAS_DOCS, HAS_VALID)
 
     # far part: the mask-free run, then the masked blocks (last ones, other documents)
     for kb in range(k1, k2):
         acc, m_i, l_i = _fwd_far_block(acc, m_i, l_i, q, k_base, v_base, s_kl, s_vl, KEPT_POS, DOC, row,
-                                       c_lo + kb * FAR_N, c_hi, offs_f, offs_m, offs_d, doc_q, W, qk_scale,
+                                       c_lo + kb * BLOCK_N, c_hi, offs_n, offs_m, offs_d, doc_q, W, qk_scale,
                                        False, D, BLOCK_D, HAS_DOCS)
     for t in range(0, n_far_masked):
         acc, m_i, l_i = _fwd_far_block(acc, m_i, l_i, q, k_base, v_base, s_kl, s_vl, KEPT_POS, DOC, row,
-                                       _masked_far_start(t, c_lo, k1, k2, FAR_N), c_hi, offs_f, offs_m, offs_d,
+                                       _masked_far_start(t, c_lo, k1, k2, BLOCK_N), c_hi, offs_n, offs_m, offs_d,
                                        doc_q, W, qk_scale, True, D, BLOCK_D, HAS_DOCS)
     # band part: the mask-free middle of the window, then its edge and the diagonal
     for s in range(fs, fe, BLOCK_N):
@@ -308,7 +306,7 @@ def _bwd_dq_kernel(
     s_qb, s_qh, s_ql, s_kb, s_kh, s_kl, s_vb, s_vh, s_vl, s_ob, s_oh, s_ol, s_db, s_dh, s_dl, s_gb, s_gh, s_gl,
     L, W, H, qk_scale, sm_scale,
     GROUP, D: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, FAR_N: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_DOCS: tl.constexpr, HAS_VALID: tl.constexpr,
 ):
     n_m = tl.cdiv(L, BLOCK_M)
@@ -326,7 +324,6 @@ def _bwd_dq_kernel(
     q_last = tl.minimum(q0 + BLOCK_M, L) - 1
     offs_m = q0 + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
-    offs_f = tl.arange(0, FAR_N)
     offs_d = tl.arange(0, BLOCK_D)
     m_ok = offs_m < L
 
@@ -347,14 +344,14 @@ def _bwd_dq_kernel(
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
     c_lo, c_hi, k1, k2, n_far_masked, lo, fs, fe, n_lo, n_band_masked = _query_block_ranges(
-        KCOUNT, DOC_START, krow, row, q0, q_last, W, BLOCK_M, BLOCK_N, FAR_N, HAS_DOCS, HAS_VALID)
+        KCOUNT, DOC_START, krow, row, q0, q_last, W, BLOCK_M, BLOCK_N, HAS_DOCS, HAS_VALID)
     for kb in range(k1, k2):
         dq = _dq_far_block(dq, q, do, lse, delta, k_base, v_base, s_kl, s_vl, KEPT_POS, DOC, row,
-                           c_lo + kb * FAR_N, c_hi, offs_f, offs_m, offs_d, doc_q, W, qk_scale,
+                           c_lo + kb * BLOCK_N, c_hi, offs_n, offs_m, offs_d, doc_q, W, qk_scale,
                            False, D, BLOCK_D, HAS_DOCS)
     for t in range(0, n_far_masked):
         dq = _dq_far_block(dq, q, do, lse, delta, k_base, v_base, s_kl, s_vl, KEPT_POS, DOC, row,
-                           _masked_far_start(t, c_lo, k1, k2, FAR_N), c_hi, offs_f, offs_m, offs_d, doc_q, W,
+                           _masked_far_start(t, c_lo, k1, k2, BLOCK_N), c_hi, offs_n, offs_m, offs_d, doc_q, W,
                            qk_scale, True, D, BLOCK_D, HAS_DOCS)
     for s in range(fs, fe, BLOCK_N):
         dq = _dq_band_block(dq, q, do, lse, delta, k_base, v_base, s_kl, s_vl, DOC, VALID, row,
