@@ -49,7 +49,8 @@ CANDIDATES: dict[str, list[BlockConfig]] = {
            BlockConfig(32, 32, 4, 3)],
     DKDV_FAR: [BlockConfig(32, 64, 4, 3), BlockConfig(32, 64, 4, 4), BlockConfig(32, 64, 4, 2), BlockConfig(32, 64, 8, 3),
                BlockConfig(32, 64, 8, 4), BlockConfig(16, 64, 4, 4), BlockConfig(64, 64, 8, 3), BlockConfig(64, 128, 8, 2),
-               BlockConfig(32, 128, 8, 3)],
+               BlockConfig(32, 128, 8, 3), BlockConfig(32, 32, 4, 3), BlockConfig(64, 32, 4, 3), BlockConfig(32, 32, 4, 4),
+               BlockConfig(64, 32, 4, 4), BlockConfig(16, 32, 4, 3)],
 }
 
 # Small tiles for TRITON_INTERPRET=1 (CPU tests): any shape works there, small ones run fast.
