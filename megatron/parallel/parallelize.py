@@ -105,7 +105,10 @@ class Parallel:
         return config
 
     def initialize(self, optimizer, lr_scheduler, config: dict):
-        """The DeepSpeed engine (a PipelineEngine when pipelined) over this rank's module."""
+        """The DeepSpeed engine (a PipelineEngine when pipelined) over this rank's module.
+
+        Step it with `step(engine)`, not engine.step(): without ZeRO the clipping is done there.
+        """
         import deepspeed
 
         engine, _, _, _ = deepspeed.initialize(
