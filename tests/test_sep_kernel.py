@@ -136,6 +136,53 @@ def test_bad_input_fails_loudly():
         launch(None, (16, 65536), C.INTERPRETER, (), (), (), ())
 
 
+def test_launcher_reuses_compiled_handles(monkeypatch):
+    # The GPU path of launcher.launch with a stand-in for a Triton kernel: the first launch of a
+    # key goes through Triton's dispatch, later ones call the compiled handle's launcher directly
+    # with raw pointers, in the kernel's parameter order; misaligned pointers always dispatch.
+    from megatron.sepllm.kernel import configs as C
+    from megatron.sepllm.kernel import launcher
+
+    class Handle:
+        function, packed_metadata = "function", "metadata"
+
+        def __init__(self):
+            self.runs = []
+
+        def run(self, *args):
+            self.runs.append(args)
+
+        def launch_metadata(self, *args):
+            raise AssertionError("no launch hooks are installed: no launch metadata needed")
+
+    class Kernel:
+        device_caches = {}  # what a compiled (not interpreted) Triton kernel has
+
+        def __init__(self):
+            self.dispatched, self.handle = [], Handle()
+
+        def __getitem__(self, grid):
+            return lambda *args, **options: self.dispatched.append((grid, args, options)) or self.handle
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(launcher, "_stream_getter", lambda: (lambda device: 1234))
+    monkeypatch.setattr(launcher, "_handles", {})
+    kernel, cfg = Kernel(), C.BlockConfig(64, 32, 4, 3)
+    a, b = torch.zeros(64), torch.zeros(64)
+    launcher.launch(kernel, (2, 3), cfg, (a, b), (64, 1), (10, 0.5), (16, True))
+    assert kernel.dispatched == [((2, 3), (a, b, 64, 1, 10, 0.5, 16, True), dict(num_warps=4, num_stages=3))]
+    launcher.launch(kernel, (2, 3), cfg, (a, b), (64, 1), (11, 0.25), (16, True))  # new L/W/scale: same kernel
+    assert len(kernel.dispatched) == 1
+    assert kernel.handle.runs == [(2, 3, 1, 1234, "function", "metadata", None, None, None,
+                                   a.data_ptr(), b.data_ptr(), 64, 1, 11, 0.25, 16, True)]
+    launcher.launch(kernel, (2, 3), cfg, (a, b), (128, 1), (11, 0.25), (16, True))  # other strides: dispatch
+    launcher.launch(kernel, (2, 3), cfg, (a, b), (64, 1), (11, 0.25), (32, True))  # other constexprs: dispatch
+    assert len(kernel.dispatched) == 3
+    for _ in range(2):
+        launcher.launch(kernel, (2, 3), cfg, (a[1:], b[1:]), (64, 1), (11, 0.25), (16, True))  # 4-byte offsets
+    assert len(kernel.dispatched) == 5 and len(kernel.handle.runs) == 1
+
+
 def test_compiled_graph_does_not_recompile_for_new_batches():
     # The custom ops are opaque to torch.compile and all metadata shapes are fixed, so batches
     # with other separator counts and documents reuse the same graph.
