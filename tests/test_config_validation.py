@@ -148,3 +148,11 @@ def test_torch_compile_with_pipeline_parallelism_is_refused_before_launch():
         torch_compile=True, pipe_parallel_size=2, zero_optimization={"stage": 1})
     assert load(torch_compile=True, model_parallel_size=2).training.torch_compile is True
     assert load(torch_compile=None, pipe_parallel_size=2, zero_optimization={"stage": 1}).training.torch_compile is None
+
+
+def test_torch_autocast_combinations_are_refused_at_load():
+    assert load(torch_autocast=True, precision="bfloat16").precision.torch_autocast is True
+    message = error(torch_autocast=True, precision="bfloat16", model_parallel_size=2)
+    assert "`torch_autocast: true` (set in t.yml): torch_autocast is supported without tensor or pipeline" in message
+    assert "but precision is fp32; set precision: bfloat16" in error(torch_autocast=True)
+    assert "supports ZeRO stages" in error(torch_autocast=True, precision="bfloat16", zero_optimization={"stage": 3})

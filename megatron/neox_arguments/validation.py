@@ -207,6 +207,11 @@ def _precision(args: "NeoXArgs", f: Findings) -> None:
         section = "fp16" if fp16_on else "bf16"
         f.problem(f"{f.key('precision', p.precision)} conflicts with {f.key(section, getattr(p, section))}, which enables {implied}; "
                   f"change precision to {implied} or set {section}.enabled: false")
+        return
+    from megatron.neox_arguments.deepspeed_config import torch_autocast_problems
+
+    for problem in torch_autocast_problems(args):
+        f.problem(f"{f.key('torch_autocast', p.torch_autocast)}: {problem}")
 
 
 def _data(args: "NeoXArgs", f: Findings) -> None:

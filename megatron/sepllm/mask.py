@@ -11,6 +11,8 @@ which the masked-SDPA reference path uses; fast kernels read the O(B x L) tensor
 """
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
@@ -53,12 +55,18 @@ def prefill_windows(cfg: SepLLMArgs, num_layers: int) -> list[int]:
     return [int(cfg.prefill_local_window_size)] * num_layers
 
 
+@functools.lru_cache(maxsize=64)
+def _separator_tensor(separator_ids: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    # Built once per device: a fresh host-to-GPU copy from a Python list on every batch is a
+    # synchronizing pageable copy, the only host sync left in a SepLLM training step.
+    return torch.tensor(separator_ids, device=device, dtype=dtype)
+
+
 def separator_flags(input_ids: torch.Tensor, separator_ids: Sequence[int]) -> torch.Tensor:
     """[B, L] bool: token is a separator."""
     if len(separator_ids) == 0:
         return torch.zeros_like(input_ids, dtype=torch.bool)
-    seps = torch.as_tensor(list(separator_ids), device=input_ids.device, dtype=input_ids.dtype)
-    return torch.isin(input_ids, seps)
+    return torch.isin(input_ids, _separator_tensor(tuple(int(i) for i in separator_ids), input_ids.device, input_ids.dtype))
 
 
 def document_ids_from_eod(input_ids: torch.Tensor, eod_id: int) -> torch.Tensor:
