@@ -5,15 +5,18 @@
 
 Reads a checkpoint saved under any layout (any ZeRO stage when there is no model parallelism)
 and writes OUT_DIR/global_stepN for the new one, with `latest` pointing at it. Weights, learning-
-rate schedule, step counters and the data position carry over, and for ZeRO stage 1/2 checkpoints
-(fp32, fp16, bf16; bf16 ZeRO-1 runs with DeepSpeed's BF16_Optimizer) the optimizer too (fp32 master
-weights, Adam's moments and step): resume with `load: OUT_DIR`. For ZeRO-0 and ZeRO-3 checkpoints
-the tool says that the optimizer was not carried: resume those with `no_load_optim: true` as well
-(see megatron/parallel/reshard.py).
+rate schedule, step counters and the data position carry over, and the optimizer too (Adam's
+moments and step; fp32 master weights) for ZeRO stage 1/2 checkpoints (fp32, fp16, bf16; bf16
+ZeRO-1 runs with DeepSpeed's BF16_Optimizer) and for fp32-parameter checkpoints without ZeRO on
+one model-parallel rank (torch_autocast or fp32 runs at stage 0, e.g. torch_autocast on one GPU,
+which moves to N data-parallel GPUs and back): resume with `load: OUT_DIR`. Where it cannot carry
+the optimizer (ZeRO-3, other stage-0 formats) the tool says so: resume those with
+`no_load_optim: true` as well (see megatron/parallel/reshard.py).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -35,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from megatron.checkpointing.checkpoint import CheckpointError
     from megatron.parallel.layout import Layout, pipeline_stages
-    from megatron.parallel.reshard import ReshardError, reshard
+    from megatron.parallel.reshard import MANIFEST, ReshardError, reshard
 
     sizes = (cli.model_parallel_size, cli.pipe_parallel_size, cli.data_parallel_size)
     if min(sizes) < 1 and not (cli.pipe_parallel_size == 0 and min(sizes[0], sizes[2]) >= 1):
@@ -51,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for notice in notices:
         print(f"reshard_checkpoint notice: {notice}")
-    if any(folder.glob("*optim_states.pt")):
+    if json.loads((folder / MANIFEST).read_text())["resharded"]["optimizer"]:
         how = f"load: {cli.output} (optimizer state included)"
     else:
         how = f"load: {cli.output} and no_load_optim: true (the optimizer state was not carried over)"

@@ -21,9 +21,19 @@ partitions without the alignment padding and counts each rank's padding, BF16_Op
 whole and counts the padding on the last rank). Such a checkpoint resumes with its optimizer state
 (plain `load`).
 
-Not carried: per-rank RNG states, and the optimizer of ZeRO-0 and ZeRO-3 checkpoints (other formats):
-load those results with `no_load_optim: true`, which keeps the LR schedule and step counters (the
-fp32 master weights are rebuilt from the loaded weights; Adam's moments restart).
+Without ZeRO (stage 0, which torch_autocast runs on one data-parallel rank) DeepSpeed steps the
+torch optimizer itself and saves its state_dict under "optimizer" in mp_rank_00_model_states.pt:
+Adam's moments and step per parameter index, in the order of training.optimizer.param_groups (the
+fp32 master weights are the parameters). That state is read into the same by-name form and written
+either way: from stage 0 into ZeRO-1/2 partitions over fp32 parameters, and from those (or stage 0)
+into a target that runs stage 0, so a torch_autocast run moves between one rank and several with
+its optimizer (tensor and pipeline parallelism excepted: torch_autocast runs without them).
+
+Not carried: per-rank RNG states; the optimizer of ZeRO-3 checkpoints, of stage-0 checkpoints with
+tensor or pipeline parallelism or DeepSpeed's fp16/bf16 wrappers, and anything into a stage-0 target
+over fp16/bf16 parameters (other formats): load those results with `no_load_optim: true`, which
+keeps the LR schedule and step counters (the fp32 master weights are rebuilt from the loaded
+weights; Adam's moments restart).
 """
 from __future__ import annotations
 
@@ -281,6 +291,104 @@ def _merge(name: str, parts: list[Optional[torch.Tensor]], folder: Path) -> torc
     return parts[0] if dim is None else torch.cat(parts, dim=dim)
 
 
+# ------------------------------------------------------ optimizer state without ZeRO (stage 0): torch's own
+
+def torch_param_groups(model: torch.nn.Module) -> list[list[str]]:
+    """Parameter names of each group of the torch optimizer the trainer builds for `model` (a GPTModel,
+    on the meta device will do), in the order its state_dict numbers them."""
+    from megatron.training.optimizer import param_groups
+
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [[names[id(p)] for p in group["params"]] for group in param_groups(model, 0.0)]
+
+
+def read_torch_optimizer(folder: Path, model: dict[str, torch.Tensor], groups: list[list[str]]) -> Optional[OptimizerState]:
+    """The torch optimizer state a stage-0 checkpoint (one model-parallel rank) keeps in its model states,
+    by parameter name; None when it holds none. `groups`: torch_param_groups of the checkpoint's model.
+
+    Raises ReshardError for a state that is not torch Adam's or does not fit the model."""
+    path = folder / "mp_rank_00_model_states.pt"
+    sd = _load(path).get("optimizer") if path.exists() else None
+    if sd is None:
+        return None
+    what = f"{path}: the optimizer state saved without ZeRO"
+    resume = "; resume the resharded checkpoint with no_load_optim: true"
+    if source_layout(folder) != (1, 1):
+        raise ReshardError(f"{what} is one of several tensor or pipeline-parallel slices, which resharding does "
+                           "not carry over (supported without ZeRO: one model-parallel rank, as torch_autocast runs)" + resume)
+    if not (isinstance(sd, dict) and sd.keys() == {"state", "param_groups"}):
+        raise ReshardError(f"{what} is not a torch optimizer's state_dict (DeepSpeed's fp16/bf16 optimizer wrappers "
+                           "are not carried over)" + resume)
+    counts = [len(g["params"]) for g in sd["param_groups"]]
+    if counts != [len(g) for g in groups]:
+        raise ReshardError(f"{what} has parameter groups of {counts} parameters, the model's optimizer "
+                           f"{[len(g) for g in groups]} (training.optimizer.param_groups): it belongs to another model "
+                           "or optimizer" + resume)
+    if not sd["state"]:
+        raise ReshardError(f"{what} is empty (saved before the first step)" + resume)
+    tensors: dict[str, dict[str, torch.Tensor]] = {key: {} for key in OPTIMIZER_KEYS}
+    steps = set()
+    for group, names in zip(sd["param_groups"], groups):
+        for index, name in zip(group["params"], names):
+            state = sd["state"].get(index)
+            if state is None or not {"step", "exp_avg", "exp_avg_sq"} <= state.keys():
+                raise ReshardError(f"{what} has no Adam state for parameter {index} ({name})" + resume)
+            if "max_exp_avg_sq" in state:
+                raise ReshardError(f"{what} is AMSGrad's, which ZeRO's files have no place for" + resume)
+            weight = model[name]
+            for key in OPTIMIZER_KEYS[1:]:
+                if state[key].shape != weight.shape:
+                    raise ReshardError(f"{what}: {key} of parameter {index} has shape {tuple(state[key].shape)}, but "
+                                       f"that index is {name} of shape {tuple(weight.shape)} in the model: the parameter "
+                                       "order is not training.optimizer.param_groups'" + resume)
+                tensors[key][name] = state[key].float()
+            if weight.dtype != torch.float32:
+                raise ReshardError(f"{what} steps {weight.dtype} parameters; only fp32 ones (fp32, torch_autocast) "
+                                   "are their own master weights" + resume)
+            tensors["fp32"][name] = weight
+            steps.add(float(state["step"]))
+    if len(steps) != 1:
+        raise ReshardError(f"{what} has parameters at different Adam steps {sorted(steps)}; ZeRO keeps one per group" + resume)
+    step = sd["state"][sd["param_groups"][0]["params"][0]]["step"]
+    param_groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": [i]} for i, g in enumerate(sd["param_groups"])]
+    return OptimizerState(tensors, step.clone() if torch.is_tensor(step) else step, param_groups, common={}, extra={})
+
+
+def torch_optimizer_state(optim: OptimizerState, groups: list[list[str]]) -> dict:
+    """The torch optimizer state_dict a stage-0 run over the whole model loads (`groups`: torch_param_groups)."""
+    if len(groups) != len(optim.param_groups):
+        raise ReshardError(f"the model's optimizer has {len(groups)} parameter groups, the checkpoint's "
+                           f"{len(optim.param_groups)}; cannot map its optimizer state")
+    state, param_groups, index = {}, [], 0
+    for names, hyper in zip(groups, optim.param_groups):
+        first = index
+        for name in names:
+            if name not in optim.tensors["exp_avg"]:
+                raise ReshardError(f"the checkpoint's optimizer state lacks {name}")
+            step = optim.step.clone() if torch.is_tensor(optim.step) else optim.step
+            state[index] = {"step": step, "exp_avg": optim.tensors["exp_avg"][name].clone(),
+                            "exp_avg_sq": optim.tensors["exp_avg_sq"][name].clone()}
+            index += 1
+        param_groups.append({**{k: v for k, v in hyper.items() if k != "params"}, "params": list(range(first, index))})
+    return {"state": state, "param_groups": param_groups}
+
+
+def zero_common(ds_config: dict) -> tuple[dict, dict]:
+    """What DeepSpeedZeroOptimizer writes besides the partitions, over fp32 parameters, for a run with
+    `ds_config`: the (common, extra) of an OptimizerState read from a stage-0 checkpoint."""
+    import deepspeed
+    from deepspeed.runtime.fp16.loss_scaler import CreateLossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+
+    scaler = CreateLossScaler(dtype=torch.float32, static_loss_scale=1.0, dynamic_scaling=False, dynamic_loss_args=None)
+    common = {"loss_scaler": scaler, "dynamic_loss_scale": False, "overflow": False,
+              # ZeRO takes its clipping from the checkpoint when loading, so it must be the run's.
+              "clip_grad": float(ds_config.get("gradient_clipping") or 0.0),
+              "zero_stage": ZeroStageEnum(int(ds_config["zero_optimization"]["stage"])),
+              "ds_version": deepspeed.__version__}
+    return common, {"ds_config": ds_config, "ds_version": deepspeed.__version__}
+
+
 def pipeline_parts(num_layers: int, stages: int, method: str, layer_numels: list[int], tied: bool) -> list[int]:
     """First pipeline layer of each stage (and the end), as DeepSpeed's PipelineModule partitions them.
 
@@ -446,8 +554,14 @@ def _module_files(model: dict[str, torch.Tensor], layout: Layout, num_layers: in
 
 def write_checkpoint(model: dict[str, torch.Tensor], state: dict, save_dir: Path, tag: str, layout: Layout,
                      *, num_layers: int, config_yaml: str, note: dict, optimizer: Optional[dict[str, dict]] = None,
-                     param_shapes: Optional[dict[str, list]] = None) -> Path:
-    """Write `tag` under `save_dir` for `layout`, crash-safely: the folder appears complete or not at all."""
+                     param_shapes: Optional[dict[str, list]] = None, torch_optimizer: Optional[dict] = None) -> Path:
+    """Write `tag` under `save_dir` for `layout`, crash-safely: the folder appears complete or not at all.
+
+    `optimizer`: ZeRO optimizer files by name; `torch_optimizer`: the state_dict a stage-0 run loads
+    from mp_rank_00_model_states.pt (one model-parallel rank).
+    """
+    if torch_optimizer is not None and layout.tp * layout.pp != 1:
+        raise ReshardError(f"a torch optimizer state_dict belongs to one model-parallel rank, not to layout {layout}")
     from megatron.atomic_io import atomic_write_text, fsync_dir, fsync_tree
 
     save_dir.mkdir(parents=True, exist_ok=True)
@@ -467,7 +581,8 @@ def write_checkpoint(model: dict[str, torch.Tensor], state: dict, save_dir: Path
         for rank in range(layout.tp):
             name = f"mp_rank_{stage * layout.tp + rank:02d}_model_states.pt"
             (tmp / name).write_bytes(_torch_bytes({**common, "module": modules.pop(name, None),
-                                                   "param_shapes": (param_shapes or {}).get(name)}))
+                                                   "param_shapes": (param_shapes or {}).get(name),
+                                                   "optimizer": torch_optimizer}))
     for name, content in [*modules.items(), *(optimizer or {}).items()]:
         (tmp / name).write_bytes(_torch_bytes(content))
     (tmp / "config.yml").write_text(config_yaml)
@@ -510,26 +625,66 @@ def reshard(source: Path, save_dir: Path, layout: Layout, *, config_files=None) 
     _retarget_config(args, layout, notices)
     state = read_training_state(folder)
     tp, pp = source_layout(folder)
-    optim_files = shapes = None
+    target = _target_deepspeed_config(args, layout, notices)
+    from megatron.model import GPTModel
+
+    meta = GPTModel(m, args.sepllm, padded_vocab, device="meta")  # the order DeepSpeed flattens parameters in
+    order = [name for name, _ in meta.named_parameters()]
+    groups = torch_param_groups(meta)
+    optim_files = shapes = torch_state = None
+    stage0_source = False  # torch's state_dict over fp32 parameters rather than ZeRO files
     try:
         optim = read_optimizer(folder, num_layers)
         if optim is None:
-            notices.append(f"{folder} holds no ZeRO optimizer files (ZeRO stage 0); the optimizer state is not "
-                           "carried over: resume with no_load_optim: true")
+            optim = read_torch_optimizer(folder, model, groups)
+            stage0_source = optim is not None
+            if optim is None:
+                notices.append(f"{folder} holds no optimizer state (neither ZeRO files nor a torch optimizer's "
+                               "state_dict); resume with no_load_optim: true")
+            elif target is not None:
+                optim.common, optim.extra = zero_common(target)
     except ReshardError as exc:
         optim = None
         notices.append(str(exc))
     if optim is not None:
-        from megatron.model import GPTModel
-
-        meta = GPTModel(m, args.sepllm, padded_vocab, device="meta")  # the order DeepSpeed flattens parameters in
-        order = [name for name, _ in meta.named_parameters()]
-        optim_files, shapes = optimizer_files(model, optim, layout, num_layers, args.parallel.pipe_partition_method, order)
+        stage = int((target or {}).get("zero_optimization", {}).get("stage", args.optimizer.zero_stage))
+        low_precision = any(((target or {}).get(k) or {}).get("enabled") for k in ("fp16", "bf16"))
+        fp32_params = not low_precision and not optim.file_prefix
+        # ZeRO files from a stage-0 state need the target's ZeRO settings (zero_common), and fp32 parameters
+        # as their master weights.
+        if stage in (1, 2) and (not stage0_source or (target is not None and fp32_params)):
+            optim_files, shapes = optimizer_files(model, optim, layout, num_layers, args.parallel.pipe_partition_method, order)
+        elif stage == 0 and layout.tp * layout.pp == 1 and fp32_params and target is not None:
+            torch_state = torch_optimizer_state(optim, groups)  # DeepSpeed steps the torch optimizer itself
+        else:
+            optim = None
+            notices.append(f"the resumed run (layout {layout}, ZeRO stage {stage}"
+                           f"{', fp16/bf16 parameters' if low_precision else ''}) keeps its optimizer state in a format "
+                           "resharding does not write from this checkpoint's: resume with no_load_optim: true")
     note = {"from": str(folder), "source_layout": {"tp": tp, "pp": pp}, "target_layout": vars(layout).copy(),
             "optimizer": optim is not None}
     written = write_checkpoint(model, state, Path(save_dir), folder.name, layout, num_layers=num_layers,
-                               config_yaml=args.to_yaml(), note=note, optimizer=optim_files, param_shapes=shapes)
+                               config_yaml=args.to_yaml(), note=note, optimizer=optim_files, param_shapes=shapes,
+                               torch_optimizer=torch_state)
     return written, notices
+
+
+def _target_deepspeed_config(args, layout: Layout, notices: list[str]) -> Optional[dict]:
+    """The DeepSpeed config the stored config.yml runs with on `layout` (its ZeRO stage decides the optimizer
+    files: torch_autocast runs stage 0 on one data-parallel rank); None, with a notice, where it does not run."""
+    from megatron.neox_arguments.errors import ConfigError
+    from megatron.parallel.parallelize import Parallel
+
+    try:
+        return Parallel(layout, None, None).deepspeed_config(args.deepspeed_config(layout.dp))
+    except ConfigError as exc:
+        if args.precision.torch_autocast and layout.tp * layout.pp > 1:
+            raise ReshardError(
+                f"the checkpoint trained with torch_autocast, which runs without tensor or pipeline parallelism, and "
+                f"layout {layout} has them: reshard with --config_file naming the run's YAML with torch_autocast: false "
+                "(DeepSpeed's bf16 parameters), or keep model_parallel_size and pipe_parallel_size 1") from exc
+        notices.append(f"the stored config does not run with layout {layout} as it is ({exc}); change it before resuming")
+        return None
 
 
 def _retarget_config(args, layout: Layout, notices: list[str]) -> None:
