@@ -76,13 +76,23 @@ BUDGETS = [
 ]
 
 
-@pytest.mark.parametrize("seed", range(6))
-@pytest.mark.parametrize("budget", BUDGETS, ids=lambda b: f"{b.policy}-a{b.init_size}s{b.sep_size}w{b.local_size}c{b.capacity}")
-def test_token_and_chunked_match_brute_force(budget, seed):
-    rnd = random.Random(seed)
+def budget_id(b: CacheBudget) -> str:
+    return f"{b.policy}-a{b.init_size}s{b.sep_size}w{b.local_size}c{b.capacity}"
+
+
+def random_case(budget: CacheBudget, rnd: random.Random):
+    """A random row of 1-60 tokens over ids 0-5 and what the brute-force rules see and keep for it."""
     L = rnd.randint(1, 60)
     ids = torch.tensor([[rnd.choice([0, 1, 2, 3, 4, 5]) for _ in range(L)]])
-    want_seen, want_kept = brute_force(ids[0].tolist(), budget)
+    return ids, *brute_force(ids[0].tolist(), budget)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("budget", BUDGETS, ids=budget_id)
+def test_token_and_chunked_match_brute_force(budget, seed):
+    rnd = random.Random(seed)
+    ids, want_seen, want_kept = random_case(budget, rnd)
+    L = ids.shape[1]
     for chunks in ([1] * L, random_chunks(L, rnd), [L]):
         cache = SepKVCache(budget, SEPS)
         seen = run_chunks(cache, ids, chunks)

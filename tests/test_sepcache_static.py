@@ -9,16 +9,14 @@ from megatron.inference.graphed_step import GraphedTokenStep
 from megatron.sepllm.cache import CacheBudget, RotarySpec
 from megatron.sepllm.cache.static_cache import StaticSepKVCache
 from megatron.sepllm.hf import SepCache, apply_sepllm
-from tests.test_sepcache_core import BUDGETS, SEPS, _hf_rotate, brute_force
+from tests.test_sepcache_core import BUDGETS, SEPS, _hf_rotate, budget_id, random_case
 
 
 @pytest.mark.parametrize("seed", range(4))
-@pytest.mark.parametrize("budget", BUDGETS, ids=lambda b: f"{b.policy}-a{b.init_size}s{b.sep_size}w{b.local_size}c{b.capacity}")
+@pytest.mark.parametrize("budget", BUDGETS, ids=budget_id)
 def test_static_cache_follows_the_brute_force_rules(budget, seed):
-    rnd = random.Random(seed)
-    L = rnd.randint(1, 60)
-    ids = torch.tensor([[rnd.choice([0, 1, 2, 3, 4, 5]) for _ in range(L)]])
-    want_seen, want_kept = brute_force(ids[0].tolist(), budget)
+    ids, want_seen, want_kept = random_case(budget, random.Random(seed))
+    L = ids.shape[1]
     cache = StaticSepKVCache(budget, SEPS)
     for t in range(L):
         before = cache.layout
