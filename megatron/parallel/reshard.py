@@ -508,13 +508,13 @@ def _rank_optimizer_state(optim: OptimizerState, flat: dict[str, list[torch.Tens
             paddings.append(size - lean)
         mappings.append(_slice_mappings(shapes, d * size, size))
     base = {"state": state, "param_groups": copy.deepcopy(optim.param_groups)}
-    if optim.bf16_optimizer:
-        return {**optim.common, "base_optimizer_state": base, "single_partition_of_fp32_groups": fp32,
-                "group_paddings": paddings, "partition_count": [dp] * len(group_shapes),
-                "param_slice_mappings": mappings}
-    return {**optim.common, "base_optimizer_state": base, "single_partition_of_fp32_groups": fp32,
-            "group_paddings": paddings, "param_alignment_paddings": [[0] * len(s) for s in group_shapes],
-            "partition_count": [dp] * len(group_shapes), "param_slice_mappings": mappings}
+    sd = {**optim.common, "base_optimizer_state": base, "single_partition_of_fp32_groups": fp32,
+          "group_paddings": paddings}
+    if not optim.bf16_optimizer:  # DeepSpeed's key order, so same-layout files come out byte for byte
+        sd["param_alignment_paddings"] = [[0] * len(s) for s in group_shapes]
+    sd["partition_count"] = [dp] * len(group_shapes)
+    sd["param_slice_mappings"] = mappings
+    return sd
 
 
 def _slice_mappings(shapes: OrderedDict, start: int, size: int) -> OrderedDict:
