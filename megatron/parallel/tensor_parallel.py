@@ -14,6 +14,12 @@ The fused QKV rows are grouped per key/value head ([q of group | k | v], see mod
 contiguous row chunks give every rank whole groups: its own query heads with their key/value heads,
 and SepLLM masks (per head, identical for all heads) apply to the shard unchanged.
 `split_dim` is the one table of which dimension each parameter is split on; resharding uses it too.
+
+Parallel-residual blocks (gpt_j_residual, no hidden dropout) share their collectives between the
+two branches: out = x + reduce(attn_partial(ln1(x)) + mlp_partial(ln2(x))) + biases, so each layer
+pays one all-reduce forward and one backward (under sequence parallelism one all-gather of x and
+one reduce-scatter, each way) instead of one per branch. The norms then see partial gradients
+from each rank's column slices and get them summed like the sequence-parallel ones.
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from megatron.model.block import TransformerBlock
 from megatron.parallel import sequence_parallel as sp
 
 # Parameter name endings -> the dimension split over tensor-parallel ranks. Others are whole on every rank.
@@ -84,15 +91,19 @@ def _layer_classes():
             return super().forward(x)[0]
 
     class RowParallel(RowParallelLinear):
-        """megatron-core's row-parallel linear returning only the output. Under sequence parallelism
-        the partial outputs are reduce-scattered over the sequence instead of all-reduced."""
+        """megatron-core's row-parallel linear returning only the output. `reduce` says what sums the
+        ranks' partial products: "all_reduce", "reduce_scatter" over the sequence (sequence
+        parallelism), or "none": the caller reduces them and adds the bias (a fused block)."""
 
-        reduce_scatter_sequence = False
+        reduce = "all_reduce"
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            if not self.reduce_scatter_sequence:
+            if self.reduce == "all_reduce":
                 return super().forward(x)[0]
-            out = sp.reduce_scatter_to_sequence(F.linear(x, self.weight), self.tp_group)
+            out = F.linear(x, self.weight)
+            if self.reduce == "none":
+                return out
+            out = sp.reduce_scatter_to_sequence(out, self.tp_group)
             return out if self.bias is None else out + self.bias
 
     class OutputLayer(ColumnParallelLinear):
@@ -104,6 +115,45 @@ def _layer_classes():
             return super().forward(hidden, weight=None if self.weight is not None else tied_weight)[0]
 
     return ColumnParallel, RowParallel, OutputLayer, VocabParallelEmbedding
+
+
+class FusedBranchesBlock(TransformerBlock):
+    """A tensor-parallel parallel-residual block whose branches share one collective each way.
+
+    `tensor_parallelize` gives this class to the built blocks it applies to; parameters and their
+    names are the block's own, so checkpoints do not change.
+    """
+
+    tp_group = None
+    sequence_parallel = False
+
+    def forward(self, hidden, input_ids, position_ids=None, doc_ids=None, key_valid=None, *, ctx=None):
+        from megatron.core.tensor_parallel.mappings import (
+            copy_to_tensor_model_parallel_region, reduce_from_tensor_model_parallel_region)
+
+        if ctx is None:
+            ctx = self._context_builder(input_ids, position_ids, doc_ids, key_valid)
+        if self.sequence_parallel:  # hidden [B, L/tp, h] -> x [B, L, h]
+            x = sp.gather_from_sequence(hidden, self.tp_group)
+        else:  # the same x on every rank; its partial gradients are all-reduced
+            x = copy_to_tensor_model_parallel_region(hidden, self.tp_group)
+        attn_in = self.input_layernorm(x)
+        mlp_in = attn_in if self.post_attention_layernorm is None else self.post_attention_layernorm(x)
+        partial = self.attention(attn_in, ctx) + self.mlp(mlp_in)  # row-parallel products, unreduced
+        if self.sequence_parallel:
+            out = sp.reduce_scatter_to_sequence(partial, self.tp_group)
+        else:
+            out = reduce_from_tensor_model_parallel_region(partial, self.tp_group)
+        for bias in (self.attention.dense.bias, self.mlp.dense_4h_to_h.bias):
+            if bias is not None:
+                out = out + bias
+        return out + hidden
+
+
+def fuses_branches(block: nn.Module) -> bool:
+    """Whether tensor parallelism can share one collective between `block`'s two branches: a parallel
+    residual with no hidden dropout (dropping each branch's partial sum would draw other masks)."""
+    return isinstance(block, TransformerBlock) and block.parallel_residual and block.hidden_dropout.p == 0.0
 
 
 def tensor_parallelize(model: nn.Module, *, rank: int, size: int, group, sequence_parallel: bool) -> None:
@@ -118,37 +168,43 @@ def tensor_parallelize(model: nn.Module, *, rank: int, size: int, group, sequenc
     )
     common = dict(config=config, init_method=_no_init, tp_group=group)
 
-    def column(linear: nn.Linear) -> nn.Module:
+    def column(linear: nn.Linear, grad_reduced_outside: bool) -> nn.Module:
         # Under sequence parallelism the gathered input's gradient is reduce-scattered by the
-        # gather itself, so the layer must not all-reduce it as well.
+        # gather itself, and in a fused block by the block; the layer must not all-reduce it as well.
         layer = ColumnParallel(linear.in_features, linear.out_features, bias=linear.bias is not None,
-                               gather_output=False, disable_grad_reduce=sequence_parallel, **common)
+                               gather_output=False, disable_grad_reduce=grad_reduced_outside, **common)
         _copy(layer.weight, linear.weight, 0, rank, size)
         _copy(layer.bias, linear.bias, 0, rank, size)
         _mark_split(layer.weight, 0)
         _mark_split(layer.bias, 0)
         return layer
 
-    def row(linear: nn.Linear) -> nn.Module:
+    def row(linear: nn.Linear, reduce: str) -> nn.Module:
         layer = RowParallel(linear.in_features, linear.out_features, bias=linear.bias is not None,
                             input_is_parallel=True, skip_bias_add=False, **common)
-        layer.reduce_scatter_sequence = sequence_parallel
+        layer.reduce = reduce
         _copy(layer.weight, linear.weight, 1, rank, size)
         _copy(layer.bias, linear.bias, None, rank, size)
         _mark_split(layer.weight, 1)
         return layer
 
-    for block in model.layers:
+    fused = [fuses_branches(block) for block in model.layers]
+    for block, fuse in zip(model.layers, fused):
+        outside = sequence_parallel or fuse
+        reduce = "none" if fuse else "reduce_scatter" if sequence_parallel else "all_reduce"
         attn = block.attention
-        attn.query_key_value = column(attn.query_key_value)
-        attn.dense = row(attn.dense)
+        attn.query_key_value = column(attn.query_key_value, outside)
+        attn.dense = row(attn.dense, reduce)
         attn.num_heads //= size
         attn.num_kv_heads //= size
         mlp = block.mlp
-        mlp.dense_h_to_4h = column(mlp.dense_h_to_4h)
+        mlp.dense_h_to_4h = column(mlp.dense_h_to_4h, outside)
         if mlp.dense_h_to_4h_gate is not None:
-            mlp.dense_h_to_4h_gate = column(mlp.dense_h_to_4h_gate)
-        mlp.dense_4h_to_h = row(mlp.dense_4h_to_h)
+            mlp.dense_h_to_4h_gate = column(mlp.dense_h_to_4h_gate, outside)
+        mlp.dense_4h_to_h = row(mlp.dense_4h_to_h, reduce)
+        if fuse:
+            block.__class__ = FusedBranchesBlock
+            block.tp_group, block.sequence_parallel = group, sequence_parallel
 
     whole = model.embedding.word_embeddings
     vocab, hidden = whole.weight.shape
@@ -170,14 +226,21 @@ def tensor_parallelize(model: nn.Module, *, rank: int, size: int, group, sequenc
         per_rank = len(builder.alibi_slopes) // size
         builder.alibi_slopes = builder.alibi_slopes[rank * per_rank : (rank + 1) * per_rank]
 
+    # Whole parameters that see partial gradients: under sequence parallelism every one after the
+    # scatter (each rank has its own tokens), else the norms of fused blocks (see FusedBranchesBlock).
+    partial_grads: list[nn.Module] = []
     if sequence_parallel:
         sp.scatter_output_of(model.embedding, group)
-        for block in model.layers:
-            sp.gather_input_of(block.attention, group)
-            sp.gather_input_of(block.mlp, group)
+        for block, fuse in zip(model.layers, fused):
+            if not fuse:
+                sp.gather_input_of(block.attention, group)
+                sp.gather_input_of(block.mlp, group)
         sp.gather_input_of(model.output_layer, group)
-        after_scatter = list(model.layers) + [model.final_norm]
-        sp.sum_replicated_grads(
-            (p for m in after_scatter for n, p in m.named_parameters() if split_dim("." + n) is None), group
-        )
+        partial_grads = list(model.layers) + [model.final_norm]
+    else:
+        partial_grads = [norm for block, fuse in zip(model.layers, fused) if fuse
+                         for norm in (block.input_layernorm, block.post_attention_layernorm) if norm is not None]
+    sp.sum_replicated_grads(
+        (p for m in partial_grads for n, p in m.named_parameters() if split_dim("." + n) is None), group
+    )
 

@@ -1,0 +1,141 @@
+"""Tensor-parallel blocks on 2 gloo ranks give the whole model's loss and gradients, block type by block type.
+
+One launch of this file as a worker (`torchrun --nproc_per_node 2 tests/test_tensor_parallel_blocks.py OUT.json`)
+builds each case's model whole, shards a copy with `tensor_parallelize`, and compares one forward and
+backward: the loss, and every parameter's gradient against this rank's slice of the whole model's.
+The cases cover both residuals with and without sequence parallelism, so parallel-residual blocks run
+both as FusedBranchesBlock (one collective each way for both branches) and, with hidden dropout
+listed but off in eval mode, the per-branch path; one fused case runs under torch.compile.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+MODEL = {
+    "num_layers": 2, "hidden_size": 32, "num_attention_heads": 4, "seq_length": 16, "max_position_embeddings": 16,
+    "pos_emb": "rotary", "rotary_pct": 0.5, "init_method_std": 0.1, "separator_token_ids": [3, 5],
+    "prefill_local_window_size": 4, "USE_SEP_ATTN_KERNEL_ACCELERATOR": False, "precision": "fp32",
+}
+# name -> (settings, sequence_parallel, compiled, block class expected after sharding)
+CASES = {
+    "parallel": ({"gpt_j_residual": True, "use_bias_in_attn_linear": True}, False, False, "FusedBranchesBlock"),
+    "parallel_sp": ({"gpt_j_residual": True}, True, False, "FusedBranchesBlock"),
+    "parallel_tied_sp_gqa": ({"gpt_j_residual": True, "gpt_j_tied": True, "num_kv_heads": 2, "activation": "swiglu",
+                              "mlp_multiple_of": 16}, True, False, "FusedBranchesBlock"),
+    "parallel_dropout_sp": ({"gpt_j_residual": True, "hidden_dropout": 0.1}, True, False, "TransformerBlock"),
+    "sequential": ({"gpt_j_residual": False, "norm": "rmsnorm"}, False, False, "TransformerBlock"),
+    "sequential_sp": ({"gpt_j_residual": False}, True, False, "TransformerBlock"),
+    "parallel_sp_compiled": ({"gpt_j_residual": True, "USE_ORIGINAL_FULL_ATTEN": True}, True, True, "FusedBranchesBlock"),
+}
+VOCAB = 64
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tp_blocks") / "result.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+           str(Path(__file__).resolve()), str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return json.loads(out.read_text())
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.multiproc
+@pytest.mark.parametrize("case", list(CASES))
+def test_tensor_parallel_block_matches_whole_model(results, case):
+    for rank_result in results:
+        got = rank_result[case]
+        assert got["block"] == CASES[case][3]
+        assert got["loss_diff"] < 1e-5, got
+        assert got["grads_compared"] > 10
+        assert got["max_grad_diff"] < 1e-5, got["worst"]
+        assert got["grad_scale"] > 1e-3  # the gradients compared are not all zero
+
+
+def _case(name: str, settings: dict, sequence_parallel: bool, compiled: bool, rank: int, group) -> dict:
+    import copy
+
+    import torch
+
+    from megatron.model import GPTModel
+    from megatron.neox_arguments import NeoXArgs
+    from megatron.parallel.loss import lm_loss, vocab_parallel_lm_loss
+    from megatron.parallel.tensor_parallel import shard, split_dim, tensor_parallelize
+
+    args = NeoXArgs.from_dict({**MODEL, **settings})
+    torch.manual_seed(5)
+    whole = GPTModel(args.model, args.sepllm, VOCAB)
+    model = copy.deepcopy(whole)
+    tensor_parallelize(model, rank=rank, size=2, group=group, sequence_parallel=sequence_parallel)
+    if compiled:
+        from megatron.parallel.compile import compile_model
+
+        compile_model(model)
+    if settings.get("hidden_dropout"):
+        whole.eval(), model.eval()  # dropout listed, so the block takes the per-branch path, but off
+    g = torch.Generator().manual_seed(7)
+    ids = torch.randint(0, 16, (2, MODEL["seq_length"]), generator=g)  # ids 3 and 5 are separators
+    labels = torch.randint(0, VOCAB, ids.shape, generator=g)
+    mask = torch.ones(ids.shape)
+
+    want = lm_loss(whole(ids), labels, mask)
+    want.backward()
+    got = vocab_parallel_lm_loss(model(ids), labels, mask)
+    got.backward()
+
+    reference = dict(whole.named_parameters())
+    worst, max_diff, scale, compared = "", 0.0, 0.0, 0
+    for n, p in model.named_parameters():
+        n = n.replace("_orig_mod.", "")
+        expected = shard(reference[n].grad, split_dim(n), rank, 2)
+        diff = float((p.grad - expected).abs().max())
+        compared += 1
+        scale = max(scale, float(expected.abs().max()))
+        if diff >= max_diff:
+            worst, max_diff = n, diff
+    return {"block": type(model.layers[0]).__name__, "loss_diff": abs(float(got) - float(want)),
+            "max_grad_diff": max_diff, "worst": f"{worst}: {max_diff:.2e}", "grad_scale": scale,
+            "grads_compared": compared}
+
+
+def _worker(out: str) -> None:
+    sys.path.insert(0, str(ROOT))
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    from megatron.core import parallel_state
+
+    from megatron.parallel.groups import init_megatron_core
+    from megatron.parallel.layout import Layout
+
+    init_megatron_core(Layout(tp=2, pp=1, dp=1))
+    group = parallel_state.get_tensor_model_parallel_group()
+    rank = dist.get_rank()
+    result = {name: _case(name, settings, sp, compiled, rank, group)
+              for name, (settings, sp, compiled, _) in CASES.items()}
+    gathered = [None, None]
+    dist.all_gather_object(gathered, result)
+    if rank == 0:
+        Path(out).write_text(json.dumps(gathered))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    _worker(sys.argv[1])
