@@ -51,6 +51,17 @@ def test_cases_match_reference(case):
     check_case(sep_attention_kernel, case)
 
 
+@pytest.mark.parametrize("wide", [2, 4])
+def test_wide_mask_free_runs_match_reference(monkeypatch, wide):
+    # Mask-free runs walked `wide` tiles at a time, their remainder among the masked blocks:
+    # long enough rows that the far part and the far dK/dV query range span many tiles.
+    from megatron.sepllm.kernel import configs as C
+
+    monkeypatch.setattr(C, "INTERPRETER", C.BlockConfig(16, 16, 1, 1, wide))
+    check_case(sep_attention_kernel, Case(B=2, H=2, Hkv=1, L=230, D=16, vocab=6, sep=dict(prefill_local_window_size=7)))
+    check_case(sep_attention_kernel, Case(L=181, D=16, vocab=12, seed=wide, sep=dict(prefill_local_window_size=20)))
+
+
 def test_per_layer_windows_and_full_layer_with_docs():
     # Layer 1 covers the sequence (full causal within documents): the kernel handles it too.
     case = Case(L=64, D=16, layers=3, docs=True, sep=dict(

@@ -21,6 +21,14 @@ class BlockConfig:
     block_n: int  # keys per tile
     num_warps: int
     num_stages: int
+    # fwd/dQ: the mask-free run of far (compact) key blocks is walked `wide` blocks at a time;
+    # far dK/dV: its mask-free run of query blocks. Wider tiles there, where no mask is needed,
+    # keep the masked edges at the small tile. The band dK/dV kernel has no such run (1).
+    wide: int = 1
+
+    def __post_init__(self):
+        if self.wide < 1 or self.wide & (self.wide - 1):
+            raise ValueError(f"BlockConfig.wide must be a power of two (Triton tile sizes are), got {self.wide}")
 
 
 # Keyed by (kernel, head-dim bucket). fwd/dq need block_m % block_n == 0 (band alignment).

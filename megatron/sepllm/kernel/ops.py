@@ -63,7 +63,7 @@ def _cfg(kind: str, head_dim: int) -> C.BlockConfig:
 
 
 def _consts(D: int, cfg: C.BlockConfig, *flags: bool) -> tuple:
-    return (D, _block_d(D), cfg.block_m, cfg.block_n, *flags)
+    return (D, _block_d(D), cfg.block_m, cfg.block_n, cfg.wide, *flags)
 
 
 def launch_forward(q, k, v, layout: SepLayout, window: int, scale: float, cfg: Optional[C.BlockConfig] = None):
@@ -116,7 +116,7 @@ def launch_dkdv_band(do, q, k, v, lse, delta, layout: SepLayout, window: int, sc
         (q, k, v, do, dk, dv, lse, delta, doc, valid),
         _dkdv_strides(do, q, k, v, dk, dv),
         (L, window, H, scale * LOG2E, scale, H // Hkv),
-        _consts(D, cfg, has_docs, has_valid),
+        (D, _block_d(D), cfg.block_m, cfg.block_n, has_docs, has_valid),  # no mask-free run: no WIDE
     )
     return dk, dv
 
