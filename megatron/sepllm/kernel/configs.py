@@ -33,12 +33,15 @@ class BlockConfig:
 
 # Keyed by (kernel, head-dim bucket). fwd/dq need block_m % block_n == 0 (band alignment).
 # The fastest CANDIDATES on one H100, bf16 (2k tokens for head dim 64, 8k for 128): the sweep
-# table is in benchmarks/RESULTS.md.
+# table is in benchmarks/RESULTS.md. Head dim 128, fourth round (8k and 32k tokens): dQ with its
+# mask-free far run two tiles wide, 0.479 -> 0.462 ms at 8k and 2.29 -> 2.07 ms at 32k (with the
+# wide tile, the former 5 stages ran 0.64 ms at 8k); the forward at 3 stages, ~1%. Wide tiles
+# measured flat or slower for the forward and the far dK/dV kernel.
 _DEFAULTS: dict[tuple[str, int], BlockConfig] = {
     (FWD, 64): BlockConfig(64, 32, 4, 3),
-    (FWD, 128): BlockConfig(128, 32, 4, 4),
+    (FWD, 128): BlockConfig(128, 32, 4, 3),
     (DQ, 64): BlockConfig(64, 32, 4, 3),
-    (DQ, 128): BlockConfig(64, 32, 4, 5),
+    (DQ, 128): BlockConfig(64, 32, 4, 3, wide=2),
     (DKDV, 64): BlockConfig(16, 64, 4, 3),
     (DKDV, 128): BlockConfig(32, 64, 4, 3),
     (DKDV_FAR, 64): BlockConfig(32, 64, 4, 3),
@@ -48,8 +51,9 @@ _DEFAULTS: dict[tuple[str, int], BlockConfig] = {
 CANDIDATES: dict[str, list[BlockConfig]] = {
     FWD: [BlockConfig(128, 32, 4, 4), BlockConfig(64, 64, 4, 3), BlockConfig(64, 32, 4, 3), BlockConfig(128, 32, 4, 5),
           BlockConfig(64, 64, 4, 2), BlockConfig(64, 64, 8, 3), BlockConfig(64, 32, 4, 4), BlockConfig(128, 32, 4, 3),
-          BlockConfig(128, 64, 8, 3), BlockConfig(64, 32, 8, 3)],
-    DQ: [BlockConfig(64, 32, 4, 5), BlockConfig(64, 32, 4, 3), BlockConfig(64, 32, 4, 4), BlockConfig(64, 16, 4, 4),
+          BlockConfig(128, 64, 8, 3), BlockConfig(64, 32, 8, 3), BlockConfig(128, 32, 4, 4, wide=2)],
+    DQ: [BlockConfig(64, 32, 4, 3, wide=2), BlockConfig(64, 32, 4, 4, wide=2), BlockConfig(64, 32, 4, 5),
+         BlockConfig(64, 32, 4, 3), BlockConfig(64, 32, 4, 4), BlockConfig(64, 16, 4, 4),
          BlockConfig(128, 64, 8, 3), BlockConfig(64, 32, 4, 6), BlockConfig(64, 32, 8, 5), BlockConfig(128, 32, 8, 5),
          BlockConfig(64, 16, 4, 5), BlockConfig(128, 64, 8, 4)],
     DKDV: [BlockConfig(32, 64, 4, 3), BlockConfig(16, 64, 4, 3), BlockConfig(32, 64, 4, 2), BlockConfig(16, 64, 4, 2),
@@ -58,7 +62,8 @@ CANDIDATES: dict[str, list[BlockConfig]] = {
     DKDV_FAR: [BlockConfig(32, 64, 4, 3), BlockConfig(32, 64, 4, 4), BlockConfig(32, 64, 4, 2), BlockConfig(32, 64, 8, 3),
                BlockConfig(32, 64, 8, 4), BlockConfig(16, 64, 4, 4), BlockConfig(64, 64, 8, 3), BlockConfig(64, 128, 8, 2),
                BlockConfig(32, 128, 8, 3), BlockConfig(32, 32, 4, 3), BlockConfig(64, 32, 4, 3), BlockConfig(32, 32, 4, 4),
-               BlockConfig(64, 32, 4, 4), BlockConfig(16, 32, 4, 3)],
+               BlockConfig(64, 32, 4, 4), BlockConfig(16, 32, 4, 3), BlockConfig(16, 64, 4, 3, wide=2),
+               BlockConfig(16, 64, 4, 3, wide=4)],
 }
 
 # Small tiles for TRITON_INTERPRET=1 (CPU tests): any shape works there, small ones run fast.
