@@ -2,10 +2,13 @@
 
 One launch of this file as a worker (`torchrun --nproc_per_node 2 tests/test_tensor_parallel_blocks.py OUT.json`)
 builds each case's model whole, shards a copy with `tensor_parallelize`, and compares one forward and
-backward: the loss, and every parameter's gradient against this rank's slice of the whole model's.
+backward: the loss, and every parameter's gradient against this rank's slice of the whole model's
+(compiled cases with the compiled vocab-parallel loss); the vocab-parallel losses are also checked
+on their own against the whole vocabulary's.
 The cases cover both residuals with and without sequence parallelism, so parallel-residual blocks run
 both as FusedBranchesBlock (one collective each way for both branches) and, with hidden dropout
-listed but off in eval mode, the per-branch path; one fused case runs under torch.compile.
+listed but off in eval mode, the per-branch path; fused cases with and without sequence parallelism
+run under torch.compile too.
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ CASES = {
     "sequential": ({"gpt_j_residual": False, "norm": "rmsnorm"}, False, False, "TransformerBlock"),
     "sequential_sp": ({"gpt_j_residual": False}, True, False, "TransformerBlock"),
     "parallel_sp_compiled": ({"gpt_j_residual": True, "USE_ORIGINAL_FULL_ATTEN": True}, True, True, "FusedBranchesBlock"),
+    "parallel_compiled": ({"gpt_j_residual": True}, False, True, "FusedBranchesBlock"),
 }
 VOCAB = 64
 
@@ -76,6 +80,7 @@ def _case(name: str, settings: dict, sequence_parallel: bool, compiled: bool, ra
 
     from megatron.model import GPTModel
     from megatron.neox_arguments import NeoXArgs
+    from megatron.parallel.compile import compiled_vocab_parallel_lm_loss
     from megatron.parallel.loss import lm_loss, vocab_parallel_lm_loss
     from megatron.parallel.tensor_parallel import shard, split_dim, tensor_parallelize
 
@@ -97,7 +102,7 @@ def _case(name: str, settings: dict, sequence_parallel: bool, compiled: bool, ra
 
     want = lm_loss(whole(ids), labels, mask)
     want.backward()
-    got = vocab_parallel_lm_loss(model(ids), labels, mask)
+    got = (compiled_vocab_parallel_lm_loss() if compiled else vocab_parallel_lm_loss)(model(ids), labels, mask)
     got.backward()
 
     reference = dict(whole.named_parameters())
@@ -115,6 +120,39 @@ def _case(name: str, settings: dict, sequence_parallel: bool, compiled: bool, ra
             "grads_compared": compared}
 
 
+@pytest.mark.multiproc
+def test_vocab_parallel_loss_matches_the_whole_vocabulary_eager_and_compiled(results):
+    for rank_result in results:
+        for name, (loss_diff, grad_diff) in rank_result["loss"].items():
+            assert loss_diff < 2e-6 and grad_diff < 1e-7, (name, loss_diff, grad_diff)
+
+
+def _losses(rank: int) -> dict:
+    """Each vocab-parallel loss against lm_loss over the whole vocabulary: (loss diff, max grad diff)."""
+    import torch
+    from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
+
+    from megatron.parallel.compile import compiled_vocab_parallel_lm_loss
+    from megatron.parallel.loss import lm_loss, vocab_parallel_lm_loss
+
+    g = torch.Generator().manual_seed(3)
+    whole = (torch.randn(2, 16, VOCAB, generator=g) * 5).requires_grad_()
+    labels = torch.randint(0, VOCAB, (2, 16), generator=g)  # in both ranks' halves
+    mask = (torch.rand(2, 16, generator=g) > 0.3).float()
+    want = lm_loss(whole, labels, mask)
+    want.backward()
+    ours = {"eager": vocab_parallel_lm_loss, "compiled": compiled_vocab_parallel_lm_loss(),
+            "megatron-core": lambda x, y, m: (vocab_parallel_cross_entropy(x.float(), y) * m).sum() / m.sum()}
+    result = {}
+    for name, fn in ours.items():
+        x = whole.detach().chunk(2, dim=-1)[rank].clone().requires_grad_()
+        got = fn(x, labels, mask)
+        got.backward()
+        expected = whole.grad.chunk(2, dim=-1)[rank]
+        result[name] = (abs(float(got) - float(want)), float((x.grad - expected).abs().max()))
+    return result
+
+
 def _worker(out: str) -> None:
     sys.path.insert(0, str(ROOT))
     import torch.distributed as dist
@@ -130,6 +168,7 @@ def _worker(out: str) -> None:
     rank = dist.get_rank()
     result = {name: _case(name, settings, sp, compiled, rank, group)
               for name, (settings, sp, compiled, _) in CASES.items()}
+    result["loss"] = _losses(rank)
     gathered = [None, None]
     dist.all_gather_object(gathered, result)
     if rank == 0:

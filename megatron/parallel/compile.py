@@ -17,9 +17,9 @@ its work is already one fused kernel (the Sep-Attention Triton kernels, or SDPA)
 exactly as in eager mode, never an unfused fallback. Such a block thus runs as: compiled graph
 (norms, QKV, rotary) -> attention kernel -> compiled graph (output projection, MLP, residual).
 
-The language-model loss over the logits is compiled separately (`compiled_lm_loss`): in eager
-mode its fp32 cast, log-softmax and their gradients each read and write the whole
-[tokens x vocabulary] tensor.
+The language-model loss over the logits is compiled separately (`compiled_lm_loss`, and
+`compiled_vocab_parallel_lm_loss` under tensor parallelism): in eager mode its fp32 cast,
+log-softmax and their gradients each read and write the whole [tokens x vocabulary] tensor.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ import functools
 import torch
 from torch import nn
 
-from megatron.parallel.loss import lm_loss
+from megatron.parallel.loss import lm_loss, vocab_parallel_lm_loss
 
 
 def compile_model(model: nn.Module) -> None:
@@ -53,3 +53,10 @@ def compile_model(model: nn.Module) -> None:
 def compiled_lm_loss():
     """`megatron.parallel.loss.lm_loss` under torch.compile (one fused pass over the logits)."""
     return torch.compile(lm_loss, dynamic=False)
+
+
+@functools.cache
+def compiled_vocab_parallel_lm_loss():
+    """`megatron.parallel.loss.vocab_parallel_lm_loss` under torch.compile (its two sums over the
+    tensor-parallel group are traced into the graph)."""
+    return torch.compile(vocab_parallel_lm_loss, dynamic=False)

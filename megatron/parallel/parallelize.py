@@ -54,13 +54,12 @@ class Parallel:
         return None if self.mpu is None else self.mpu.get_data_parallel_group()
 
     def lm_loss(self, logits: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
-        if self.layout.tp == 1:
-            if self.compiled:
-                from megatron.parallel.compile import compiled_lm_loss
+        if self.compiled:
+            from megatron.parallel import compile as c
 
-                return compiled_lm_loss()(logits, labels, loss_mask)
-            return lm_loss(logits, labels, loss_mask)
-        return vocab_parallel_lm_loss(logits, labels, loss_mask)
+            loss = c.compiled_lm_loss() if self.layout.tp == 1 else c.compiled_vocab_parallel_lm_loss()
+            return loss(logits, labels, loss_mask)
+        return (lm_loss if self.layout.tp == 1 else vocab_parallel_lm_loss)(logits, labels, loss_mask)
 
     def _pipe_loss(self, logits: torch.Tensor, labels: tuple) -> torch.Tensor:
         return self.lm_loss(logits, *labels)

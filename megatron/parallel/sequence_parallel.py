@@ -14,6 +14,10 @@ transposed copy of the whole activation before and after each collective (Megatr
 [seq, batch, hidden] activations), which measured slower than no sequence parallelism at all.
 Parameters that stay whole on every rank but see only part of the tokens (norm weights, row-parallel
 biases) get partial gradients; `sum_replicated_grads` adds them up over the group.
+
+The same one-collective-and-its-adjoint autograd function also gives the two plain tensor-parallel
+regions that fused blocks (tensor_parallel.FusedBranchesBlock) enter and leave without sequence
+parallelism: `copy_to_group` and `reduce_over_group`.
 """
 from __future__ import annotations
 
@@ -57,12 +61,26 @@ def _split(x: torch.Tensor, group) -> torch.Tensor:
     return x.contiguous().view(size, -1)[dist.get_rank(group)].view(local).clone()
 
 
+def _identity(x: torch.Tensor, group) -> torch.Tensor:
+    # A view, not x itself: torch.compile refuses a custom Function that returns its input as-is.
+    return x.view_as(x)
+
+
+def _all_reduce(x: torch.Tensor, group) -> torch.Tensor:
+    if dist.get_world_size(group) == 1:
+        return x
+    x = x.contiguous().clone()
+    dist.all_reduce(x, group=group)
+    return x
+
+
 class _SequenceComm(torch.autograd.Function):
     """One collective in forward, its adjoint in backward:
     split      <-> all-gather     (keep this rank's slice of the sequence);
     all-gather <-> reduce-scatter (every rank's column-parallel layer contributed a partial input
                                    gradient for the whole sequence);
-    reduce-scatter <-> all-gather (sum row-parallel partial outputs, keep this rank's slice)."""
+    reduce-scatter <-> all-gather (sum row-parallel partial outputs, keep this rank's slice);
+    identity   <-> all-reduce     (the whole input to every rank; partial gradients summed)."""
 
     @staticmethod
     def forward(ctx, x, group, forward_op, backward_op):
@@ -84,6 +102,16 @@ def gather_from_sequence(x: torch.Tensor, group) -> torch.Tensor:
 
 def reduce_scatter_to_sequence(x: torch.Tensor, group) -> torch.Tensor:
     return _SequenceComm.apply(x, group, _reduce_scatter, _gather)
+
+
+def copy_to_group(x: torch.Tensor, group) -> torch.Tensor:
+    """x on every rank as it is; in backward the ranks' partial gradients of it are summed."""
+    return _SequenceComm.apply(x, group, _identity, _all_reduce)
+
+
+def reduce_over_group(x: torch.Tensor, group) -> torch.Tensor:
+    """The sum of the ranks' partial x (row-parallel products); its gradient is the same on every rank."""
+    return _SequenceComm.apply(x, group, _all_reduce, _identity)
 
 
 def _gather_input_hook(group, module, args):

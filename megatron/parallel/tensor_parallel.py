@@ -128,22 +128,19 @@ class FusedBranchesBlock(TransformerBlock):
     sequence_parallel = False
 
     def forward(self, hidden, input_ids, position_ids=None, doc_ids=None, key_valid=None, *, ctx=None):
-        from megatron.core.tensor_parallel.mappings import (
-            copy_to_tensor_model_parallel_region, reduce_from_tensor_model_parallel_region)
-
         if ctx is None:
             ctx = self._context_builder(input_ids, position_ids, doc_ids, key_valid)
         if self.sequence_parallel:  # hidden [B, L/tp, h] -> x [B, L, h]
             x = sp.gather_from_sequence(hidden, self.tp_group)
         else:  # the same x on every rank; its partial gradients are all-reduced
-            x = copy_to_tensor_model_parallel_region(hidden, self.tp_group)
+            x = sp.copy_to_group(hidden, self.tp_group)
         attn_in = self.input_layernorm(x)
         mlp_in = attn_in if self.post_attention_layernorm is None else self.post_attention_layernorm(x)
         partial = self.attention(attn_in, ctx) + self.mlp(mlp_in)  # row-parallel products, unreduced
         if self.sequence_parallel:
             out = sp.reduce_scatter_to_sequence(partial, self.tp_group)
         else:
-            out = reduce_from_tensor_model_parallel_region(partial, self.tp_group)
+            out = sp.reduce_over_group(partial, self.tp_group)
         for bias in (self.attention.dense.bias, self.mlp.dense_4h_to_h.bias):
             if bias is not None:
                 out = out + bias
