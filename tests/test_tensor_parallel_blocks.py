@@ -42,15 +42,18 @@ CASES = {
 VOCAB = 64
 
 
-@pytest.fixture(scope="module")
-def results(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tp_blocks") / "result.json"
+def launch(out: Path, device: str = "cpu", cases: tuple[str, ...] = ()) -> list[dict]:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-           str(Path(__file__).resolve()), str(out)]
+           str(Path(__file__).resolve()), str(out), device, *cases]
     proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     return json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    return launch(tmp_path_factory.mktemp("tp_blocks") / "result.json")
 
 
 def _free_port() -> int:
@@ -61,9 +64,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.multiproc
-@pytest.mark.parametrize("case", list(CASES))
-def test_tensor_parallel_block_matches_whole_model(results, case):
+def check_case(results: list[dict], case: str) -> None:
     for rank_result in results:
         got = rank_result[case]
         assert got["block"] == CASES[case][3]
@@ -73,7 +74,31 @@ def test_tensor_parallel_block_matches_whole_model(results, case):
         assert got["grad_scale"] > 1e-3  # the gradients compared are not all zero
 
 
-def _case(name: str, settings: dict, sequence_parallel: bool, compiled: bool, rank: int, group) -> dict:
+@pytest.mark.multiproc
+@pytest.mark.parametrize("case", list(CASES))
+def test_tensor_parallel_block_matches_whole_model(results, case):
+    check_case(results, case)
+
+
+@pytest.mark.gpu
+@pytest.mark.multiproc
+def test_compiled_tensor_parallel_blocks_on_one_gpu(tmp_path):
+    """The CUDA (inductor) graphs, both ranks on one GPU through gloo. Compiled on CUDA, in-place
+    collectives inside an autograd Function's backward once lost their result while the CPU graphs
+    were right. Gloo has no CUDA reduce-scatter, so the sequence-parallel cases need two GPUs
+    (tests/test_parallel_gpu.py)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    cases = ("parallel", "parallel_compiled", "sequential")
+    results = launch(tmp_path / "result.json", "cuda", cases)
+    for case in cases:
+        check_case(results, case)
+    check_losses(results)
+
+
+def _case(name: str, settings: dict, sequence_parallel: bool, compiled: bool, rank: int, group, device) -> dict:
     import copy
 
     import torch
@@ -89,6 +114,7 @@ def _case(name: str, settings: dict, sequence_parallel: bool, compiled: bool, ra
     whole = GPTModel(args.model, args.sepllm, VOCAB)
     model = copy.deepcopy(whole)
     tensor_parallelize(model, rank=rank, size=2, group=group, sequence_parallel=sequence_parallel)
+    whole.to(device), model.to(device)
     if compiled:
         from megatron.parallel.compile import compile_model
 
@@ -96,9 +122,9 @@ def _case(name: str, settings: dict, sequence_parallel: bool, compiled: bool, ra
     if settings.get("hidden_dropout"):
         whole.eval(), model.eval()  # dropout listed, so the block takes the per-branch path, but off
     g = torch.Generator().manual_seed(7)
-    ids = torch.randint(0, 16, (2, MODEL["seq_length"]), generator=g)  # ids 3 and 5 are separators
-    labels = torch.randint(0, VOCAB, ids.shape, generator=g)
-    mask = torch.ones(ids.shape)
+    ids = torch.randint(0, 16, (2, MODEL["seq_length"]), generator=g).to(device)  # ids 3 and 5 are separators
+    labels = torch.randint(0, VOCAB, ids.shape, generator=g).to(device)
+    mask = torch.ones(ids.shape, device=device)
 
     want = lm_loss(whole(ids), labels, mask)
     want.backward()
@@ -120,14 +146,18 @@ def _case(name: str, settings: dict, sequence_parallel: bool, compiled: bool, ra
             "grads_compared": compared}
 
 
-@pytest.mark.multiproc
-def test_vocab_parallel_loss_matches_the_whole_vocabulary_eager_and_compiled(results):
+def check_losses(results: list[dict]) -> None:
     for rank_result in results:
         for name, (loss_diff, grad_diff) in rank_result["loss"].items():
             assert loss_diff < 2e-6 and grad_diff < 1e-7, (name, loss_diff, grad_diff)
 
 
-def _losses(rank: int) -> dict:
+@pytest.mark.multiproc
+def test_vocab_parallel_loss_matches_the_whole_vocabulary_eager_and_compiled(results):
+    check_losses(results)
+
+
+def _losses(rank: int, device) -> dict:
     """Each vocab-parallel loss against lm_loss over the whole vocabulary: (loss diff, max grad diff)."""
     import torch
     from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
@@ -136,9 +166,9 @@ def _losses(rank: int) -> dict:
     from megatron.parallel.loss import lm_loss, vocab_parallel_lm_loss
 
     g = torch.Generator().manual_seed(3)
-    whole = (torch.randn(2, 16, VOCAB, generator=g) * 5).requires_grad_()
-    labels = torch.randint(0, VOCAB, (2, 16), generator=g)  # in both ranks' halves
-    mask = (torch.rand(2, 16, generator=g) > 0.3).float()
+    whole = (torch.randn(2, 16, VOCAB, generator=g) * 5).to(device).requires_grad_()
+    labels = torch.randint(0, VOCAB, (2, 16), generator=g).to(device)  # in both ranks' halves
+    mask = (torch.rand(2, 16, generator=g) > 0.3).float().to(device)
     want = lm_loss(whole, labels, mask)
     want.backward()
     ours = {"eager": vocab_parallel_lm_loss, "compiled": compiled_vocab_parallel_lm_loss(),
@@ -153,11 +183,17 @@ def _losses(rank: int) -> dict:
     return result
 
 
-def _worker(out: str) -> None:
+def _worker(out: str, device: str = "cpu", *cases: str) -> None:
+    """`device` cuda: both ranks on the one GPU (gloo moves CUDA tensors through the host), which
+    checks the compiled (CUDA inductor) paths on a single-GPU machine. `cases`: these only."""
     sys.path.insert(0, str(ROOT))
+    import torch
     import torch.distributed as dist
 
     dist.init_process_group("gloo")
+    device = torch.device(device, 0) if device == "cuda" else torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     from megatron.core import parallel_state
 
     from megatron.parallel.groups import init_megatron_core
@@ -166,9 +202,9 @@ def _worker(out: str) -> None:
     init_megatron_core(Layout(tp=2, pp=1, dp=1))
     group = parallel_state.get_tensor_model_parallel_group()
     rank = dist.get_rank()
-    result = {name: _case(name, settings, sp, compiled, rank, group)
-              for name, (settings, sp, compiled, _) in CASES.items()}
-    result["loss"] = _losses(rank)
+    result = {name: _case(name, settings, sp, compiled, rank, group, device)
+              for name, (settings, sp, compiled, _) in CASES.items() if not cases or name in cases}
+    result["loss"] = _losses(rank, device)
     gathered = [None, None]
     dist.all_gather_object(gathered, result)
     if rank == 0:
@@ -177,4 +213,4 @@ def _worker(out: str) -> None:
 
 
 if __name__ == "__main__":
-    _worker(sys.argv[1])
+    _worker(*sys.argv[1:])

@@ -35,22 +35,34 @@ def _local_shape(full: torch.Size, size: int) -> tuple[int, ...]:
     return (full[0], full[1] // size, *full[2:])
 
 
+# The collectives are torch's functional (out-of-place) ones, which torch.compile traces as they
+# are. The in-place torch.distributed calls, traced inside a custom autograd Function's backward,
+# gave wrong gradients on CUDA (the reduced result was dropped; measured on an H100, torch 2.11),
+# while the same graphs on CPU were right.
+_ops = torch.ops._c10d_functional
+
+
 def _gather(x: torch.Tensor, group) -> torch.Tensor:
     size = dist.get_world_size(group)
     if size == 1:
         return x
-    out = torch.empty((x.shape[0], x.shape[1] * size, *x.shape[2:]), dtype=x.dtype, device=x.device)
-    dist.all_gather_into_tensor(out.view(-1), x.contiguous().view(-1), group=group)  # flat: gloo checks shapes
-    return out
+    out = _ops.wait_tensor(_ops.all_gather_into_tensor(x.contiguous().view(-1), size, group.group_name))
+    return out.view(x.shape[0], x.shape[1] * size, *x.shape[2:])  # flat, so a rank's chunk stays contiguous
 
 
 def _reduce_scatter(x: torch.Tensor, group) -> torch.Tensor:
     size = dist.get_world_size(group)
     if size == 1:
         return x
-    out = torch.empty(_local_shape(x.shape, size), dtype=x.dtype, device=x.device)
-    dist.reduce_scatter_tensor(out.view(-1), x.contiguous().view(-1), group=group)
-    return out
+    local = _local_shape(x.shape, size)
+    return _ops.wait_tensor(_ops.reduce_scatter_tensor(x.contiguous().view(-1), "sum", size, group.group_name)).view(local)
+
+
+def all_reduce(x: torch.Tensor, group, op: str = "sum") -> torch.Tensor:
+    """A new tensor: x reduced over the group (`op` "sum" or "max"); not differentiable."""
+    if dist.get_world_size(group) == 1:
+        return x
+    return _ops.wait_tensor(_ops.all_reduce(x.contiguous(), op, group.group_name))
 
 
 def _split(x: torch.Tensor, group) -> torch.Tensor:
@@ -67,11 +79,7 @@ def _identity(x: torch.Tensor, group) -> torch.Tensor:
 
 
 def _all_reduce(x: torch.Tensor, group) -> torch.Tensor:
-    if dist.get_world_size(group) == 1:
-        return x
-    x = x.contiguous().clone()
-    dist.all_reduce(x, group=group)
-    return x
+    return all_reduce(x, group)
 
 
 class _SequenceComm(torch.autograd.Function):
@@ -133,9 +141,7 @@ def scatter_output_of(module: torch.nn.Module, group) -> None:
 
 
 def _sum_over_group(group, grad: torch.Tensor) -> torch.Tensor:
-    grad = grad.clone()
-    dist.all_reduce(grad, group=group)
-    return grad
+    return all_reduce(grad, group)
 
 
 def sum_replicated_grads(params: Iterable[torch.nn.Parameter], group) -> None:
