@@ -57,6 +57,6 @@ def compiled_lm_loss():
 
 @functools.cache
 def compiled_vocab_parallel_lm_loss():
-    """`megatron.parallel.loss.vocab_parallel_lm_loss` under torch.compile (its two sums over the
+    """`megatron.parallel.loss.vocab_parallel_lm_loss` under torch.compile (its collectives over the
     tensor-parallel group are traced into the graph)."""
     return torch.compile(vocab_parallel_lm_loss, dynamic=False)

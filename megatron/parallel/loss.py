@@ -5,6 +5,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from megatron.parallel.sequence_parallel import all_reduce
+
 
 def _masked_mean(losses: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
     mask = loss_mask.reshape(losses.shape).float()
@@ -21,8 +23,6 @@ def _summed_over_group(x: torch.Tensor, group) -> torch.Tensor:
     """The sum of x over the ranks, with the gradient of x alone: the loss that reads it is the same
     on every rank, so each rank's share gets the loss's gradient unchanged (x + (sum - x), the
     sum detached)."""
-    from megatron.parallel.sequence_parallel import all_reduce
-
     return x + (all_reduce(x.detach(), group) - x.detach())
 
 
@@ -42,8 +42,6 @@ def vocab_parallel_lm_loss(logits: torch.Tensor, labels: torch.Tensor, loss_mask
         group = parallel_state.get_tensor_model_parallel_group()
     logits = logits.float()
     width = logits.shape[-1]
-    from megatron.parallel.sequence_parallel import all_reduce
-
     # Any shift gives the same loss and gradient; the max keeps exp finite.
     shift = all_reduce(logits.detach().amax(dim=-1), group, op="max")
     shifted = logits - shift.unsqueeze(-1)

@@ -82,7 +82,7 @@ def _all_reduce(x: torch.Tensor, group) -> torch.Tensor:
     return all_reduce(x, group)
 
 
-class _SequenceComm(torch.autograd.Function):
+class _GroupComm(torch.autograd.Function):
     """One collective in forward, its adjoint in backward:
     split      <-> all-gather     (keep this rank's slice of the sequence);
     all-gather <-> reduce-scatter (every rank's column-parallel layer contributed a partial input
@@ -101,25 +101,25 @@ class _SequenceComm(torch.autograd.Function):
 
 
 def scatter_to_sequence(x: torch.Tensor, group) -> torch.Tensor:
-    return _SequenceComm.apply(x, group, _split, _gather)
+    return _GroupComm.apply(x, group, _split, _gather)
 
 
 def gather_from_sequence(x: torch.Tensor, group) -> torch.Tensor:
-    return _SequenceComm.apply(x, group, _gather, _reduce_scatter)
+    return _GroupComm.apply(x, group, _gather, _reduce_scatter)
 
 
 def reduce_scatter_to_sequence(x: torch.Tensor, group) -> torch.Tensor:
-    return _SequenceComm.apply(x, group, _reduce_scatter, _gather)
+    return _GroupComm.apply(x, group, _reduce_scatter, _gather)
 
 
 def copy_to_group(x: torch.Tensor, group) -> torch.Tensor:
     """x on every rank as it is; in backward the ranks' partial gradients of it are summed."""
-    return _SequenceComm.apply(x, group, _identity, _all_reduce)
+    return _GroupComm.apply(x, group, _identity, _all_reduce)
 
 
 def reduce_over_group(x: torch.Tensor, group) -> torch.Tensor:
     """The sum of the ranks' partial x (row-parallel products); its gradient is the same on every rank."""
-    return _SequenceComm.apply(x, group, _all_reduce, _identity)
+    return _GroupComm.apply(x, group, _all_reduce, _identity)
 
 
 def _gather_input_hook(group, module, args):

@@ -225,7 +225,6 @@ def tensor_parallelize(model: nn.Module, *, rank: int, size: int, group, sequenc
 
     # Whole parameters that see partial gradients: under sequence parallelism every one after the
     # scatter (each rank has its own tokens), else the norms of fused blocks (see FusedBranchesBlock).
-    partial_grads: list[nn.Module] = []
     if sequence_parallel:
         sp.scatter_output_of(model.embedding, group)
         for block, fuse in zip(model.layers, fused):
