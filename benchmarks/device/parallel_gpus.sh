@@ -61,7 +61,8 @@ run=(python3 -m torch.distributed.run)
 # device runs one hardware queue (its documented requirement for tensor parallelism).
 tp_env=(env CUDA_VISIBLE_DEVICES=0,1 CUDA_DEVICE_MAX_CONNECTIONS=1)
 
-step parity "NCCL parity" 200 python3 benchmarks/device/parallel_parity.py "${parity[@]}" --out "$OUT"
+# Every parity launch compiles its blocks afresh (torch_compile is on for GPUs): three layouts took over 200 s.
+step parity "NCCL parity" 300 python3 benchmarks/device/parallel_parity.py "${parity[@]}" --out "$OUT"
 step one "throughput, 1 GPU" 120 env CUDA_VISIBLE_DEVICES=0 python3 "${bench[@]}" --json "$TMP/1gpu.json"
 step dp "throughput, data parallel $gpus" 120 "${run[@]}" --nproc_per_node "$gpus" --master_port 29511 "${bench[@]}" --json "$TMP/dp.json"
 step tp2sp "throughput, tensor parallel 2 + sequence parallel" 120 "${tp_env[@]}" "${run[@]}" --nproc_per_node 2 --master_port 29513 "${bench[@]}" \
