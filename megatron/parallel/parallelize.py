@@ -216,6 +216,7 @@ def compile_wanted(setting: Optional[bool], layout: Layout) -> bool:
 def parallelize(model: nn.Module, args, world_size: int, rank: int) -> Parallel:
     """Collective. Split `model` (a whole, initialised GPTModel) for this rank of a `world_size` job."""
     from megatron.parallel import groups
+    from megatron.parallel.compile import compile_model
     from megatron.parallel.pipeline import build_pipeline
     from megatron.parallel.tensor_parallel import tensor_parallelize
 
@@ -225,8 +226,6 @@ def parallelize(model: nn.Module, args, world_size: int, rank: int) -> Parallel:
     compiled = compile_wanted(t.torch_compile, layout)
     if layout.tp == 1 and layout.pp == 1:
         if compiled:
-            from megatron.parallel.compile import compile_model
-
             compile_model(model)
         return Parallel(layout, model, None, dp_rank=rank, compiled=compiled)
 
@@ -238,9 +237,7 @@ def parallelize(model: nn.Module, args, world_size: int, rank: int) -> Parallel:
     if layout.tp > 1:
         tensor_parallelize(model, rank=tp_rank, size=layout.tp, group=parallel_state.get_tensor_model_parallel_group(),
                            sequence_parallel=sequence_parallel)
-        if compiled:
-            from megatron.parallel.compile import compile_model
-
+        if compiled:  # after the layer swap, so that dynamo traces megatron-core's layers
             compile_model(model)
     parallel = Parallel(layout, model, None, tp_rank, pp_rank, dp_rank, sequence_parallel,
                         pass_doc_ids=bool(args.data.reset_attention_mask), compiled=compiled)

@@ -78,10 +78,6 @@ def _identity(x: torch.Tensor, group) -> torch.Tensor:
     return x.view_as(x)
 
 
-def _all_reduce(x: torch.Tensor, group) -> torch.Tensor:
-    return all_reduce(x, group)
-
-
 class _GroupComm(torch.autograd.Function):
     """One collective in forward, its adjoint in backward:
     split      <-> all-gather     (keep this rank's slice of the sequence);
@@ -114,12 +110,12 @@ def reduce_scatter_to_sequence(x: torch.Tensor, group) -> torch.Tensor:
 
 def copy_to_group(x: torch.Tensor, group) -> torch.Tensor:
     """x on every rank as it is; in backward the ranks' partial gradients of it are summed."""
-    return _GroupComm.apply(x, group, _identity, _all_reduce)
+    return _GroupComm.apply(x, group, _identity, all_reduce)
 
 
 def reduce_over_group(x: torch.Tensor, group) -> torch.Tensor:
     """The sum of the ranks' partial x (row-parallel products); its gradient is the same on every rank."""
-    return _GroupComm.apply(x, group, _all_reduce, _identity)
+    return _GroupComm.apply(x, group, all_reduce, _identity)
 
 
 def _gather_input_hook(group, module, args):
@@ -140,10 +136,6 @@ def scatter_output_of(module: torch.nn.Module, group) -> None:
     module.register_forward_hook(partial(_scatter_output_hook, group))
 
 
-def _sum_over_group(group, grad: torch.Tensor) -> torch.Tensor:
-    return all_reduce(grad, group)
-
-
 def sum_replicated_grads(params: Iterable[torch.nn.Parameter], group) -> None:
     """Sum the gradients of whole-on-every-rank parameters over the group as they are computed.
 
@@ -151,4 +143,4 @@ def sum_replicated_grads(params: Iterable[torch.nn.Parameter], group) -> None:
     sees the full gradient. Every rank of the group runs the same graph, so the all-reduces line up.
     """
     for p in params:
-        p.register_hook(partial(_sum_over_group, group))
+        p.register_hook(partial(all_reduce, group=group))
