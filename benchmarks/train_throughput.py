@@ -583,3 +583,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 if __name__ == "__main__":
     main()
+    from megatron.parallel.distributed import shutdown_distributed
+
+    shutdown_distributed()

@@ -470,7 +470,7 @@ def test_unreachable_master_fails_fast_with_a_clear_error():
 
 def _worker(out: str, configs: list[str]) -> None:
     sys.path.insert(0, str(ROOT))
-    from megatron.parallel.distributed import init_distributed, prepare_accelerator_env
+    from megatron.parallel.distributed import init_distributed, prepare_accelerator_env, shutdown_distributed
 
     prepare_accelerator_env()
     from megatron.neox_arguments import NeoXArgs
@@ -489,6 +489,7 @@ def _worker(out: str, configs: list[str]) -> None:
         del trainer
     if env.is_main:
         Path(out).write_text(json.dumps(results))
+    shutdown_distributed()
 
 
 if __name__ == "__main__":

@@ -104,3 +104,15 @@ def wait_for_master(addr: str, port: int, *, rank: int, timeout_s: float = MASTE
 def barrier() -> None:
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
+
+
+def shutdown_distributed() -> None:
+    """Leave the process group together: every rank waits for the others, then tears it down.
+
+    A rank that exits while its process group is still alive can abort at interpreter shutdown
+    (gloo: "terminate called without an active exception") when the other ranks close their
+    connections first; the run then fails after it finished.
+    """
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()

@@ -15,7 +15,7 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 
-from megatron.parallel.distributed import DistEnv, barrier, init_distributed
+from megatron.parallel.distributed import DistEnv, barrier, init_distributed, shutdown_distributed
 
 
 @dataclass
@@ -319,5 +319,6 @@ class Trainer:
 
 def pretrain(args) -> list[float]:
     """Train as configured; returns the per-iteration training losses."""
-    trainer = Trainer(args)
-    return trainer.train()
+    losses = Trainer(args).train()
+    shutdown_distributed()
+    return losses
