@@ -118,7 +118,9 @@ def test_validate_for_training_names_what_is_missing(tmp_path):
         assert needle in message
     vocab = tmp_path / "tok.json"
     vocab.write_text("{}")
-    ready = load(tokenizer_type="HFTokenizer", vocab_file=str(vocab), train_iters=3, train_micro_batch_size_per_gpu=1, data_path="d")
+    for suffix in (".bin", ".idx"):  # readiness checks that the pair exists, not its contents
+        (tmp_path / f"d{suffix}").write_bytes(b"")
+    ready = load(tokenizer_type="HFTokenizer", vocab_file=str(vocab), train_iters=3, train_micro_batch_size_per_gpu=1, data_path=str(tmp_path / "d"))
     ready.validate_for("train")
     with pytest.raises(ConfigError, match="generate needs `load`"):
         ready.validate_for("generate")

@@ -5,6 +5,7 @@ without data or tokenizer files at hand (the upstream sample configs point at cl
 """
 from __future__ import annotations
 
+import glob
 import os
 from typing import TYPE_CHECKING
 
@@ -32,6 +33,7 @@ def check_ready(args: "NeoXArgs", task: str) -> list[str]:
             problems.append("set `train_micro_batch_size_per_gpu` (sequences per rank per step) or `train_batch_size`")
         if args.data.data_path is None and args.data.train_data_paths is None:
             problems.append("no training data: set `data_path` (a tokenized dataset prefix) or train/valid/test_data_paths")
+        problems += _data_files(args)
         if c.save is not None and c.checkpoint_factor is None and not c.extra_save_iters:
             problems.append(f"`save: {c.save}` is set but neither checkpoint_factor nor extra_save_iters says when to save; set checkpoint_factor")
         if c.finetune and c.load is None:
@@ -59,4 +61,26 @@ def _tokenizer_files(args: "NeoXArgs") -> list[str]:
             problems.append("tokenizer_type GPT2BPETokenizer needs `merge_file`")
         elif not os.path.isfile(tok.merge_file):
             problems.append(f"`merge_file: {tok.merge_file}` does not exist")
+    return problems
+
+
+def _data_files(args: "NeoXArgs") -> list[str]:
+    """A problem for each data prefix whose .bin/.idx pair is missing (found here, not after the ranks started)."""
+    d = args.data
+    named = [("data_path", d.data_path)] if d.data_path is not None else []
+    for kind in ("train", "valid", "test"):
+        named += [(f"{kind}_data_paths", p) for p in getattr(d, f"{kind}_data_paths") or []]
+    problems = []
+    for key, prefix in named:
+        missing = [p for p in (f"{prefix}.bin", f"{prefix}.idx") if not os.path.isfile(p)]
+        if not missing:
+            continue
+        if prefix.endswith((".bin", ".idx")) and os.path.isfile(prefix[:-4] + ".bin") and os.path.isfile(prefix[:-4] + ".idx"):
+            fix = f"give the prefix without the extension: `{key}: {prefix[:-4]}`"
+        else:
+            # A prefix that names the input file instead of preprocess_data.py's output (PREFIX_text_document).
+            found = sorted(p[:-4] for p in glob.glob(glob.escape(prefix) + "*.idx") if os.path.isfile(p[:-4] + ".bin"))
+            fix = f"did you mean `{key}: {found[0]}`?" if found else "write them with tools/preprocess_data.py, or fix the path"
+        problems.append(f"`{key}` entry {prefix!r}: {' and '.join(missing)} not found (relative paths start at {os.getcwd()}); "
+                        f"data paths are prefixes of a PREFIX.bin/PREFIX.idx pair; {fix}")
     return problems
