@@ -49,6 +49,43 @@ def torch_autocast_problems(args: "NeoXArgs") -> list[str]:
     return problems
 
 
+def zero_section_problems(zero: dict[str, Any]) -> list[str]:
+    """What DeepSpeed's ZeRO config model rejects in `zero` (unknown keys, wrong types), one message per key.
+
+    Imports DeepSpeed only for sections that differ from the usual keys and value types, so that
+    loading a typical config stays free of torch; without this check a typo surfaced as a
+    pydantic traceback inside deepspeed.initialize, after every rank had built its model.
+    """
+    from megatron.neox_arguments.optimizer import ZERO_DEFAULTS
+
+    def usual(key: str, value: Any) -> bool:
+        default = ZERO_DEFAULTS.get(key)
+        return default is not None and type(value) is type(default)
+
+    if all(usual(k, v) for k, v in zero.items()):
+        return []
+    import difflib
+
+    import pydantic
+    from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
+
+    try:
+        DeepSpeedZeroConfig(**zero)
+    except pydantic.ValidationError as exc:
+        fields = DeepSpeedZeroConfig.model_fields
+        names = list(fields) + [f.alias for f in fields.values() if f.alias]
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(part) for part in err["loc"])
+            hint = ""
+            if err["type"] == "extra_forbidden":
+                close = difflib.get_close_matches(str(err["loc"][0]), names, n=1, cutoff=0.6)
+                hint = f"; did you mean `{close[0]}`?" if close else "; see DeepSpeed's ZeRO documentation for the valid keys"
+            problems.append(f"key `{where}`: {err['msg']} (got {err.get('input')!r}){hint}")
+        return problems
+    return []
+
+
 def build_deepspeed_config(args: "NeoXArgs", dp_world_size: int) -> dict[str, Any]:
     """The dict for deepspeed.initialize(config=...), for `dp_world_size` data-parallel ranks.
 

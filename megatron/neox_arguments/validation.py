@@ -169,6 +169,11 @@ def _optimizer(args: "NeoXArgs", f: Findings) -> None:
     stage = o.zero_optimization.get("stage", ZERO_DEFAULTS["stage"])
     if isinstance(stage, bool) or stage not in (0, 1, 2, 3):
         f.problem(f"{f.key('zero_optimization', o.zero_optimization)}: stage must be 0, 1, 2 or 3, got {stage!r}")
+        return
+    from megatron.neox_arguments.deepspeed_config import zero_section_problems
+
+    for problem in zero_section_problems(o.zero_optimization):
+        f.problem(f"{f.key('zero_optimization', show_value=False)}: {problem}")
 
 
 def _lr(args: "NeoXArgs", f: Findings) -> None:

@@ -69,12 +69,13 @@ def load_config_file(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str,
         raise ConfigError(f"config file {str(path)!r} does not exist (paths are relative to {os.getcwd()})")
     text = path.read_text(encoding="utf-8")
     loader = ConfigLoader(text)
+    loader.name = str(path)  # YAML error marks name the file instead of "<unicode string>"
     try:
         node = loader.get_single_node()
         if node is None:
             return {}, {}
         if not isinstance(node, yaml.MappingNode):
-            raise ConfigError(f"{path}: the file must hold one mapping of `key: value` pairs, found a {node.tag.rsplit(':', 1)[-1]}")
+            raise ConfigError(f"the file must hold one mapping of `key: value` pairs, found a {node.tag.rsplit(':', 1)[-1]}")
         lines = {}
         for key_node, _ in node.value:
             if isinstance(key_node, yaml.ScalarNode):
