@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -46,6 +47,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    # A scheduler's SIGTERM (job time limit, scancel) takes the Ctrl-C path, which deletes the
+    # partial temporary outputs instead of leaving them on disk.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         tokenizer = build_tokenizer(args.tokenizer_type, args.vocab_file, args.merge_file)
         summary = preprocess(
