@@ -54,11 +54,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for notice in notices:
         print(f"reshard_checkpoint notice: {notice}")
-    if json.loads((folder / MANIFEST).read_text())["resharded"]["optimizer"]:
-        how = f"load: {cli.output} (optimizer state included)"
-    else:
-        how = f"load: {cli.output} and no_load_optim: true (the optimizer state was not carried over)"
-    print(f"wrote {folder} for {layout} ({layout.world} ranks); resume with {how}")
+    note = json.loads((folder / MANIFEST).read_text())["resharded"]
+    carried = "optimizer state included" if note["optimizer"] else "the optimizer state was not carried over"
+    settings = {"load": cli.output, **note["resume_settings"]}
+    print(f"wrote {folder} for {layout} ({carried}); resume it on {layout.world} ranks with these settings "
+          "on top of the run's config:")
+    for key, value in settings.items():  # JSON is YAML, one line per key
+        print(f"  {key}: {value if isinstance(value, str) else json.dumps(value)}")
     return 0
 
 

@@ -614,6 +614,7 @@ def reshard(source: Path, save_dir: Path, layout: Layout, *, config_files=None) 
     if problems:
         raise ReshardError(f"the model cannot use layout {layout}:\n  - " + "\n  - ".join(problems))
     notices = []
+    source_settings = args.to_dict()
     divisor = target_vocab_divisor(padded_vocab, layout.tp, int(m.make_vocab_size_divisible_by), _vocab_size(args))
     if divisor != m.make_vocab_size_divisible_by:
         notices.append(
@@ -662,11 +663,23 @@ def reshard(source: Path, save_dir: Path, layout: Layout, *, config_files=None) 
                            f"{', fp16/bf16 parameters' if low_precision else ''}) keeps its optimizer state in a format "
                            "resharding does not write from this checkpoint's: resume with no_load_optim: true")
     note = {"from": str(folder), "source_layout": {"tp": tp, "pp": pp}, "target_layout": vars(layout).copy(),
-            "optimizer": optim is not None}
+            "optimizer": optim is not None, "resume_settings": resume_settings(source_settings, args, optim is not None)}
     written = write_checkpoint(model, state, Path(save_dir), folder.name, layout, num_layers=num_layers,
                                config_yaml=args.to_yaml(), note=note, optimizer=optim_files, param_shapes=shapes,
                                torch_optimizer=torch_state)
     return written, notices
+
+
+def resume_settings(source_settings: dict, args, optimizer_carried: bool) -> dict:
+    """The config keys the resumed run must change from the source run's (besides `load` and the rank count).
+
+    The same values are in the written config.yml; without them the new layout would, e.g., pad the
+    vocabulary to another row count than the checkpoint's and fail to load it.
+    """
+    changed = {k: v for k, v in args.to_dict().items() if v != source_settings.get(k) and k != "global_num_gpus"}
+    if not optimizer_carried:
+        changed["no_load_optim"] = True
+    return changed
 
 
 def _target_deepspeed_config(args, layout: Layout, notices: list[str]) -> Optional[dict]:
