@@ -35,12 +35,14 @@ def test_single_node_gpu_passes_the_configs_and_no_local_rank_argument():
     assert "WANDB" in p.command()[3].split(",") and "NCCL" in p.command()[3].split(",")
 
 
-def test_hostfile_nodes_gpus_and_master_address():
-    p = plan(hostfile="/etc/hosts.ds", num_nodes=2, num_gpus=8, master_addr="10.1.1.1", master_port=6000, no_ssh_check=True)
-    assert p.runner_args[:-4] == ["--hostfile", "/etc/hosts.ds", "--num_nodes", "2", "--num_gpus", "8",
+def test_hostfile_nodes_gpus_and_master_address(tmp_path):
+    hosts = tmp_path / "hosts.ds"
+    hosts.write_text("node0 slots=8\nnode1 slots=8\n")
+    p = plan(hostfile=str(hosts), num_nodes=2, num_gpus=8, master_addr="10.1.1.1", master_port=6000, no_ssh_check=True)
+    assert p.runner_args[:-4] == ["--hostfile", str(hosts), "--num_nodes", "2", "--num_gpus", "8",
                                   "--master_addr", "10.1.1.1", "--master_port", "6000", "--no_ssh_check"]
     parsed = runner_parses(p.runner_args)
-    assert (parsed.hostfile, parsed.num_nodes, parsed.num_gpus, parsed.master_port, parsed.launcher) == ("/etc/hosts.ds", 2, 8, 6000, "pdsh")
+    assert (parsed.hostfile, parsed.num_nodes, parsed.num_gpus, parsed.master_port, parsed.launcher) == (str(hosts), 2, 8, 6000, "pdsh")
 
 
 def test_dlts_hostfile_and_master_addr_come_from_the_environment():
@@ -130,9 +132,11 @@ def test_deepy_rejects_batch_sizes_that_do_not_fit_the_ranks(tmp_path, capsys):
 
     vocab = tmp_path / "tok.json"
     vocab.write_text("{}")
+    for suffix in (".bin", ".idx"):  # deepy checks that the data files exist
+        (tmp_path / f"d{suffix}").write_bytes(b"")
     config = tmp_path / "c.yml"
     config.write_text("num_layers: 2\nhidden_size: 64\nnum_attention_heads: 2\nseq_length: 32\ntrain_iters: 2\n"
-                      f"train_batch_size: 5\ntrain_micro_batch_size_per_gpu: 2\nnum_gpus: 2\ndata_path: d\n"
+                      f"train_batch_size: 5\ntrain_micro_batch_size_per_gpu: 2\nnum_gpus: 2\ndata_path: {tmp_path / 'd'}\n"
                       f"tokenizer_type: HFTokenizer\nvocab_file: {vocab}\n")
     assert deepy.main([str(REPO / "train.py"), str(config)]) == 2
     assert "train_batch_size=5 must equal" in capsys.readouterr().err

@@ -11,6 +11,7 @@ LOCAL_RANK).
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -70,6 +71,7 @@ def plan_launch(
     else:
         hostfile = la.hostfile or environ.get("DLTS_HOSTFILE")
         if hostfile:
+            _check_hostfile(hostfile, explicit=la.hostfile is not None, num_nodes=la.num_nodes)
             runner += ["--hostfile", hostfile]
         if la.include:
             runner += ["--include", la.include]
@@ -147,6 +149,39 @@ def _hostfile_slots(path: str) -> list[int]:
         if parts and counts and counts[0].isdigit():
             slots.append(int(counts[0]))
     return slots
+
+
+# DeepSpeed's reading of a hostfile line (launcher/runner.py); anything else stops its launcher.
+_HOSTFILE_LINE = re.compile(r"^(\S+)\s+slots=(\d+)")
+
+
+def _check_hostfile(path: str, *, explicit: bool, num_nodes: int) -> None:
+    """Refuse a hostfile DeepSpeed's launcher would misread, before it starts anything.
+
+    A missing file makes DeepSpeed run on the local GPUs only, with a warning that is easy to miss;
+    a bad line stops it with a traceback. $DLTS_HOSTFILE may name a file that does not exist
+    (GPT-NeoX's convention), so only a configured `hostfile` must exist.
+    """
+    if not os.path.isfile(path):
+        if explicit:
+            raise ConfigError(f"`hostfile: {path}` does not exist (relative paths start at {os.getcwd()}); "
+                              "write one `host slots=N` line per node, or remove hostfile to run on this machine only")
+        return
+    hosts: dict[str, int] = {}
+    for number, raw in enumerate(open(path, encoding="utf-8").read().splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = _HOSTFILE_LINE.match(line)
+        if match is None:
+            raise ConfigError(f"hostfile {path}:{number}: {line!r} is not a `host slots=N` line (DeepSpeed's format, e.g. 'worker-0 slots=8')")
+        if match.group(1) in hosts:
+            raise ConfigError(f"hostfile {path}:{number}: host {match.group(1)!r} is listed twice; keep one line per host")
+        hosts[match.group(1)] = int(match.group(2))
+    if not hosts:
+        raise ConfigError(f"hostfile {path} lists no hosts; write one `host slots=N` line per node")
+    if num_nodes > len(hosts):
+        raise ConfigError(f"num_nodes: {num_nodes} but hostfile {path} lists {len(hosts)} host(s); add hosts or lower num_nodes")
 
 
 def task_for_script(user_script: str) -> str | None:
