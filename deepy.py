@@ -56,6 +56,10 @@ def run(plan: LaunchPlan) -> int:
 def main(argv: list[str] | None = None) -> int:
     cli = parse_cli(sys.argv[1:] if argv is None else argv)
     configs = config_paths(cli.conf_file, cli.conf_dir)
+    if cli.user_script.endswith((".yml", ".yaml", ".json")) or any(c.endswith(".py") for c in cli.conf_file):
+        print(f"deepy.py: the script comes first, then the config files: python deepy.py train.py CONFIG.yml ... "
+              f"(got {shlex.join([cli.user_script, *cli.conf_file])})", file=sys.stderr)
+        return 2
     if not os.path.isfile(cli.user_script):
         print(f"deepy.py: script {cli.user_script!r} not found (paths are relative to {os.getcwd()})", file=sys.stderr)
         return 2
