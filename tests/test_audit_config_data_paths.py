@@ -38,6 +38,10 @@ def test_input_name_suggests_the_preprocessed_prefix(dataset):
     assert f"did you mean `data_path: {dataset}`?" in message
 
 
+def test_folder_suggests_the_dataset_inside(dataset):
+    assert f"did you mean `data_path: {dataset}`?" in train_problem(data_path=str(dataset.parent))
+
+
 def test_each_blend_entry_is_checked(dataset, tmp_path):
     message = train_problem(train_data_paths=[str(dataset), str(tmp_path / "b")], valid_data_paths=[str(dataset)],
                             test_data_paths=[str(dataset)])

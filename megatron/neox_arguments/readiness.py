@@ -78,8 +78,9 @@ def _data_files(args: "NeoXArgs") -> list[str]:
         if prefix.endswith((".bin", ".idx")) and os.path.isfile(prefix[:-4] + ".bin") and os.path.isfile(prefix[:-4] + ".idx"):
             fix = f"give the prefix without the extension: `{key}: {prefix[:-4]}`"
         else:
-            # A prefix that names the input file instead of preprocess_data.py's output (PREFIX_text_document).
-            found = sorted(p[:-4] for p in glob.glob(glob.escape(prefix) + "*.idx") if os.path.isfile(p[:-4] + ".bin"))
+            # A prefix that names the input file or its folder instead of preprocess_data.py's output (PREFIX_text_document).
+            pattern = os.path.join(glob.escape(prefix), "*.idx") if os.path.isdir(prefix) else glob.escape(prefix) + "*.idx"
+            found = sorted(p[:-4] for p in glob.glob(pattern) if os.path.isfile(p[:-4] + ".bin"))
             fix = f"did you mean `{key}: {found[0]}`?" if found else "write them with tools/preprocess_data.py, or fix the path"
         problems.append(f"`{key}` entry {prefix!r}: {' and '.join(missing)} not found (relative paths start at {os.getcwd()}); "
                         f"data paths are prefixes of a PREFIX.bin/PREFIX.idx pair; {fix}")
