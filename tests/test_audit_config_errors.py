@@ -47,3 +47,8 @@ def test_yaml_syntax_error_points_into_the_file(tmp_path):
     with pytest.raises(ConfigError) as info:
         NeoXArgs.from_files([path])
     assert f'in "{path}", line 1' in str(info.value) and "<unicode string>" not in str(info.value)
+
+
+def test_top_level_lr_points_to_the_optimizer_mapping(tmp_path):
+    message = load_error(tmp_path, "lr: 0.0006\n")
+    assert "unknown key `lr`" in message and "optimizer.params.lr" in message

@@ -170,7 +170,17 @@ class NeoXArgs:
         return Path(path)
 
 
+# Names users carry over from other trainers for a setting that lives inside a mapping here.
+_NESTED_SETTINGS = {
+    "lr": "the peak learning rate is optimizer.params.lr, e.g. optimizer: {type: Adam, params: {lr: 0.0006}}",
+    "learning_rate": "the peak learning rate is optimizer.params.lr, e.g. optimizer: {type: Adam, params: {lr: 0.0006}}",
+    "zero_stage": "the ZeRO stage is zero_optimization.stage, e.g. zero_optimization: {stage: 1}",
+}
+
+
 def _suggestion(key: str) -> str:
+    if key in _NESTED_SETTINGS:
+        return f"; {_NESTED_SETTINGS[key]}"
     known = list(FIELDS) + list(UNSUPPORTED_KEYS)
     by_lower = {k.lower(): k for k in known}
     if key.lower() in by_lower:
