@@ -25,7 +25,8 @@ from megatron.data.tokenizers import TOKENIZER_TYPES, build_tokenizer  # noqa: E
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("input")
-    g.add_argument("--input", required=True, help="Comma-separated input files, folders or glob patterns (.jsonl, .jsonl.zst, .txt).")
+    # nargs="+": an unquoted glob arrives as many arguments after the shell expands it.
+    g.add_argument("--input", required=True, nargs="+", help="Input files, folders or glob patterns (.jsonl, .jsonl.zst, .txt), comma- or space-separated.")
     g.add_argument("--jsonl-keys", nargs="+", default=["text"], help="JSON keys to tokenize; each becomes its own dataset (default: text).")
     g.add_argument("--txt-documents", choices=TXT_MODES, default="file", help="A .txt file is one document ('file', default) or one per blank-line-separated paragraph.")
     g.add_argument("--skip-bad-lines", action="store_true", help="Count and skip bad records (invalid JSON, missing key, undecodable bytes) instead of stopping at the first.")
@@ -53,7 +54,7 @@ def main(argv=None) -> int:
     try:
         tokenizer = build_tokenizer(args.tokenizer_type, args.vocab_file, args.merge_file)
         summary = preprocess(
-            inputs=args.input,
+            inputs=",".join(args.input),
             output_prefix=args.output_prefix,
             tokenizer=tokenizer,
             keys=args.jsonl_keys,
