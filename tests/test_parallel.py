@@ -59,12 +59,6 @@ TENSOR_PARALLEL_EXTRAS = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def write_config(folder: Path, name: str, corpus: str, model: str, layout: str, **extra) -> Path:
     cfg = {**COMMON, **MODELS[model], **LAYOUTS[layout][1], "data_path": corpus, **extra}
     if cfg.get("model_parallel_size", 1) > 1:
@@ -76,13 +70,15 @@ def write_config(folder: Path, name: str, corpus: str, model: str, layout: str, 
 
 def launch(folder: Path, nproc: int, configs: list[Path], timeout: int = 600) -> list[dict]:
     """Run this file as a worker on `nproc` gloo ranks; returns one {"start", "losses"} per config."""
+    from megatron.parallel.distributed import free_port
+
     out = folder / f"result_{os.urandom(4).hex()}.json"
     worker = [str(Path(__file__).resolve()), str(out), *map(str, configs)]
     if nproc == 1:
         cmd = [sys.executable, *worker]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-               "--master_port", str(_free_port()), *worker]
+               "--master_port", str(free_port()), *worker]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
@@ -452,9 +448,9 @@ def test_every_parameter_has_one_split_rule_and_pipeline_names_round_trip():
 
 
 def test_unreachable_master_fails_fast_with_a_clear_error():
-    from megatron.parallel.distributed import wait_for_master
+    from megatron.parallel.distributed import free_port, wait_for_master
 
-    port = _free_port()  # nothing listens on it
+    port = free_port()  # nothing listens on it
     start = time.monotonic()
     with pytest.raises(RuntimeError, match=f"rank 3 cannot reach the master at 127.0.0.1:{port}"):
         wait_for_master("127.0.0.1", port, rank=3, timeout_s=1.0)

@@ -43,7 +43,9 @@ VOCAB = 64
 
 
 def launch(out: Path, device: str = "cpu", cases: tuple[str, ...] = ()) -> list[dict]:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+    from megatron.parallel.distributed import free_port
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            str(Path(__file__).resolve()), str(out), device, *cases]
     proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
                           timeout=600)
@@ -54,14 +56,6 @@ def launch(out: Path, device: str = "cpu", cases: tuple[str, ...] = ()) -> list[
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     return launch(tmp_path_factory.mktemp("tp_blocks") / "result.json")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def check_case(results: list[dict], case: str) -> None:

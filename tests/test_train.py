@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from megatron.parallel.distributed import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
 CHAR_SEPARATORS = [ord(c) for c in ".,?!;: \t\n"]
@@ -52,7 +54,7 @@ def run(tmp_path: Path, config: str, nproc: int = 1, env: dict | None = None, ch
         cmd = [sys.executable, script, str(out), config]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-               "--master_port", str(29500 + int.from_bytes(os.urandom(2), "little") % 2000), script, str(out), config]
+               "--master_port", str(free_port()), script, str(out), config]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     proc = subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=300)
     if check:
