@@ -59,6 +59,11 @@ def plan_launch(
     env = {"PYTHONPATH": os.pathsep.join(p for p in (repo_root, environ.get("PYTHONPATH", "")) if p)}
     runner: list[str] = []
     if not cuda_available:
+        if args.precision.precision == "fp16":
+            # DeepSpeed refuses fp16 on the CPU only inside deepspeed.initialize, after each rank built its model.
+            raise ConfigError(
+                f"precision: fp16 runs on GPUs only, and no CUDA device is visible here (the ranks would run on the CPU); "
+                "for a CPU run add a config with `precision: fp32` and `fp16: {enabled: false}`")
         nprocs = la.num_gpus or 1
         ignored = [k for k in ("hostfile", "include", "exclude") if getattr(la, k)] + (["num_nodes"] if la.num_nodes not in (-1, 1) else [])
         if ignored:

@@ -1,0 +1,23 @@
+"""deepy.py without CUDA: an fp16 config (the Pythia shapes) is refused before launch instead of failing inside deepspeed.initialize."""
+from __future__ import annotations
+
+import pytest
+
+from megatron.neox_arguments import ConfigError, NeoXArgs
+from megatron.neox_arguments.launch_command import plan_launch
+
+SHAPE = {"num_layers": 2, "hidden_size": 64, "num_attention_heads": 2, "seq_length": 32}
+
+
+def plan(cuda: bool, **keys):
+    return plan_launch(NeoXArgs.from_dict({**SHAPE, **keys}), "train.py", ["a.yml"], cuda_available=cuda, environ={}, repo_root="/r")
+
+
+def test_fp16_on_cpu_is_refused_with_the_override_to_use():
+    with pytest.raises(ConfigError, match=r"fp16 runs on GPUs only.*`precision: fp32` and `fp16: \{enabled: false\}`"):
+        plan(False, precision="fp16", fp16={"enabled": True})
+
+
+def test_the_suggested_override_loads_and_fp16_stays_fine_on_gpus():
+    plan(False, precision="fp32", fp16={"enabled": False})
+    assert plan(True, precision="fp16", fp16={"enabled": True}).runner_args[-2:] == ["train.py", "a.yml"]
