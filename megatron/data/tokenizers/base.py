@@ -58,9 +58,9 @@ class Tokenizer(ABC):
         return f"{self.name}(vocab_size={self.vocab_size})"
 
 
-def require_file(path: Optional[str], what: str, tokenizer_type: str) -> str:
+def require_file(path: Optional[str], what: str, tokenizer_type: str, setting: str = "vocab_file / --vocab-file") -> str:
     if not path:
-        raise ValueError(f"{tokenizer_type} needs {what} (vocab_file / --vocab-file)")
+        raise ValueError(f"{tokenizer_type} needs {what} ({setting})")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{tokenizer_type}: {what} {path!r} does not exist")
     return str(path)

@@ -7,6 +7,10 @@ from typing import Optional, Sequence
 from megatron.data.tokenizers.base import Tokenizer, require_file
 
 
+# Files AutoTokenizer loads a tokenizer from (at least one must be in the folder).
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
 class HFAutoTokenizer(Tokenizer):
     """`AutoTokenizer.from_pretrained(vocab_file)` without any download.
 
@@ -22,6 +26,10 @@ class HFAutoTokenizer(Tokenizer):
         from transformers import AutoTokenizer
 
         path = require_file(vocab_file, "a tokenizer folder or .gguf file", self.name)
+        if os.path.isdir(path) and not any(os.path.isfile(os.path.join(path, n)) for n in _TOKENIZER_FILES):
+            # transformers' own message for this case talks about slow-tokenizer conversion.
+            raise ValueError(f"{self.name}: cannot load a tokenizer from {path!r}: the folder holds none of {', '.join(_TOKENIZER_FILES)}; give a transformers "
+                             "tokenizer folder or a .gguf file (a single tokenizers JSON file is tokenizer_type HFTokenizer)")
         try:
             if path.endswith(".gguf"):
                 self._tok = AutoTokenizer.from_pretrained(os.path.dirname(os.path.abspath(path)), gguf_file=os.path.basename(path), local_files_only=True)

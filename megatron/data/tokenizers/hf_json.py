@@ -95,7 +95,7 @@ class GPT2BPETokenizer(_RustTokenizer):
         from tokenizers import Tokenizer as RustTokenizer, decoders, models, pre_tokenizers
 
         vocab = require_file(vocab_file, "a vocab.json file", self.name)
-        merges = require_file(merge_file, "a merges.txt file (merge_file / --merge-file)", self.name)
+        merges = require_file(merge_file, "a merges.txt file", self.name, setting="merge_file / --merge-file")
         try:
             model = models.BPE.from_file(vocab, merges)
         except Exception as e:
