@@ -22,3 +22,12 @@ def test_shell_expanded_glob_and_a_comma_list_together(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "from 4 file(s)" in out.stdout
     assert inspect_indexed_dataset(tmp_path / "d_text_document").num_documents == 4
+
+
+def test_output_prefix_naming_a_folder_is_refused(tmp_path):
+    (tmp_path / "a.txt").write_text("text.")
+    # Before: wrote a hidden-looking out/_text_document.bin/.idx pair.
+    out = subprocess.run([sys.executable, str(REPO / "tools" / "preprocess_data.py"), "--input", str(tmp_path / "a.txt"),
+                          "--output-prefix", f"{tmp_path}/", "--tokenizer-type", "CharLevelTokenizer"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "names a folder" in out.stderr and f"{tmp_path}/mydata" in out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]

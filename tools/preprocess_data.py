@@ -43,6 +43,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.workers is not None and args.workers < 1:
         p.error("--workers must be >= 1")
+    if args.output_prefix.endswith(("/", os.sep)) or not os.path.basename(args.output_prefix):
+        p.error(f"--output-prefix {args.output_prefix!r} names a folder; end it with a file name prefix, e.g. "
+                f"{os.path.join(args.output_prefix, 'mydata')} (writes ..._text_document.bin/.idx)")
     return args
 
 
