@@ -21,3 +21,15 @@ def test_fp16_on_cpu_is_refused_with_the_override_to_use():
 def test_the_suggested_override_loads_and_fp16_stays_fine_on_gpus():
     plan(False, precision="fp32", fp16={"enabled": False})
     assert plan(True, precision="fp16", fp16={"enabled": True}).runner_args[-2:] == ["train.py", "a.yml"]
+
+
+def test_global_num_gpus_must_match_the_cpu_processes_started():
+    from megatron.neox_arguments.launch_command import expected_world_size
+
+    def world(**keys):
+        return expected_world_size(NeoXArgs.from_dict({**SHAPE, **keys}), cuda_available=False, device_count=0, environ={})
+
+    # Before: the batch sizes were checked for 3 ranks while one process was started.
+    with pytest.raises(ConfigError, match="global_num_gpus: 3 but this launch starts 1 CPU process"):
+        world(global_num_gpus=3)
+    assert world(global_num_gpus=3, num_gpus=3) == 3

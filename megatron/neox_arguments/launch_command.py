@@ -125,6 +125,12 @@ def expected_world_size(args: NeoXArgs, *, cuda_available: bool, device_count: i
     """
     la = args.launcher
     if args.parallel.global_num_gpus:
+        launched = la.num_gpus or 1 if not cuda_available else None
+        if launched is not None and launched != args.parallel.global_num_gpus:
+            # A resharded checkpoint's config.yml carries the new layout's global_num_gpus.
+            raise ConfigError(
+                f"global_num_gpus: {args.parallel.global_num_gpus} but this launch starts {launched} CPU process(es) "
+                f"(num_gpus: {la.num_gpus}); set num_gpus: {args.parallel.global_num_gpus}, or remove global_num_gpus")
         return args.parallel.global_num_gpus
     if not cuda_available:
         return la.num_gpus or 1
