@@ -43,18 +43,42 @@ def import_lm_eval():
     return lm_eval, HFLM
 
 
-def evaluate(model, tokenizer, tasks: list[str], *, num_fewshot=None, limit=None, batch_size: int = 1,
-             include_path=None, seed: int = 1234) -> dict[str, Any]:
-    """lm-eval's results dict for an in-memory transformers model."""
-    lm_eval, HFLM = import_lm_eval()
+def task_manager_for(tasks: list[str], include_path=None):
+    """lm-eval's TaskManager, after checking that every task name is known (before the model loads)."""
+    import_lm_eval()
     from lm_eval.tasks import TaskManager
 
+    if include_path is not None and not os.path.isdir(include_path):
+        raise FileNotFoundError(f"--include_path {include_path} is not a directory of task YAML files")
+    manager = TaskManager(include_path=include_path)
+    unknown = [t for t in tasks if t not in manager.all_tasks and not os.path.isfile(t)]
+    if unknown:
+        raise ValueError(
+            f"unknown lm-eval task(s) {unknown}; `lm-eval list tasks` lists the known ones, "
+            "and --include_path DIR adds your own task YAML files"
+        )
+    return manager
+
+
+def evaluate(model, tokenizer, tasks: list[str], *, num_fewshot=None, limit=None, batch_size: int = 1,
+             include_path=None, seed: int = 1234, task_manager=None) -> dict[str, Any]:
+    """lm-eval's results dict for an in-memory transformers model."""
+    lm_eval, HFLM = import_lm_eval()
+
+    manager = task_manager or task_manager_for(tasks, include_path)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(next(model.parameters()).device))
-    results = lm_eval.simple_evaluate(
-        model=lm, tasks=list(tasks), num_fewshot=num_fewshot, limit=limit, log_samples=False,
-        task_manager=TaskManager(include_path=include_path), random_seed=seed, numpy_random_seed=seed,
-        torch_random_seed=seed, fewshot_random_seed=seed,
-    )
+    try:
+        results = lm_eval.simple_evaluate(
+            model=lm, tasks=list(tasks), num_fewshot=num_fewshot, limit=limit, log_samples=False,
+            task_manager=manager, random_seed=seed, numpy_random_seed=seed,
+            torch_random_seed=seed, fewshot_random_seed=seed,
+        )
+    except ConnectionError as exc:
+        raise ConnectionError(
+            f"{exc}. lm-eval downloads each task's dataset from the Hugging Face Hub: run where the Hub is "
+            "reachable, or with HF_DATASETS_OFFLINE=1 and the datasets already cached, or use --include_path "
+            "with task YAML files over local data"
+        ) from exc
     if results is None:
         raise RuntimeError("lm-eval returned no results")
     return results
@@ -76,7 +100,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     tasks = cli.eval_tasks or args.generation.eval_tasks
     if not tasks:
         sys.exit("eval.py: no tasks; pass --eval_tasks TASK [TASK ...] or set eval_tasks in the config")
-    import_lm_eval()  # fail before loading the model when lm-eval is missing
+    manager = task_manager_for(tasks, cli.include_path)  # fails before the model loads: no lm-eval, unknown task
     if int(os.environ.get("RANK", "0")) != 0:
         print(f"eval.py: rank {os.environ['RANK']} has nothing to do; rank 0 evaluates", flush=True)
         return {}
@@ -92,7 +116,8 @@ def main(argv: list[str]) -> dict[str, Any]:
         args.sepllm.BATCH_ADAPTIVE_INIT_POS = True
     model, tokenizer = inference_model(args)
     results = evaluate(model, tokenizer, tasks, num_fewshot=cli.num_fewshot, limit=cli.limit,
-                       batch_size=cli.batch_size, include_path=cli.include_path, seed=int(args.training.seed))
+                       batch_size=cli.batch_size, include_path=cli.include_path, seed=int(args.training.seed),
+                       task_manager=manager)
     print(make_table(results), flush=True)
     summary = {"results": results["results"], "configs": cli.configs, "load": args.checkpoint.load}
     report = kv_report(model)
@@ -107,7 +132,9 @@ def main(argv: list[str]) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    from megatron.checkpointing.checkpoint import CheckpointError
+
     try:
         main(sys.argv[1:])
-    except (ImportError, ValueError, FileNotFoundError) as exc:
+    except (CheckpointError, ImportError, ValueError, OSError) as exc:  # bad input or no Hub: a message, not a traceback
         sys.exit(f"eval.py: {exc}")

@@ -148,7 +148,9 @@ def main(argv: list[str]) -> list[dict]:
 
 
 if __name__ == "__main__":
+    from megatron.checkpointing.checkpoint import CheckpointError
+
     try:
         main(sys.argv[1:])
-    except (ValueError, FileNotFoundError) as exc:
+    except (CheckpointError, ValueError, OSError) as exc:  # bad input: a message, not a traceback
         sys.exit(f"generate.py: {exc}")

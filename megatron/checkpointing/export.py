@@ -23,7 +23,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from megatron.checkpointing.checkpoint import LATEST, MANIFEST, CheckpointError, resolve_tag, verify_checkpoint
+from megatron.checkpointing.checkpoint import LATEST, MANIFEST, CheckpointError, resolve_tag, tag_for, verify_checkpoint
 from megatron.checkpointing.hf_mapping import hf_config_from_args, to_hf_state_dict
 
 MODEL_STATES = "mp_rank_00_model_states.pt"
@@ -43,18 +43,40 @@ def checkpoint_folder(path: str | os.PathLike, iteration: Optional[int] = None) 
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"checkpoint path {path} is not a directory; pass the `save` directory or one of its global_stepN folders")
-    if iteration is not None or (path / LATEST).exists():
-        folder = path / resolve_tag(str(path), iteration)
-    elif (path / MANIFEST).exists() or re.fullmatch(r"global_step\d+", path.name):
+    is_folder = (path / MANIFEST).exists() or re.fullmatch(r"global_step\d+", path.name) is not None
+    if is_folder and not (path / LATEST).exists():
+        if iteration is not None and path.name != tag_for(iteration):
+            raise CheckpointError(
+                f"{path} is already one checkpoint ({path.name}) but iteration {iteration} was asked for; "
+                f"pass its save directory {path.parent} with the iteration, or drop the iteration"
+            )
         folder = path  # verify_checkpoint tells an interrupted save from a complete one
+    elif iteration is not None or (path / LATEST).exists():
+        folder = path / resolve_tag(str(path), iteration)
+        if iteration is not None and not folder.is_dir():
+            steps = _steps(path)
+            raise CheckpointError(
+                f"{path} has no checkpoint for iteration {iteration}"
+                + (f"; it has {', '.join(steps[-5:])}" if steps else "; it holds no global_stepN folders")
+            )
     else:
-        steps = sorted(p.name for p in path.glob("global_step*") if p.is_dir())
-        raise CheckpointError(
-            f"{path} is neither a checkpoint folder nor a save directory with `latest`"
-            + (f"; pass one of its checkpoints ({', '.join(steps[-3:])}) or --iteration N" if steps else "")
-        )
+        steps = _steps(path)
+        saves = sorted(p.name for p in path.iterdir() if p.is_dir() and (p / LATEST).exists())
+        hint = ""
+        if steps:
+            hint = f"; pass one of its checkpoints ({', '.join(steps[-3:])}) or the iteration"
+        elif saves:
+            hint = f"; it holds save directories ({', '.join(saves[:3])}): pass one of them, e.g. {path / saves[0]}"
+        raise CheckpointError(f"{path} is neither a checkpoint folder nor a save directory with `latest`{hint}")
     verify_checkpoint(folder)
     return folder
+
+
+def _steps(save: Path) -> list[str]:
+    """The global_stepN folders of a save directory, oldest first."""
+    found = [(int(p.name[len("global_step"):]), p.name) for p in save.glob("global_step*")
+             if p.is_dir() and re.fullmatch(r"global_step\d+", p.name)]
+    return [name for _, name in sorted(found)]
 
 
 def checkpoint_args(folder: str | os.PathLike, config_files: Optional[Sequence[str | os.PathLike]] = None):
@@ -128,6 +150,34 @@ def vocab_rows(state_dict: dict[str, torch.Tensor]) -> int:
 # ------------------------------------------------------------------------------ to transformers
 
 
+def check_matches_config(args, state_dict: dict[str, torch.Tensor]) -> None:
+    """Refuse weights whose names or shapes differ from the model `args` describes (a config that does
+    not belong to the checkpoint), before the conversion fails somewhere inside a reshape."""
+    from megatron.model import GPTModel
+
+    with torch.device("meta"):  # shapes only: no memory, no initialisation
+        model = GPTModel(args.model, args.sepllm, vocab_rows(state_dict))
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    buffers = {name for name, _ in model.named_buffers()}
+    problems = [f"{name} is {tuple(t.shape)} in the checkpoint, {expected[name]} under the config"
+                for name, t in state_dict.items() if name in expected and tuple(t.shape) != expected[name]]
+    missing = sorted({name for name, _ in model.named_parameters()} - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected) - buffers)
+    if missing:
+        problems.append(f"the checkpoint lacks {', '.join(missing[:3])}" + (f" and {len(missing) - 3} more" if len(missing) > 3 else ""))
+    if unexpected:
+        problems.append(f"the config has no {', '.join(unexpected[:3])}" + (f" and {len(unexpected) - 3} more" if len(unexpected) > 3 else ""))
+    if problems:
+        m = args.model
+        raise CheckpointError(
+            f"the checkpoint does not match the configured model (num_layers {m.num_layers}, hidden_size {m.hidden_size}, "
+            f"norm {m.norm}, activation {m.activation}): {'; '.join(problems[:3])}. Use the configs the checkpoint was "
+            "trained with (the config.yml stored in its global_stepN folder has them)"
+        )
+
+
+
+
 def infer_arch(model_args) -> str:
     """'llama' for RMSNorm + SwiGLU models, else 'neox'."""
     return "llama" if model_args.norm == "rmsnorm" and model_args.activation == "swiglu" else "neox"
@@ -161,7 +211,8 @@ def to_hf_model(args, state_dict: dict[str, torch.Tensor], arch: Optional[str] =
     arch = arch or infer_arch(args.model)
     if arch not in CLASSES:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(CLASSES)}")
-    config = hf_config(args, vocab_rows(state_dict), arch, dtype)
+    config = hf_config(args, vocab_rows(state_dict), arch, dtype)  # first: it names settings HF cannot express
+    check_matches_config(args, state_dict)
     config._attn_implementation = attn_implementation
     for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
         setattr(config, name, getattr(tokenizer, name, None))
