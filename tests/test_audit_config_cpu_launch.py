@@ -33,3 +33,8 @@ def test_global_num_gpus_must_match_the_cpu_processes_started():
     with pytest.raises(ConfigError, match="global_num_gpus: 3 but this launch starts 1 CPU process"):
         world(global_num_gpus=3)
     assert world(global_num_gpus=3, num_gpus=3) == 3
+
+
+def test_fp16_config_may_still_generate_on_cpu():
+    args = NeoXArgs.from_dict({**SHAPE, "precision": "fp16", "fp16": {"enabled": True}})
+    plan_launch(args, "generate.py", ["a.yml"], cuda_available=False, environ={}, repo_root="/r")  # generation runs in fp32 here

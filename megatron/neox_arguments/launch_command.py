@@ -59,7 +59,7 @@ def plan_launch(
     env = {"PYTHONPATH": os.pathsep.join(p for p in (repo_root, environ.get("PYTHONPATH", "")) if p)}
     runner: list[str] = []
     if not cuda_available:
-        if args.precision.precision == "fp16":
+        if args.precision.precision == "fp16" and task_for_script(user_script) == "train":
             # DeepSpeed refuses fp16 on the CPU only inside deepspeed.initialize, after each rank built its model.
             raise ConfigError(
                 f"precision: fp16 runs on GPUs only, and no CUDA device is visible here (the ranks would run on the CPU); "
