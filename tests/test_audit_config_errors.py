@@ -52,3 +52,11 @@ def test_yaml_syntax_error_points_into_the_file(tmp_path):
 def test_top_level_lr_points_to_the_optimizer_mapping(tmp_path):
     message = load_error(tmp_path, "lr: 0.0006\n")
     assert "unknown key `lr`" in message and "optimizer.params.lr" in message
+
+
+def test_unknown_fp16_key_is_refused_and_gpt_neox_fp16_keys_still_load(tmp_path):
+    message = load_error(tmp_path, "precision: fp16\nfp16: {enabled: true, loss_scal: 0}\n")
+    assert "`fp16` (set in" in message and "key `loss_scal`" in message and "did you mean `loss_scale`?" in message
+    path = tmp_path / "ok.yml"
+    path.write_text(SHAPE + "fp16: {enabled: true, type: bfloat16, consecutive_hysteresis: false}\n")
+    assert NeoXArgs.from_files([path]).precision.precision == "bfloat16"

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from megatron.neox_arguments.optimizer import ZERO_DEFAULTS
+
 if TYPE_CHECKING:
     from megatron.neox_arguments.neox_args import NeoXArgs
 
@@ -49,30 +51,44 @@ def torch_autocast_problems(args: "NeoXArgs") -> list[str]:
     return problems
 
 
-def zero_section_problems(zero: dict[str, Any]) -> list[str]:
-    """What DeepSpeed's ZeRO config model rejects in `zero` (unknown keys, wrong types), one message per key.
+# Keys (and value types) of the DeepSpeed sections that typical configs use: sections made only of
+# these are not handed to DeepSpeed's config models, so loading such a config stays free of torch.
+_USUAL_SECTION_KEYS: dict[str, dict[str, tuple[type, ...]]] = {
+    "zero_optimization": {k: (type(v),) for k, v in ZERO_DEFAULTS.items()},
+    "fp16": {"enabled": (bool,), "loss_scale": (int, float), "loss_scale_window": (int,), "initial_scale_power": (int,),
+             "hysteresis": (int,), "min_loss_scale": (int, float), **{k: (str, bool) for k in _NEOX_ONLY_FP16_KEYS}},
+    "bf16": {"enabled": (bool,)},
+}
 
-    Imports DeepSpeed only for sections that differ from the usual keys and value types, so that
-    loading a typical config stays free of torch; without this check a typo surfaced as a
-    pydantic traceback inside deepspeed.initialize, after every rank had built its model.
+
+def _section_model(name: str):
+    if name == "zero_optimization":
+        from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
+
+        return DeepSpeedZeroConfig
+    from deepspeed.runtime.precision_config import DeepSpeedBF16Config, DeepSpeedFP16Config
+
+    return {"fp16": DeepSpeedFP16Config, "bf16": DeepSpeedBF16Config}[name]
+
+
+def deepspeed_section_problems(name: str, section: dict[str, Any]) -> list[str]:
+    """What DeepSpeed's config model for `name` (zero_optimization, fp16, bf16) rejects in `section`, one message per key.
+
+    Without this check a misspelt key surfaced as a pydantic traceback inside deepspeed.initialize,
+    after every rank had built its model.
     """
-    from megatron.neox_arguments.optimizer import ZERO_DEFAULTS
-
-    def usual(key: str, value: Any) -> bool:
-        default = ZERO_DEFAULTS.get(key)
-        return default is not None and type(value) is type(default)
-
-    if all(usual(k, v) for k, v in zero.items()):
+    usual = _USUAL_SECTION_KEYS[name]
+    if all(k in usual and isinstance(v, usual[k]) and not (isinstance(v, bool) and bool not in usual[k]) for k, v in section.items()):
         return []
     import difflib
 
     import pydantic
-    from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
 
+    model = _section_model(name)
     try:
-        DeepSpeedZeroConfig(**zero)
+        model(**{k: v for k, v in section.items() if not (name == "fp16" and k in _NEOX_ONLY_FP16_KEYS)})
     except pydantic.ValidationError as exc:
-        fields = DeepSpeedZeroConfig.model_fields
+        fields = model.model_fields
         names = list(fields) + [f.alias for f in fields.values() if f.alias]
         problems = []
         for err in exc.errors():
@@ -80,7 +96,7 @@ def zero_section_problems(zero: dict[str, Any]) -> list[str]:
             hint = ""
             if err["type"] == "extra_forbidden":
                 close = difflib.get_close_matches(str(err["loc"][0]), names, n=1, cutoff=0.6)
-                hint = f"; did you mean `{close[0]}`?" if close else "; see DeepSpeed's ZeRO documentation for the valid keys"
+                hint = f"; did you mean `{close[0]}`?" if close else f"; valid keys: {', '.join(sorted(names))}"
             problems.append(f"key `{where}`: {err['msg']} (got {err.get('input')!r}){hint}")
         return problems
     return []

@@ -170,9 +170,9 @@ def _optimizer(args: "NeoXArgs", f: Findings) -> None:
     if isinstance(stage, bool) or stage not in (0, 1, 2, 3):
         f.problem(f"{f.key('zero_optimization', o.zero_optimization)}: stage must be 0, 1, 2 or 3, got {stage!r}")
         return
-    from megatron.neox_arguments.deepspeed_config import zero_section_problems
+    from megatron.neox_arguments.deepspeed_config import deepspeed_section_problems
 
-    for problem in zero_section_problems(o.zero_optimization):
+    for problem in deepspeed_section_problems("zero_optimization", o.zero_optimization):
         f.problem(f"{f.key('zero_optimization', show_value=False)}: {problem}")
 
 
@@ -198,6 +198,12 @@ def _precision(args: "NeoXArgs", f: Findings) -> None:
     p = args.precision
     if isinstance(p.fp16, dict) and p.fp16 and "enabled" not in p.fp16:
         f.problem(f"{f.key('fp16', p.fp16)} needs an `enabled` key (true or false)")
+    from megatron.neox_arguments.deepspeed_config import deepspeed_section_problems
+
+    for name in ("fp16", "bf16"):
+        section = getattr(p, name)
+        for problem in deepspeed_section_problems(name, section) if isinstance(section, dict) else []:
+            f.problem(f"{f.key(name, show_value=False)}: {problem}")
     fp16_on = _enabled(p.fp16)
     # GPT-NeoX's older configs (pythia/1B.yml) spell bf16 as fp16: {enabled: true, type: bfloat16}.
     fp16_means_bf16 = fp16_on and p.fp16.get("type") == "bfloat16"
