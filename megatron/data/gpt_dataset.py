@@ -189,8 +189,13 @@ def build_train_valid_test_datasets(
     if data_path is not None:
         if not isinstance(data_path, str):
             raise ValueError(f"data_path must be one dataset prefix (a string), got {data_path!r}; use train_data_paths to blend several")
-        ranges = split_ranges(split, inspect_indexed_dataset(data_path).num_sequences)
+        num_documents = inspect_indexed_dataset(data_path).num_sequences
+        ranges = split_ranges(split, num_documents)
         for s, (name, rng, n) in enumerate(zip(SPLIT_NAMES, ranges, wanted)):
+            if name == "train" and n > 0 and rng[0] == rng[1]:
+                # Without this the trainer found no train loader and failed on its first step.
+                raise ValueError(f"{data_path} holds {num_documents} documents and split {split!r} gives none of them to "
+                                 "training; preprocess non-empty inputs, or give the first split entry a larger share")
             if n == 0 or rng[0] == rng[1]:
                 if n > 0:
                     log.warning("split %r leaves no documents of %s for %s; that dataset is None", split, data_path, name)
