@@ -31,3 +31,11 @@ def test_output_prefix_naming_a_folder_is_refused(tmp_path):
                           "--output-prefix", f"{tmp_path}/", "--tokenizer-type", "CharLevelTokenizer"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "names a folder" in out.stderr and f"{tmp_path}/mydata" in out.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
+
+
+def test_run_that_writes_no_documents_warns(tmp_path):
+    (tmp_path / "blank.jsonl").write_text('{"text": "  "}\n')
+    out = subprocess.run([sys.executable, str(REPO / "tools" / "preprocess_data.py"), "--input", str(tmp_path / "blank.jsonl"),
+                          "--output-prefix", str(tmp_path / "d"), "--tokenizer-type", "CharLevelTokenizer", "--no-progress"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "warning: no documents were written" in out.stderr

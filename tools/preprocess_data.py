@@ -76,6 +76,9 @@ def main(argv=None) -> int:
         print("interrupted: no output written", file=sys.stderr)
         return 130
     print(summary.report())
+    if summary.documents == 0:
+        print("warning: no documents were written (every input record was empty or skipped); training cannot use this dataset",
+              file=sys.stderr)
     return 0
 
 
