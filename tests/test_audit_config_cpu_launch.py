@@ -38,3 +38,10 @@ def test_global_num_gpus_must_match_the_cpu_processes_started():
 def test_fp16_config_may_still_generate_on_cpu():
     args = NeoXArgs.from_dict({**SHAPE, "precision": "fp16", "fp16": {"enabled": True}})
     plan_launch(args, "generate.py", ["a.yml"], cuda_available=False, environ={}, repo_root="/r")  # generation runs in fp32 here
+
+
+def test_kernel_flag_on_cpu_is_explained_once():
+    notices = plan(False, USE_SEP_ATTN_KERNEL_ACCELERATOR=True).notices
+    assert [n for n in notices if "USE_SEP_ATTN_KERNEL_ACCELERATOR is a GPU kernel" in n] == notices
+    assert plan(False, USE_SEP_ATTN_KERNEL_ACCELERATOR=False).notices == []
+    assert plan(True, USE_SEP_ATTN_KERNEL_ACCELERATOR=True).notices == []

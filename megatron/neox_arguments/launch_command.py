@@ -68,6 +68,10 @@ def plan_launch(
         ignored = [k for k in ("hostfile", "include", "exclude") if getattr(la, k)] + (["num_nodes"] if la.num_nodes not in (-1, 1) else [])
         if ignored:
             notices.append(f"no CUDA device: running {nprocs} local CPU process(es); {', '.join(ignored)} ignored")
+        sep = args.sepllm
+        if sep.USE_SEP_ATTN_KERNEL_ACCELERATOR and not sep.USE_ORIGINAL_FULL_ATTEN:
+            notices.append("USE_SEP_ATTN_KERNEL_ACCELERATOR is a GPU kernel: on the CPU the SepLLM layers compute the same "
+                           "attention with a dense mask instead")
         env["DS_ACCELERATOR"] = "cpu"
         if "OMP_NUM_THREADS" not in environ:
             # Without it every rank starts one thread per core and the ranks fight over the cores.
