@@ -9,9 +9,11 @@ rate schedule, step counters and the data position carry over, and the optimizer
 moments and step; fp32 master weights) for ZeRO stage 1/2 checkpoints (fp32, fp16, bf16; bf16
 ZeRO-1 runs with DeepSpeed's BF16_Optimizer) and for fp32-parameter checkpoints without ZeRO on
 one model-parallel rank (torch_autocast or fp32 runs at stage 0, e.g. torch_autocast on one GPU,
-which moves to N data-parallel GPUs and back): resume with `load: OUT_DIR`. Where it cannot carry
-the optimizer (ZeRO-3, other stage-0 formats) the tool says so: resume those with
-`no_load_optim: true` as well (see megatron/parallel/reshard.py).
+which moves to N data-parallel GPUs and back). Where it cannot carry the optimizer (ZeRO-3, other
+stage-0 formats) the tool says so (see megatron/parallel/reshard.py). It ends by printing the
+settings to put on top of the run's config to resume: `load: OUT_DIR`, the new layout's sizes,
+make_vocab_size_divisible_by when the tensor-parallel size would pad the vocabulary differently,
+and `no_load_optim: true` when the optimizer was not carried over.
 """
 from __future__ import annotations
 
