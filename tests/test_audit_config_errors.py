@@ -60,3 +60,8 @@ def test_unknown_fp16_key_is_refused_and_gpt_neox_fp16_keys_still_load(tmp_path)
     path = tmp_path / "ok.yml"
     path.write_text(SHAPE + "fp16: {enabled: true, type: bfloat16, consecutive_hysteresis: false}\n")
     assert NeoXArgs.from_files([path]).precision.precision == "bfloat16"
+
+
+def test_folder_given_as_config_is_named_as_a_folder(tmp_path):
+    with pytest.raises(ConfigError, match="is a folder; pass the YAML files in it"):
+        NeoXArgs.from_files([tmp_path])

@@ -65,6 +65,8 @@ def load_config_file(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str,
     Raises ConfigError naming the file for a missing file, bad YAML or a non-mapping document.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {str(path)!r} is a folder; pass the YAML files in it, e.g. {str(path / 'NAME.yml')!r}")
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist (paths are relative to {os.getcwd()})")
     text = path.read_text(encoding="utf-8")
