@@ -17,12 +17,6 @@ import os
 import sys
 from typing import Any
 
-INSTALL_HINT = (
-    "eval.py needs lm-evaluation-harness: pip install -r requirements/requirements-eval.txt "
-    "(or pip install 'lm-eval>=0.4.10,<0.5')"
-)
-
-
 def parse_cli(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("configs", nargs="+", help="config files, merged in order (later files win)")
@@ -34,54 +28,19 @@ def parse_cli(argv: list[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def import_lm_eval():
-    try:
-        import lm_eval
-        from lm_eval.models.huggingface import HFLM
-    except ImportError as exc:
-        raise ImportError(INSTALL_HINT) from exc
-    return lm_eval, HFLM
-
-
-def task_manager_for(tasks: list[str], include_path=None):
-    """lm-eval's TaskManager, after checking that every task name is known (before the model loads)."""
-    import_lm_eval()
-    from lm_eval.tasks import TaskManager
-
-    if include_path is not None and not os.path.isdir(include_path):
-        raise FileNotFoundError(f"--include_path {include_path} is not a directory of task YAML files")
-    manager = TaskManager(include_path=include_path)
-    unknown = [t for t in tasks if t not in manager.all_tasks and not os.path.isfile(t)]
-    if unknown:
-        raise ValueError(
-            f"unknown lm-eval task(s) {unknown}; `lm-eval list tasks` lists the known ones, "
-            "and --include_path DIR adds your own task YAML files"
-        )
-    return manager
-
-
 def evaluate(model, tokenizer, tasks: list[str], *, num_fewshot=None, limit=None, batch_size: int = 1,
              include_path=None, seed: int = 1234, task_manager=None) -> dict[str, Any]:
     """lm-eval's results dict for an in-memory transformers model."""
-    lm_eval, HFLM = import_lm_eval()
+    from megatron.inference.lm_eval_tasks import import_lm_eval, simple_evaluate, task_manager_for
 
+    _, HFLM = import_lm_eval()
     manager = task_manager or task_manager_for(tasks, include_path)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(next(model.parameters()).device))
-    try:
-        results = lm_eval.simple_evaluate(
-            model=lm, tasks=list(tasks), num_fewshot=num_fewshot, limit=limit, log_samples=False,
-            task_manager=manager, random_seed=seed, numpy_random_seed=seed,
-            torch_random_seed=seed, fewshot_random_seed=seed,
-        )
-    except ConnectionError as exc:
-        raise ConnectionError(
-            f"{exc}. lm-eval downloads each task's dataset from the Hugging Face Hub: run where the Hub is "
-            "reachable, or with HF_DATASETS_OFFLINE=1 and the datasets already cached, or use --include_path "
-            "with task YAML files over local data"
-        ) from exc
-    if results is None:
-        raise RuntimeError("lm-eval returned no results")
-    return results
+    return simple_evaluate(
+        model=lm, tasks=list(tasks), num_fewshot=num_fewshot, limit=limit, log_samples=False,
+        task_manager=manager, random_seed=seed, numpy_random_seed=seed,
+        torch_random_seed=seed, fewshot_random_seed=seed,
+    )
 
 
 def results_path(prefix: str) -> str:
@@ -100,6 +59,8 @@ def main(argv: list[str]) -> dict[str, Any]:
     tasks = cli.eval_tasks or args.generation.eval_tasks
     if not tasks:
         sys.exit("eval.py: no tasks; pass --eval_tasks TASK [TASK ...] or set eval_tasks in the config")
+    from megatron.inference.lm_eval_tasks import task_manager_for
+
     manager = task_manager_for(tasks, cli.include_path)  # fails before the model loads: no lm-eval, unknown task
     if int(os.environ.get("RANK", "0")) != 0:
         print(f"eval.py: rank {os.environ['RANK']} has nothing to do; rank 0 evaluates", flush=True)

@@ -1,0 +1,59 @@
+"""tools/lm_eval_sepllm.py as a new user meets it: CPU machines, converted SepLLM models, settings
+of an upstream YAML that do not fit the model, and bad input reported without a traceback."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from test_convert_fixtures import NEOX, ROOT, load_tool, make_tokenizer, save_checkpoint_of, sepllm, write_config
+from test_convert_fixtures import restore_environ  # noqa: F401 (autouse: undoes init_distributed's environment)
+
+pytest.importorskip("lm_eval")
+tool = load_tool("lm_eval_sepllm")
+
+
+@pytest.fixture(scope="module")
+def sepllm_hf_dir(tmp_path_factory):
+    """A SepLLM-trained checkpoint converted by convert_neox_to_hf.py (model type sepllm_gpt_neox)."""
+    folder = tmp_path_factory.mktemp("lm_eval_audit")
+    vocab = make_tokenizer(folder / "tok")
+    config = write_config(folder / "cfg.yml", vocab, folder / "save", **NEOX, **sepllm(4))
+    save_checkpoint_of(config)
+    return load_tool("convert_neox_to_hf").main(["--input_dir", str(folder / "save"), "--output_dir", str(folder / "hf")])
+
+
+def test_converted_sepllm_model_loads_on_cpu_without_a_device_flag(sepllm_hf_dir):
+    import torch
+
+    lm, runtime = tool.build_lm({"pretrained": str(sepllm_hf_dir)}, {}, 1, None)
+    assert lm.model.config.model_type == "sepllm_gpt_neox"
+    if not torch.cuda.is_available():
+        assert lm.device.type == "cpu"
+    assert runtime is not None and runtime.kv_report()["mode"] == "sepllm"  # its own SepLLM settings
+
+
+def test_sepllm_settings_can_be_overridden_in_model_args():
+    hf, sep, overrides = tool.split_model_args(
+        "pretrained=m,sepllm_config=a.yml,sepllm_Layer_num=30,sepllm_separator_token_ids=smollm2,sepcache=4:8:16:64")
+    assert hf == {"pretrained": "m"}
+    assert sep == {"sepllm_config": "a.yml", "sepcache": "4:8:16:64"}
+    assert overrides == {"Layer_num": 30, "separator_token_ids": "smollm2"}
+    with pytest.raises(ValueError, match="sepllm_Layer_nums.*sepllm_SETTING"):
+        tool.split_model_args("pretrained=m,sepllm_Layer_nums=30")
+
+
+def test_a_missing_local_model_directory_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="pretrained=.*nope is not a directory"):
+        tool.check_pretrained({"pretrained": str(tmp_path / "nope")})
+    tool.check_pretrained({"pretrained": "EleutherAI/pythia-160m"})  # a Hub id is left to transformers
+
+
+def test_unknown_task_is_a_message_not_a_traceback(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "tools/lm_eval_sepllm.py", "--model_args", f"pretrained={tmp_path}", "--tasks", "no_such_task"],
+        cwd=ROOT, capture_output=True, text=True, timeout=180,
+    )
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "lm_eval_sepllm: unknown lm-eval task(s) ['no_such_task']" in done.stderr
