@@ -17,12 +17,25 @@ def main(argv: list[str]) -> None:
     try:
         args = NeoXArgs.from_files(argv)
         args.validate_for("train")
-    except ConfigError as e:  # validation happens before any process group or GPU work
+        check_launch(args)
+    except ConfigError as e:  # before any process group or GPU work, so every rank stops here alike
         sys.exit(f"config error: {e}")
     prepare_accelerator_env()
     from megatron.training.trainer import pretrain
 
     pretrain(args)
+
+
+def check_launch(args) -> None:
+    """What deepy.py checks before it starts ranks, for ranks started by torchrun, srun or mpirun."""
+    import torch
+
+    from megatron.neox_arguments.distributed import distributed_env
+    from megatron.neox_arguments.launch_command import check_training_device
+
+    check_training_device(args, cuda_available=torch.cuda.is_available())
+    world = distributed_env(args.launcher).world_size
+    args.training.batch_sizes(args.parallel.data_parallel_size(world))
 
 
 if __name__ == "__main__":

@@ -160,3 +160,17 @@ def test_rerun_of_a_finished_run_keeps_its_checkpoint(tmp_path, corpus):
     again = run(tmp_path, cfg)
     assert again["start"] == 2 and again["losses"] == []
     assert (ck / "global_step2" / "manifest.json").read_text() == manifest
+
+
+@pytest.mark.parametrize("overrides,environ,message", [
+    ({"precision": "fp16", "fp16": {"enabled": True}}, {}, "precision: fp16 runs on GPUs only"),
+    ({"model_parallel_size": 2}, {"RANK": "0", "WORLD_SIZE": "3"}, "the 3 ranks of this job do not factor"),
+])
+def test_train_py_refuses_what_the_ranks_cannot_run_before_starting(tmp_path, corpus, overrides, environ, message):
+    """Ranks started by torchrun / srun directly get deepy.py's checks: one message, not a traceback per rank."""
+    cfg = make_config(tmp_path, corpus, **overrides)
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), cfg], cwd=ROOT, env={**env, **environ},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and message in proc.stderr, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr

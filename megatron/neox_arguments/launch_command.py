@@ -59,11 +59,8 @@ def plan_launch(
     env = {"PYTHONPATH": os.pathsep.join(p for p in (repo_root, environ.get("PYTHONPATH", "")) if p)}
     runner: list[str] = []
     if not cuda_available:
-        if args.precision.precision == "fp16" and task_for_script(user_script) == "train":
-            # DeepSpeed refuses fp16 on the CPU only inside deepspeed.initialize, after each rank built its model.
-            raise ConfigError(
-                f"precision: fp16 runs on GPUs only, and no CUDA device is visible here (the ranks would run on the CPU); "
-                "for a CPU run add a config with `precision: fp32` and `fp16: {enabled: false}`")
+        if task_for_script(user_script) == "train":
+            check_training_device(args, cuda_available=False)
         nprocs = la.num_gpus or 1
         ignored = [k for k in ("hostfile", "include", "exclude") if getattr(la, k)] + (["num_nodes"] if la.num_nodes not in (-1, 1) else [])
         if ignored:
@@ -197,6 +194,15 @@ def _check_hostfile(path: str, *, explicit: bool, num_nodes: int) -> None:
         raise ConfigError(f"hostfile {path} lists no hosts; write one `host slots=N` line per node")
     if num_nodes > len(hosts):
         raise ConfigError(f"num_nodes: {num_nodes} but hostfile {path} lists {len(hosts)} host(s); add hosts or lower num_nodes")
+
+
+def check_training_device(args: NeoXArgs, *, cuda_available: bool) -> None:
+    """Refuse a training precision the ranks' device cannot run (deepy.py and train.py both ask)."""
+    if args.precision.precision == "fp16" and not cuda_available:
+        # DeepSpeed refuses fp16 on the CPU only inside deepspeed.initialize, after each rank built its model.
+        raise ConfigError(
+            "precision: fp16 runs on GPUs only, and no CUDA device is visible here (the ranks would run on the CPU); "
+            "for a CPU run add a config with `precision: fp32` and `fp16: {enabled: false}`")
 
 
 def task_for_script(user_script: str) -> str | None:
