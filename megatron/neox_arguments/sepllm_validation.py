@@ -6,6 +6,7 @@ do the same and print a notice.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Optional
 
 from megatron.neox_arguments.findings import Findings
@@ -34,6 +35,11 @@ def validate_sepllm(sep: SepLLMArgs, model: ModelArgs, f: Findings) -> None:
         listed = ", ".join(f.key(name, True) for name in on)
         default_hint = " (USE_SEP_ATTN_KERNEL_ACCELERATOR defaults to true)" if "USE_SEP_ATTN_KERNEL_ACCELERATOR" in on and not f.is_set("USE_SEP_ATTN_KERNEL_ACCELERATOR") else ""
         f.problem(f"at most one of {', '.join(EXCLUSIVE_FLAGS)} may be true, but {listed} are; set all but one to false{default_hint}")
+    if not any(f.is_set(field.name) for field in dataclasses.fields(SepLLMArgs)):
+        # Upstream's defaults train SepLLM; a GPT-NeoX user running a plain GPT-NeoX config expects full attention.
+        f.notice("no SepLLM key is set, so upstream SepLLM's defaults apply: SepLLM attention with a window of "
+                 f"{sep.prefill_local_window_size} and the Pythia separators; for plain causal attention add "
+                 "configs/sepllm/vanilla.yml (USE_ORIGINAL_FULL_ATTEN: true)")
 
     _check_ids(sep, "separator_token_ids", f)
     _check_ids(sep, "BiPE_seps", f)
