@@ -140,3 +140,84 @@ def test_deepy_rejects_batch_sizes_that_do_not_fit_the_ranks(tmp_path, capsys):
                       f"tokenizer_type: HFTokenizer\nvocab_file: {vocab}\n")
     assert deepy.main([str(REPO / "train.py"), str(config)]) == 2
     assert "train_batch_size=5 must equal" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ refused before launch
+
+
+def test_fp16_on_cpu_is_refused_with_the_override_to_use():
+    with pytest.raises(ConfigError, match=r"fp16 runs on GPUs only.*`precision: fp32` and `fp16: \{enabled: false\}`"):
+        plan(False, precision="fp16", fp16={"enabled": True})
+
+
+def test_the_suggested_override_loads_and_fp16_stays_fine_on_gpus():
+    plan(False, precision="fp32", fp16={"enabled": False})
+    assert plan(True, precision="fp16", fp16={"enabled": True}).runner_args[-3:] == ["train.py", *CONFIGS]
+
+
+def test_global_num_gpus_must_match_the_cpu_processes_started():
+    from megatron.neox_arguments.launch_command import expected_world_size
+
+    def world(**keys):
+        return expected_world_size(NeoXArgs.from_dict({**SHAPE, **keys}), cuda_available=False, device_count=0, environ={})
+
+    # Before: the batch sizes were checked for 3 ranks while one process was started.
+    with pytest.raises(ConfigError, match="global_num_gpus: 3 but this launch starts 1 CPU process"):
+        world(global_num_gpus=3)
+    assert world(global_num_gpus=3, num_gpus=3) == 3
+
+
+def test_fp16_config_may_still_generate_on_cpu():
+    args = NeoXArgs.from_dict({**SHAPE, "precision": "fp16", "fp16": {"enabled": True}})
+    plan_launch(args, "generate.py", ["a.yml"], cuda_available=False, environ={}, repo_root="/r")  # generation runs in fp32 here
+
+
+def test_kernel_flag_on_cpu_is_explained_once():
+    notices = plan(False, USE_SEP_ATTN_KERNEL_ACCELERATOR=True).notices
+    assert [n for n in notices if "USE_SEP_ATTN_KERNEL_ACCELERATOR is a GPU kernel" in n] == notices
+    assert plan(False, USE_SEP_ATTN_KERNEL_ACCELERATOR=False).notices == []
+    assert plan(True, USE_SEP_ATTN_KERNEL_ACCELERATOR=True).notices == []
+
+
+def write_hostfile(tmp_path, text: str) -> str:
+    path = tmp_path / "hostfile"
+    path.write_text(text)
+    return str(path)
+
+
+def test_missing_configured_hostfile_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist.*host slots=N"):
+        plan(hostfile=str(tmp_path / "hostfle"))
+
+
+def test_missing_dlts_hostfile_keeps_the_local_launch():
+    assert plan(environ={"DLTS_HOSTFILE": "/job/hostfile"}).runner_args[:2] == ["--hostfile", "/job/hostfile"]
+
+
+@pytest.mark.parametrize("text,needle", [("node0 slots 8\n", r"hostfile:1: 'node0 slots 8' is not a `host slots=N` line"),
+                                         ("a slots=8\na slots=4\n", "listed twice"),
+                                         ("# only a comment\n\n", "lists no hosts")])
+def test_bad_hostfile_names_the_line(tmp_path, text, needle):
+    with pytest.raises(ConfigError, match=needle):
+        plan(hostfile=write_hostfile(tmp_path, text))
+
+
+def test_more_nodes_than_hosts_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="num_nodes: 3 but hostfile .* lists 2 host"):
+        plan(hostfile=write_hostfile(tmp_path, "a slots=8\nb slots=8  # spare\n"), num_nodes=3)
+
+
+def test_good_hostfile_passes_through(tmp_path):
+    path = write_hostfile(tmp_path, "# cluster\na slots=8\nb slots=8  # spare\n")
+    assert plan(hostfile=path, launcher="slurm", master_addr="a").runner_args[:2] == ["--hostfile", path]
+
+
+def test_config_before_script_is_explained(capsys, monkeypatch):
+    sys.path.insert(0, str(REPO))
+    import deepy
+
+    monkeypatch.chdir(REPO)
+    # Before: "config file 'train.py.yml' does not exist", as the config was taken for the script.
+    assert deepy.main(["configs/demo.yml", "train.py"]) == 2
+    err = capsys.readouterr().err
+    assert "the script comes first" in err and "python deepy.py train.py CONFIG.yml" in err and "train.py.yml" not in err

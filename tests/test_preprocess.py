@@ -5,8 +5,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -211,3 +213,53 @@ def test_prepare_demo_data_is_idempotent(tmp_path):
     third = run()
     assert third.returncode == 0 and "documents:" in third.stdout
     assert inspect_indexed_dataset(repo / "data" / "demo" / "demo_text_document").num_tokens < files.num_tokens
+
+
+def test_shell_expanded_glob_and_a_comma_list_together(tmp_path):
+    for i in range(3):
+        (tmp_path / f"book{i}.txt").write_text(f"book {i}. " * 10)
+    (tmp_path / "extra.jsonl").write_text('{"text": "one more."}\n')
+    books = sorted(str(p) for p in tmp_path.glob("book*.txt"))
+    # Before: "error: unrecognized arguments: .../book1.txt".
+    out = subprocess.run([sys.executable, str(REPO / "tools" / "preprocess_data.py"), "--input", *books[:2], f"{books[2]},{tmp_path / 'extra.jsonl'}",
+                          "--output-prefix", str(tmp_path / "d"), "--tokenizer-type", "CharLevelTokenizer", "--no-progress"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "from 4 file(s)" in out.stdout
+    assert inspect_indexed_dataset(tmp_path / "d_text_document").num_documents == 4
+
+
+def test_output_prefix_naming_a_folder_is_refused(tmp_path):
+    (tmp_path / "a.txt").write_text("text.")
+    # Before: wrote a hidden-looking out/_text_document.bin/.idx pair.
+    out = subprocess.run([sys.executable, str(REPO / "tools" / "preprocess_data.py"), "--input", str(tmp_path / "a.txt"),
+                          "--output-prefix", f"{tmp_path}/", "--tokenizer-type", "CharLevelTokenizer"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "names a folder" in out.stderr and f"{tmp_path}/mydata" in out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
+
+
+def test_run_that_writes_no_documents_warns(tmp_path):
+    (tmp_path / "blank.jsonl").write_text('{"text": "  "}\n')
+    out = subprocess.run([sys.executable, str(REPO / "tools" / "preprocess_data.py"), "--input", str(tmp_path / "blank.jsonl"),
+                          "--output-prefix", str(tmp_path / "d"), "--tokenizer-type", "CharLevelTokenizer", "--no-progress"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "warning: no documents were written" in out.stderr
+
+
+def test_sigterm_removes_the_temporary_outputs(tmp_path):
+    src = tmp_path / "big.jsonl"
+    src.write_text("".join(json.dumps({"text": f"document {i}. " * 400}) + "\n" for i in range(4000)))
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.Popen([sys.executable, str(REPO / "tools" / "preprocess_data.py"), "--input", str(src), "--output-prefix",
+                             str(out / "d"), "--tokenizer-type", "CharLevelTokenizer", "--batch-mb", "0.2", "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 60
+    while not list(out.iterdir()) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be stopped; give it more input"
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, output
+    assert "interrupted: no output written" in output
+    assert list(out.iterdir()) == []

@@ -171,3 +171,16 @@ def test_separator_tool_extended_list_matches_upstream_gpt_neox_ids(neox):
     assert ids[9:] == [964, 1157, 3736, 2195, 3706, 1163, 2490, 50276, 50275]
     bad = _run_separator_tool("--tokenizer-type", "HFTokenizer", "--vocab-file", "/nonexistent.json")
     assert bad.returncode == 1 and "does not exist" in bad.stderr
+
+
+def test_missing_merges_names_only_the_merge_file_setting():
+    with pytest.raises(ValueError) as info:
+        build_tokenizer("GPT2BPETokenizer", NEOX_JSON, None)
+    assert str(info.value) == "GPT2BPETokenizer needs a merges.txt file (merge_file / --merge-file)"
+
+
+def test_folder_without_tokenizer_files_points_to_hftokenizer(tmp_path):
+    (tmp_path / "gpt-neox-20b-tokenizer.json").write_text("{}")
+    # Before: transformers' message about converting a slow tokenizer with sentencepiece or tiktoken.
+    with pytest.raises(ValueError, match="cannot load a tokenizer.*holds none of tokenizer.json.*tokenizer_type HFTokenizer"):
+        build_tokenizer("HFAutoTokenizer", str(tmp_path))
