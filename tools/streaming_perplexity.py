@@ -106,9 +106,16 @@ def write_atomic(path: Path, text: str) -> None:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     settings = settings_from_args(args)
+    # Inputs are checked before the model loads and the stream runs, not after.
+    paths = args.data_path or default_data(args.dataset_name)
+    missing = [p for p in paths if not Path(p).exists()]
+    if missing:
+        raise FileNotFoundError(f"--data_path {' '.join(map(str, missing))} does not exist")
+    for other in args.plot_with:
+        if not (Path(other) / "log.txt").is_file():
+            raise FileNotFoundError(f"--plot_with {other}: no log.txt there (pass output dirs of earlier runs)")
     model, tok = load_model_and_tokenizer(args.model_name_or_path, dtype=args.dtype, device=args.device)
     prepare_model(model, settings, separator_ids=args.separator_token_ids, tokenizer=tok)
-    paths = args.data_path or default_data(args.dataset_name)
 
     def texts():
         for n, text in enumerate(iter_texts(paths, args.jsonl_key)):
@@ -153,10 +160,7 @@ def main(argv=None) -> dict:
     write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     curves = {out.name: report.nlls}
     for other in args.plot_with:
-        log = Path(other) / "log.txt"
-        if not log.is_file():
-            raise FileNotFoundError(f"--plot_with {other}: no log.txt there")
-        curves[Path(other).name] = [float(x) for x in log.read_text().split()]
+        curves[Path(other).name] = [float(x) for x in (Path(other) / "log.txt").read_text().split()]
     plot_running_ppl(curves, out / "running_ppl.png")
     print(f"\nOverall Perplexity (PPL): {report.ppl:.4f}  tokens: {len(report.nlls)}  tokens/s: {report.tokens_per_second:.1f}  "
           f"max cache entries: {report.max_entries}  peak memory: {report.peak_memory}")
@@ -164,4 +168,9 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from megatron.checkpointing.checkpoint import CheckpointError
+
+    try:
+        main()
+    except (CheckpointError, ValueError, OSError) as exc:  # bad input: a message, not a traceback
+        sys.exit(f"streaming_perplexity: {exc}")

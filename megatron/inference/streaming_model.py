@@ -29,6 +29,8 @@ def load_model_and_tokenizer(path: str, *, dtype: str = "float32", device: str =
         tokenizer = hf_tokenizer(args.tokenizer)
         model = to_hf_model(args, read_model_state_dict(folder, args.model.num_layers), dtype=DTYPES[dtype], tokenizer=tokenizer)
         return model.to(device).eval(), tokenizer
+    import megatron.checkpointing.sepllm_hf  # noqa: F401  (registers sepllm_* model types: convert_neox_to_hf.py output)
+
     kw: dict = {}
     if p.suffix == ".gguf":
         if not p.is_file():
@@ -37,6 +39,15 @@ def load_model_and_tokenizer(path: str, *, dtype: str = "float32", device: str =
     else:
         if not p.is_dir():
             raise FileNotFoundError(f"model directory {p} does not exist (pass a transformers model directory or a .gguf file)")
+        if not (p / "config.json").is_file():
+            from megatron.checkpointing.checkpoint import CheckpointError
+            from megatron.checkpointing.export import checkpoint_folder
+
+            try:  # it is not a transformers directory; maybe a save directory's parent, or a damaged checkpoint
+                checkpoint_folder(p)
+            except CheckpointError as exc:
+                raise FileNotFoundError(f"{p} is not a transformers model directory (it has no config.json) and not one of "
+                                        f"our checkpoints: {exc}") from None
         source = str(p)
     tokenizer = AutoTokenizer.from_pretrained(source, **kw)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype], attn_implementation=attn_implementation, **kw)
