@@ -8,7 +8,8 @@ The configs are the training configs plus generation keys (see configs/ and Gene
 from an end-of-document token), input-file (one prompt per `prompt_end` in sample_input_file) or
 interactive (prompts from stdin); `maximum_tokens`, `temperature` (0 = greedy), `top_k`, `top_p`
 and `recompute` (no KV cache) shape the decoding. Samples go to `sample_output_file` as JSON
-lines: context, text, length, finished, duration_seconds (and kv_ratio for SepLLM models).
+lines: context, text, length, finished, duration_seconds (and kv_ratio for SepLLM models; with
+`return_logits`, logits: the raw logit of every generated token).
 
 The checkpoint runs as an in-memory transformers model (megatron.checkpointing.export), so a
 SepLLM model decodes under its SepLLM settings: the prefill windows for the prompt, the generate
@@ -54,8 +55,9 @@ def generation_config(gen, tokenizer, vocab_rows: int):
     )
 
 
-def generate_one(model, tokenizer, prompt: Optional[str], config) -> dict:
-    """One sample for `prompt` (None: unconditional, from an end-of-document token)."""
+def generate_one(model, tokenizer, prompt: Optional[str], config, return_logits: bool = False) -> dict:
+    """One sample for `prompt` (None: unconditional, from an end-of-document token); with `return_logits`
+    also the logit of every generated token (the end-of-document token included when it ends the sample)."""
     import torch
 
     from megatron.checkpointing.sepllm_hf import kv_report
@@ -70,8 +72,11 @@ def generate_one(model, tokenizer, prompt: Optional[str], config) -> dict:
     input_ids = torch.tensor([ids], device=device)
     start = time.time()
     with torch.no_grad():
-        out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), generation_config=config)
-    new = out[0, input_ids.shape[1]:].tolist()
+        out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), generation_config=config,
+                             output_logits=return_logits, return_dict_in_generate=True)
+    new = out.sequences[0, input_ids.shape[1]:].tolist()
+    # The model's raw logit of each generated token (before temperature, top-k/top-p and suppression).
+    logits = [float(step[0, token]) for step, token in zip(out.logits, new)] if return_logits else None
     finished = bool(new) and new[-1] == tokenizer.eos_token_id
     if finished:
         new = new[:-1]
@@ -82,6 +87,8 @@ def generate_one(model, tokenizer, prompt: Optional[str], config) -> dict:
         "finished": finished,
         "duration_seconds": round(time.time() - start, 4),
     }
+    if logits is not None:
+        record["logits"] = logits
     report = kv_report(model)
     if report is not None and "kv_ratio" in report:
         record["kv_ratio"] = report["kv_ratio"]
@@ -134,7 +141,7 @@ def main(argv: list[str]) -> list[dict]:
     interactive = gen.text_gen_type == "interactive"
     records = []
     for prompt in prompts_for(gen):
-        record = generate_one(model, tokenizer, prompt, config)
+        record = generate_one(model, tokenizer, prompt, config, return_logits=bool(gen.return_logits))
         records.append(record)
         if interactive:
             print(record["text"], flush=True)
