@@ -54,6 +54,15 @@ def load_hf(path: str | os.PathLike):
     if path.is_file() and path.suffix == ".gguf":
         where = dict(pretrained_model_name_or_path=str(path.parent), gguf_file=path.name)
     elif path.is_dir():
+        if not (path / "config.json").is_file():
+            from megatron.checkpointing.checkpoint import LATEST, MANIFEST
+
+            ours = (path / LATEST).exists() or (path / MANIFEST).exists()
+            raise FileNotFoundError(
+                f"--hf_model {path} has no config.json: "
+                + ("it is one of our checkpoints already (train from it with `load`)" if ours
+                   else "pass a transformers model directory (config.json and weights) or a .gguf file")
+            )
         where = dict(pretrained_model_name_or_path=str(path))
     else:
         raise FileNotFoundError(f"--hf_model {path} is neither a transformers directory nor a .gguf file")
@@ -151,13 +160,18 @@ def write_checkpoint(state_dict, args, save_dir: Path) -> Path:
     return folder
 
 
-def _fresh_dir(path: Path, overwrite: bool) -> None:
+def _fresh_dir(path: Path, overwrite: bool) -> Path | None:
+    """An empty `path`; a directory it replaces (--overwrite) is moved aside, not deleted, and returned,
+    so that an import that fails part-way can put it back."""
     from megatron.checkpointing.export import check_output_dir
 
     check_output_dir(path, overwrite)
+    old = None
     if path.exists():
-        shutil.rmtree(path)
+        old = path.with_name(f".{path.name}.old{os.getpid()}")
+        os.replace(path, old)
     path.mkdir(parents=True)
+    return old
 
 
 def import_model(hf_model, tokenizer, output_dir: str | os.PathLike, config_out: str | os.PathLike | None = None,
@@ -180,15 +194,23 @@ def import_model(hf_model, tokenizer, output_dir: str | os.PathLike, config_out:
     sep_args = sep_args_from_hf_config(hf_model.config)
     state = from_hf_state_dict(hf_model.state_dict(), model_args, HF_ARCHS[hf_model.config.model_type])
 
-    _fresh_dir(save_dir, overwrite)
-    tokenizer.save_pretrained(save_dir / TOKENIZER_DIR)
-    vocab_file = save_dir / TOKENIZER_DIR / "tokenizer.json"
-    divisor = vocab_divisor(build_tokenizer("HFTokenizer", str(vocab_file)).vocab_size, int(plain.vocab_size))
-    values = config_values(model_args, sep_args, save_dir, vocab_file, divisor, separator_ids_from_tokenizer(tokenizer))
-    args = NeoXArgs.from_dict(values, source=str(config_out))
-    hf_tokenizer(args.tokenizer)  # refuses a saved tokenizer that training would read differently
-    write_checkpoint(state, args, save_dir)
-    atomic_write_text(config_out, config_text(values, source, sep_args is not None))
+    replaced = _fresh_dir(save_dir, overwrite)
+    try:
+        tokenizer.save_pretrained(save_dir / TOKENIZER_DIR)
+        vocab_file = save_dir / TOKENIZER_DIR / "tokenizer.json"
+        divisor = vocab_divisor(build_tokenizer("HFTokenizer", str(vocab_file)).vocab_size, int(plain.vocab_size))
+        values = config_values(model_args, sep_args, save_dir, vocab_file, divisor, separator_ids_from_tokenizer(tokenizer))
+        args = NeoXArgs.from_dict(values, source=str(config_out))
+        hf_tokenizer(args.tokenizer)  # refuses a saved tokenizer that training would read differently
+        write_checkpoint(state, args, save_dir)
+        atomic_write_text(config_out, config_text(values, source, sep_args is not None))
+    except BaseException:
+        shutil.rmtree(save_dir, ignore_errors=True)
+        if replaced is not None:
+            os.replace(replaced, save_dir)  # the replaced import is back as it was
+        raise
+    if replaced is not None:
+        shutil.rmtree(replaced, ignore_errors=True)
     print(f"imported {plain.model_type} model from {source} into {save_dir}/global_step0; config: {config_out}", flush=True)
     return config_out
 
