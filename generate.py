@@ -52,11 +52,13 @@ def generation_config(gen, tokenizer, vocab_rows: int):
         use_cache=not gen.recompute,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        output_logits=bool(gen.return_logits),
+        return_dict_in_generate=True,
     )
 
 
-def generate_one(model, tokenizer, prompt: Optional[str], config, return_logits: bool = False) -> dict:
-    """One sample for `prompt` (None: unconditional, from an end-of-document token); with `return_logits`
+def generate_one(model, tokenizer, prompt: Optional[str], config) -> dict:
+    """One sample for `prompt` (None: unconditional, from an end-of-document token); with `config.output_logits`
     also the logit of every generated token (the end-of-document token included when it ends the sample)."""
     import torch
 
@@ -72,11 +74,10 @@ def generate_one(model, tokenizer, prompt: Optional[str], config, return_logits:
     input_ids = torch.tensor([ids], device=device)
     start = time.time()
     with torch.no_grad():
-        out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), generation_config=config,
-                             output_logits=return_logits, return_dict_in_generate=True)
+        out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), generation_config=config)
     new = out.sequences[0, input_ids.shape[1]:].tolist()
     # The model's raw logit of each generated token (before temperature, top-k/top-p and suppression).
-    logits = [float(step[0, token]) for step, token in zip(out.logits, new)] if return_logits else None
+    logits = [float(step[0, token]) for step, token in zip(out.logits, new)] if config.output_logits else None
     finished = bool(new) and new[-1] == tokenizer.eos_token_id
     if finished:
         new = new[:-1]
@@ -141,7 +142,7 @@ def main(argv: list[str]) -> list[dict]:
     interactive = gen.text_gen_type == "interactive"
     records = []
     for prompt in prompts_for(gen):
-        record = generate_one(model, tokenizer, prompt, config, return_logits=bool(gen.return_logits))
+        record = generate_one(model, tokenizer, prompt, config)
         records.append(record)
         if interactive:
             print(record["text"], flush=True)
