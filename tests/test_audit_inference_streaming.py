@@ -66,3 +66,16 @@ def test_bad_input_is_a_message_not_a_traceback(tmp_path):
     assert done.returncode != 0
     assert "Traceback" not in done.stderr, done.stderr[-2000:]
     assert "streaming_perplexity: GGUF file" in done.stderr and "absent.gguf does not exist" in done.stderr
+
+
+def test_no_tokens_is_an_error_not_a_perfect_perplexity(runs, tmp_path):
+    with pytest.raises(ValueError, match="--num_eval_tokens must be >= 1"):
+        stream.main(["--model_name_or_path", str(tmp_path / "absent.gguf"), "--num_eval_tokens", "0",
+                     "--data_path", str(tmp_path), "--output_dir", str(tmp_path / "out")])
+    (tmp_path / "books").mkdir()
+    (tmp_path / "books" / "empty.txt").write_text("")
+    with pytest.raises(ValueError, match="no token was predicted"):
+        stream.main(["--model_name_or_path", str(runs / "hf"), "--data_path", str(tmp_path / "books"),
+                     "--init_cache_size", "2", "--sep_cache_size", "4", "--local_size", "8", "--cache_size", "16",
+                     "--chunk_size", "4", "--output_dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()

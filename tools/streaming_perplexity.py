@@ -107,6 +107,8 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     settings = settings_from_args(args)
     # Inputs are checked before the model loads and the stream runs, not after.
+    if args.num_eval_tokens is not None and args.num_eval_tokens < 1:
+        raise ValueError(f"--num_eval_tokens must be >= 1 (leave it out to stream every text), got {args.num_eval_tokens}")
     paths = args.data_path or default_data(args.dataset_name)
     missing = [p for p in paths if not Path(p).exists()]
     if missing:
@@ -143,6 +145,8 @@ def main(argv=None) -> dict:
     report = evaluate_stream(model, src, settings, num_eval_tokens=args.num_eval_tokens, concat=args.concat_texts, on_step=progress)
     bar.n = len(report.nlls)
     bar.close()
+    if not report.nlls:  # a perplexity of no tokens would read as a perfect 1.0
+        raise ValueError(f"no token was predicted: the texts in {' '.join(map(str, paths))} are empty or one token long")
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "log.txt", "".join(f"{x}\n" for x in report.nlls))
