@@ -3,7 +3,7 @@
     python deepy.py generate.py CONFIGS...     # through the launcher
     python generate.py CONFIGS...              # one process
 
-The configs are the training configs plus generation keys (see configs/ and GenerationArgs):
+The configs are the training configs plus generation keys (GenerationArgs, megatron/neox_arguments/generation.py):
 `load` (and `iteration`) name the checkpoint; `text_gen_type` is unconditional (num_samples texts
 from an end-of-document token), input-file (one prompt per `prompt_end` in sample_input_file) or
 interactive (prompts from stdin); `maximum_tokens`, `temperature` (0 = greedy), `top_k`, `top_p`
@@ -119,8 +119,11 @@ def prompts_for(gen) -> Iterator[Optional[str]]:
 def main(argv: list[str]) -> list[dict]:
     from megatron.neox_arguments import ConfigError, NeoXArgs
 
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        sys.exit(0)
     if not argv:
-        sys.exit("usage: python generate.py CONFIG.yml [MORE.yml ...]")
+        sys.exit("usage: python generate.py CONFIG.yml [MORE.yml ...]  (--help: the generation keys)")
     try:
         args = NeoXArgs.from_files(argv)
         args.validate_for("generate")

@@ -41,3 +41,13 @@ def test_return_logits_writes_the_logit_of_every_generated_token(tmp_path):
     gen.write_text(yaml.safe_dump(keys))
     (plain,) = generate.main([str(config), str(gen)])
     assert "logits" not in plain and plain["text"] == record["text"]
+
+
+def test_help_prints_the_generation_keys(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit) as done:
+        generate.main(["--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert "text_gen_type" in out and "sample_input_file" in out and "return_logits" in out
