@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 import yaml
 from test_convert_fixtures import NEOX, make_tokenizer, save_checkpoint_of, sepllm, write_config
@@ -44,8 +45,6 @@ def test_return_logits_writes_the_logit_of_every_generated_token(tmp_path):
 
 
 def test_help_prints_the_generation_keys(capsys):
-    import pytest
-
     with pytest.raises(SystemExit) as done:
         generate.main(["--help"])
     assert done.value.code == 0
