@@ -95,3 +95,20 @@ def test_eval_explains_an_unreachable_dataset(saved, monkeypatch):
     monkeypatch.setattr(lm_eval, "simple_evaluate", offline)
     with pytest.raises(ConnectionError, match="lambada_openai.*HF_DATASETS_OFFLINE=1.*--include_path"):
         eval_script.evaluate(model, tokenizer, ["lambada_openai"], task_manager=object())  # not read: simple_evaluate is patched
+
+
+def test_resume_with_another_model_names_the_checkpoint(saved):
+    import deepspeed
+
+    from megatron.checkpointing.checkpoint import load_checkpoint
+    from megatron.model import GPTModel
+    from megatron.neox_arguments import NeoXArgs
+    from test_convert_fixtures import VOCAB_ROWS
+
+    folder, config = saved
+    args = NeoXArgs.from_files([str(config)])
+    args.model.num_layers = 3
+    engine, _, _, _ = deepspeed.initialize(model=GPTModel(args.model, args.sepllm, VOCAB_ROWS),
+                                           config={"train_micro_batch_size_per_gpu": 1}, dist_init_required=False)
+    with pytest.raises(CheckpointError, match="global_step5 does not match the configured model .*config.yml"):
+        load_checkpoint(engine, str(folder / "runs" / "save"), rank=0)

@@ -147,10 +147,20 @@ def load_checkpoint(engine, load_dir: str, *, rank: int, iteration: Optional[int
     manifest = verify_checkpoint(folder)
     # no_load_optim keeps the LR schedule and step counters (DeepSpeed rebuilds ZeRO's fp32 master
     # weights from the loaded module); finetune takes the weights alone.
-    path, client_state = engine.load_checkpoint(
-        load_dir, tag=tag, load_optimizer_states=load_optimizer and not finetune,
-        load_lr_scheduler_states=not finetune, load_module_only=finetune,
-    )
+    try:
+        path, client_state = engine.load_checkpoint(
+            load_dir, tag=tag, load_optimizer_states=load_optimizer and not finetune,
+            load_lr_scheduler_states=not finetune, load_module_only=finetune,
+        )
+    except RuntimeError as exc:
+        if "state_dict" not in str(exc):
+            raise
+        # torch lists every mismatching tensor; the first lines say enough.
+        detail = " ".join(str(exc).split())[:400]
+        raise CheckpointError(
+            f"checkpoint {folder} does not match the configured model ({detail}...). Use the model settings it was "
+            f"saved with (its {folder / 'config.yml'}), or a `load` directory that holds this model's checkpoints"
+        ) from exc
     if path is None:
         raise CheckpointError(f"DeepSpeed could not load checkpoint {folder}")
     rng_file = folder / f"rng_state_rank{rank}.pt"
