@@ -112,3 +112,12 @@ def test_resume_with_another_model_names_the_checkpoint(saved):
                                            config={"train_micro_batch_size_per_gpu": 1}, dist_init_required=False)
     with pytest.raises(CheckpointError, match="global_step5 does not match the configured model .*config.yml"):
         load_checkpoint(engine, str(folder / "runs" / "save"), rank=0)
+
+
+def test_overwrite_never_replaces_a_file(saved, tmp_path):
+    folder, _ = saved
+    notes = tmp_path / "notes.txt"
+    notes.write_text("keep me")
+    with pytest.raises(FileExistsError, match="is a file"):
+        convert.main(["--input_dir", str(folder / "runs" / "save"), "--output_dir", str(notes), "--overwrite"])
+    assert notes.read_text() == "keep me"

@@ -296,7 +296,9 @@ def _check_same_encoding(tokenizer, ours) -> None:
 def check_output_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
     """Refuse a non-empty output directory unless `overwrite` (checked before any slow work)."""
     out = Path(out_dir).resolve()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"output directory {out} is a file; choose a directory path")
+    if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"output directory {out} is not empty; choose another one or pass --overwrite")
     return out
 
