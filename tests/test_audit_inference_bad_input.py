@@ -121,3 +121,13 @@ def test_overwrite_never_replaces_a_file(saved, tmp_path):
     with pytest.raises(FileExistsError, match="is a file"):
         convert.main(["--input_dir", str(folder / "runs" / "save"), "--output_dir", str(notes), "--overwrite"])
     assert notes.read_text() == "keep me"
+
+
+def test_overwrite_never_deletes_the_input(saved):
+    folder, _ = saved
+    save = folder / "runs" / "save"
+    with pytest.raises(ValueError, match="holds the input"):
+        convert.main(["--input_dir", str(save), "--output_dir", str(folder / "runs"), "--overwrite"])
+    with pytest.raises(ValueError, match="holds the input"):
+        load_tool("convert_hf_to_neox").main(["--hf_model", str(save), "--output_dir", str(save), "--overwrite"])
+    assert checkpoint_folder(save).name == "global_step5"

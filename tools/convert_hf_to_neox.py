@@ -219,7 +219,7 @@ def main(argv: list[str]) -> Path:
     from megatron.checkpointing.export import check_output_dir
 
     a = parse_args(argv)
-    check_output_dir(a.output_dir, a.overwrite)
+    check_output_dir(a.output_dir, a.overwrite, source=a.hf_model)
     hf_model, tokenizer = load_hf(a.hf_model)
     return import_model(hf_model, tokenizer, a.output_dir, a.config_out, source=str(a.hf_model), overwrite=a.overwrite)
 

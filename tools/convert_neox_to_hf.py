@@ -38,7 +38,7 @@ def main(argv: list[str]) -> Path:
     args = parse_args(argv)
     from megatron.checkpointing import export
 
-    export.check_output_dir(args.output_dir, args.overwrite)
+    export.check_output_dir(args.output_dir, args.overwrite, source=args.input_dir)
     folder = export.checkpoint_folder(args.input_dir, args.iteration)
     config = export.checkpoint_args(folder, args.config_file)
     tokenizer = None if args.skip_tokenizer else export.hf_tokenizer(config.tokenizer)

@@ -293,9 +293,12 @@ def _check_same_encoding(tokenizer, ours) -> None:
 # ------------------------------------------------------------------------------ writing
 
 
-def check_output_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Refuse a non-empty output directory unless `overwrite` (checked before any slow work)."""
+def check_output_dir(out_dir: str | os.PathLike, overwrite: bool = False, source: Optional[str | os.PathLike] = None) -> Path:
+    """Refuse a non-empty output directory unless `overwrite`, and one that holds `source`, the input
+    being converted, which replacing it would delete (checked before any slow work)."""
     out = Path(out_dir).resolve()
+    if source is not None and Path(source).resolve().is_relative_to(out):
+        raise ValueError(f"output directory {out} holds the input {source}; write the conversion somewhere else")
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"output directory {out} is a file; choose a directory path")
     if out.exists() and any(out.iterdir()) and not overwrite:
