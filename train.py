@@ -21,9 +21,13 @@ def main(argv: list[str]) -> None:
     except ConfigError as e:  # before any process group or GPU work, so every rank stops here alike
         sys.exit(f"config error: {e}")
     prepare_accelerator_env()
+    from megatron.checkpointing.checkpoint import CheckpointError
     from megatron.training.trainer import pretrain
 
-    pretrain(args)
+    try:
+        pretrain(args)
+    except CheckpointError as e:  # a damaged or mismatched checkpoint: the message says which and why
+        sys.exit(f"checkpoint error: {e}")
 
 
 def check_launch(args) -> None:
