@@ -19,7 +19,7 @@ convert = load_tool("convert_neox_to_hf")
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     """A SepLLM checkpoint at runs/save/global_step5 and its config."""
-    folder = tmp_path_factory.mktemp("audit")
+    folder = tmp_path_factory.mktemp("bad_input")
     vocab = make_tokenizer(folder / "tok")
     config = write_config(folder / "cfg.yml", vocab, folder / "runs" / "save", **NEOX, **sepllm(4))
     save_checkpoint_of(config)

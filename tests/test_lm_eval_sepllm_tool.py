@@ -16,7 +16,7 @@ tool = load_tool("lm_eval_sepllm")
 @pytest.fixture(scope="module")
 def sepllm_hf_dir(tmp_path_factory):
     """A SepLLM-trained checkpoint converted by convert_neox_to_hf.py (model type sepllm_gpt_neox)."""
-    folder = tmp_path_factory.mktemp("lm_eval_audit")
+    folder = tmp_path_factory.mktemp("lm_eval_tool")
     vocab = make_tokenizer(folder / "tok")
     config = write_config(folder / "cfg.yml", vocab, folder / "save", **NEOX, **sepllm(4))
     save_checkpoint_of(config)

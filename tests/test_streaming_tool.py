@@ -17,7 +17,7 @@ stream = load_tool("streaming_perplexity")
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """runs/save: a SepLLM-trained checkpoint; hf: its convert_neox_to_hf.py output (sepllm_gpt_neox)."""
-    folder = tmp_path_factory.mktemp("stream_audit")
+    folder = tmp_path_factory.mktemp("stream_tool")
     vocab = make_tokenizer(folder / "tok")
     config = write_config(folder / "cfg.yml", vocab, folder / "runs" / "save", **NEOX, **sepllm(4))
     save_checkpoint_of(config)
