@@ -1,11 +1,12 @@
 """Every config under configs/ loads and validates, alone (shapes) or in the combinations it documents."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 
-from megatron.neox_arguments import NeoXArgs
+from megatron.neox_arguments import ConfigError, NeoXArgs
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -66,10 +67,16 @@ def test_demo_is_a_small_fp32_sepllm_run():
     assert tiny_llama.model.norm == "rmsnorm" and tiny_llama.model.num_kv_heads == 2
 
 
-def test_demo_is_ready_to_train_when_the_demo_data_exists(monkeypatch):
-    if not (REPO / "data" / "demo" / "gpt-neox-20b-tokenizer.json").is_file():
-        pytest.skip("data/demo is not prepared (python tools/prepare_demo_data.py)")
-    monkeypatch.chdir(REPO)
+def test_demo_is_ready_to_train_once_its_data_is_prepared(tmp_path, monkeypatch):
+    """Its relative paths name the shipped tokenizer and what tools/prepare_demo_data.py writes."""
+    demo = tmp_path / "data" / "demo"
+    demo.mkdir(parents=True)
+    shutil.copy(REPO / "data" / "demo" / "gpt-neox-20b-tokenizer.json", demo)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="data/demo/demo_text_document.bin and data/demo/demo_text_document.idx not found"):
+        load("demo.yml").validate_for("train")
+    for suffix in (".bin", ".idx"):
+        (demo / f"demo_text_document{suffix}").write_bytes(b"")
     load("demo.yml").validate_for("train")
 
 
