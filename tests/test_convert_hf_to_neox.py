@@ -160,6 +160,9 @@ def test_smollm2_round_trip_and_pg19_logits(tmp_path, smollm2):
     from transformers import LlamaForCausalLM
 
     again = LlamaForCausalLM.from_pretrained(back)
+    # EOS is now the training end-of-document token; the chat model's own end of turn still stops generation.
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert again.generation_config.eos_token_id == [tokenizer.convert_tokens_to_ids("<|endoftext|>"), im_end]
     original = hf.state_dict()
     for key, tensor in again.state_dict().items():
         assert torch.equal(tensor, original[key]), key

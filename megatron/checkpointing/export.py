@@ -229,7 +229,29 @@ def to_hf_model(args, state_dict: dict[str, torch.Tensor], arch: Optional[str] =
         model.tie_weights()
     for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
         setattr(model.generation_config, name, getattr(config, name))
+    stops = generation_stop_ids(tokenizer)
+    if len(stops) > 1:
+        model.generation_config.eos_token_id = stops
     return model.to(dtype).eval()
+
+
+def generation_stop_ids(tokenizer) -> list[int]:
+    """The ids generation stops at: EOS (our training end-of-document token) and, where the tokenizer's
+    own config named another end token, that one too.
+
+    A chat model ends its turns with its own token (SmolLM2-Instruct's <|im_end|>), which hf_tokenizer
+    replaces as EOS by the end-of-document token; without it, a converted chat model would not stop.
+    """
+    if tokenizer is None or tokenizer.eos_token_id is None:
+        return []
+    stops = [tokenizer.eos_token_id]
+    own = tokenizer.init_kwargs.get("eos_token")
+    own = getattr(own, "content", own)  # a str, or an AddedToken
+    if isinstance(own, str):
+        own_id = tokenizer.convert_tokens_to_ids(own)
+        if own_id is not None and own_id != tokenizer.unk_token_id and own_id not in stops:
+            stops.append(own_id)
+    return stops
 
 
 # ------------------------------------------------------------------------------ tokenizer
