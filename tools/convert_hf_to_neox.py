@@ -55,12 +55,11 @@ def load_hf(path: str | os.PathLike):
         where = dict(pretrained_model_name_or_path=str(path.parent), gguf_file=path.name)
     elif path.is_dir():
         if not (path / "config.json").is_file():
-            from megatron.checkpointing.checkpoint import LATEST, MANIFEST
+            from megatron.checkpointing.checkpoint import is_checkpoint_path
 
-            ours = (path / LATEST).exists() or (path / MANIFEST).exists()
             raise FileNotFoundError(
                 f"--hf_model {path} has no config.json: "
-                + ("it is one of our checkpoints already (train from it with `load`)" if ours
+                + ("it is one of our checkpoints already (train from it with `load`)" if is_checkpoint_path(path)
                    else "pass a transformers model directory (config.json and weights) or a .gguf file")
             )
         where = dict(pretrained_model_name_or_path=str(path))

@@ -40,7 +40,13 @@ def tag_for(iteration: int) -> str:
     return f"global_step{iteration}"
 
 
-def _iteration_of(tag: str) -> Optional[int]:
+def is_checkpoint_path(path: Path) -> bool:
+    """Whether `path` is one of our save directories (with `latest`) or checkpoint folders (with a manifest)."""
+    return path.is_dir() and ((path / LATEST).exists() or (path / MANIFEST).exists())
+
+
+def iteration_of(tag: str) -> Optional[int]:
+    """N of a global_stepN folder name; None for any other name."""
     m = re.fullmatch(r"global_step(\d+)", tag)
     return int(m.group(1)) if m else None
 
@@ -97,7 +103,7 @@ def save_checkpoint(engine, save_dir: str, iteration: int, *, client_state: dict
 def _prune(save: Path, keep_last_n: int, keep: str) -> None:
     complete = sorted(
         (it, p) for p in save.iterdir()
-        if p.is_dir() and (it := _iteration_of(p.name)) is not None and (p / MANIFEST).exists()
+        if p.is_dir() and (it := iteration_of(p.name)) is not None and (p / MANIFEST).exists()
     )
     for _, p in complete[:-keep_last_n]:
         if p.name != keep:

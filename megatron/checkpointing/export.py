@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import copy
 import os
-import re
 import shutil
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
 
-from megatron.checkpointing.checkpoint import LATEST, MANIFEST, CheckpointError, resolve_tag, tag_for, verify_checkpoint
+from megatron.checkpointing.checkpoint import LATEST, MANIFEST, CheckpointError, iteration_of, resolve_tag, tag_for, verify_checkpoint
 from megatron.checkpointing.hf_mapping import hf_config_from_args, to_hf_state_dict
 
 MODEL_STATES = "mp_rank_00_model_states.pt"
@@ -43,7 +42,7 @@ def checkpoint_folder(path: str | os.PathLike, iteration: Optional[int] = None) 
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"checkpoint path {path} is not a directory; pass the `save` directory or one of its global_stepN folders")
-    is_folder = (path / MANIFEST).exists() or re.fullmatch(r"global_step\d+", path.name) is not None
+    is_folder = (path / MANIFEST).exists() or iteration_of(path.name) is not None
     if is_folder and not (path / LATEST).exists():
         if iteration is not None and path.name != tag_for(iteration):
             raise CheckpointError(
@@ -74,8 +73,7 @@ def checkpoint_folder(path: str | os.PathLike, iteration: Optional[int] = None) 
 
 def _steps(save: Path) -> list[str]:
     """The global_stepN folders of a save directory, oldest first."""
-    found = [(int(p.name[len("global_step"):]), p.name) for p in save.glob("global_step*")
-             if p.is_dir() and re.fullmatch(r"global_step\d+", p.name)]
+    found = [(it, p.name) for p in save.glob("global_step*") if p.is_dir() and (it := iteration_of(p.name)) is not None]
     return [name for _, name in sorted(found)]
 
 
@@ -174,8 +172,6 @@ def check_matches_config(args, state_dict: dict[str, torch.Tensor]) -> None:
             f"norm {m.norm}, activation {m.activation}): {'; '.join(problems[:3])}. Use the configs the checkpoint was "
             "trained with (the config.yml stored in its global_stepN folder has them)"
         )
-
-
 
 
 def infer_arch(model_args) -> str:

@@ -10,18 +10,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def is_our_checkpoint(path: Path) -> bool:
-    from megatron.checkpointing.checkpoint import LATEST, MANIFEST
-
-    return path.is_dir() and ((path / LATEST).exists() or (path / MANIFEST).exists())
-
-
 def load_model_and_tokenizer(path: str, *, dtype: str = "float32", device: str = "cpu", attn_implementation: str = "sdpa"):
     """(model, tokenizer) from a transformers model directory, a .gguf file (de-quantized) or our checkpoint."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} is unknown; choose one of {sorted(DTYPES)}")
+    from megatron.checkpointing.checkpoint import is_checkpoint_path
+
     p = Path(path)
-    if is_our_checkpoint(p):
+    if is_checkpoint_path(p):
         from megatron.checkpointing.export import checkpoint_args, checkpoint_folder, hf_tokenizer, read_model_state_dict, to_hf_model
 
         folder = checkpoint_folder(p)

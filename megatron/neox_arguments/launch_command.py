@@ -126,7 +126,7 @@ def expected_world_size(args: NeoXArgs, *, cuda_available: bool, device_count: i
     """
     la = args.launcher
     if args.parallel.global_num_gpus:
-        launched = la.num_gpus or 1 if not cuda_available else None
+        launched = (la.num_gpus or 1) if not cuda_available else None
         if launched is not None and launched != args.parallel.global_num_gpus:
             # A resharded checkpoint's config.yml carries the new layout's global_num_gpus.
             raise ConfigError(
