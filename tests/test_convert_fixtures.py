@@ -129,6 +129,15 @@ def save_checkpoint_of(config: Path, seed: int = 0, iteration: int = 5):
     return args, model.eval()
 
 
+def sepllm_checkpoint(folder: Path, save: Path, seed: int = 0):
+    """A SepLLM (window 4) NeoX-shaped checkpoint saved in `save`, with its tokenizer and cfg.yml in
+    `folder`; returns (config path, args, model)."""
+    vocab = make_tokenizer(folder / "tok")
+    config = write_config(folder / "cfg.yml", vocab, save, **NEOX, **sepllm(4))
+    args, model = save_checkpoint_of(config, seed=seed)
+    return config, args, model
+
+
 def sample_ids(vocab_file: Path, batch: int = 2) -> torch.Tensor:
     """Real text (with separators) as token ids, [batch, L]."""
     from megatron.data.tokenizers import build_tokenizer

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from test_convert_fixtures import NEOX, make_tokenizer, save_checkpoint_of, sepllm, write_config
+from test_convert_fixtures import sepllm_checkpoint
 from test_convert_fixtures import restore_environ  # noqa: F401 (autouse: undoes init_distributed's environment)
 
 import generate
@@ -20,9 +20,7 @@ PROMPTS = ["The quick brown fox jumps over", "It was a bright cold day, and the 
 def run(tmp_path_factory):
     """A SepLLM checkpoint (window 4) and its config; returns (folder, model, config path)."""
     folder = tmp_path_factory.mktemp("gen")
-    vocab = make_tokenizer(folder / "tok")
-    config = write_config(folder / "cfg.yml", vocab, folder / "save", **NEOX, **sepllm(4))
-    _, model = save_checkpoint_of(config, seed=11)
+    config, _, model = sepllm_checkpoint(folder, folder / "save", seed=11)
     (folder / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
     return folder, model, config
 

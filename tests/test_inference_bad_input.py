@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import yaml
-from test_convert_fixtures import LLAMA, NEOX, ROOT, load_tool, make_tokenizer, save_checkpoint_of, sepllm, write_config
+from test_convert_fixtures import LLAMA, ROOT, load_tool, sepllm_checkpoint
 from test_convert_fixtures import restore_environ  # noqa: F401 (autouse: undoes init_distributed's environment)
 
 from megatron.checkpointing.checkpoint import CheckpointError
@@ -20,9 +20,7 @@ convert = load_tool("convert_neox_to_hf")
 def saved(tmp_path_factory):
     """A SepLLM checkpoint at runs/save/global_step5 and its config."""
     folder = tmp_path_factory.mktemp("bad_input")
-    vocab = make_tokenizer(folder / "tok")
-    config = write_config(folder / "cfg.yml", vocab, folder / "runs" / "save", **NEOX, **sepllm(4))
-    save_checkpoint_of(config)
+    config, _, _ = sepllm_checkpoint(folder, folder / "runs" / "save")
     return folder, config
 
 

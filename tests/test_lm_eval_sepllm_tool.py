@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from test_convert_fixtures import NEOX, ROOT, load_tool, make_tokenizer, save_checkpoint_of, sepllm, write_config
+from test_convert_fixtures import ROOT, load_tool, sepllm_checkpoint
 from test_convert_fixtures import restore_environ  # noqa: F401 (autouse: undoes init_distributed's environment)
 
 pytest.importorskip("lm_eval")
@@ -17,9 +17,7 @@ tool = load_tool("lm_eval_sepllm")
 def sepllm_hf_dir(tmp_path_factory):
     """A SepLLM-trained checkpoint converted by convert_neox_to_hf.py (model type sepllm_gpt_neox)."""
     folder = tmp_path_factory.mktemp("lm_eval_tool")
-    vocab = make_tokenizer(folder / "tok")
-    config = write_config(folder / "cfg.yml", vocab, folder / "save", **NEOX, **sepllm(4))
-    save_checkpoint_of(config)
+    sepllm_checkpoint(folder, folder / "save")
     return load_tool("convert_neox_to_hf").main(["--input_dir", str(folder / "save"), "--output_dir", str(folder / "hf")])
 
 

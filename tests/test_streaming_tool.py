@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from test_convert_fixtures import NEOX, ROOT, load_tool, make_tokenizer, save_checkpoint_of, sepllm, write_config
+from test_convert_fixtures import ROOT, load_tool, sepllm_checkpoint
 from test_convert_fixtures import restore_environ  # noqa: F401 (autouse: undoes init_distributed's environment)
 
 from megatron.inference.streaming_model import load_model_and_tokenizer
@@ -18,9 +18,7 @@ stream = load_tool("streaming_perplexity")
 def runs(tmp_path_factory):
     """runs/save: a SepLLM-trained checkpoint; hf: its convert_neox_to_hf.py output (sepllm_gpt_neox)."""
     folder = tmp_path_factory.mktemp("stream_tool")
-    vocab = make_tokenizer(folder / "tok")
-    config = write_config(folder / "cfg.yml", vocab, folder / "runs" / "save", **NEOX, **sepllm(4))
-    save_checkpoint_of(config)
+    sepllm_checkpoint(folder, folder / "runs" / "save")
     load_tool("convert_neox_to_hf").main(["--input_dir", str(folder / "runs" / "save"), "--output_dir", str(folder / "hf")])
     return folder
 
