@@ -185,8 +185,8 @@ def tensor_parallelize(model: nn.Module, *, rank: int, size: int, group, sequenc
         _mark_split(layer.weight, 1)
         return layer
 
-    fused = [fuses_branches(block) for block in model.layers]
-    for block, fuse in zip(model.layers, fused):
+    for block in model.layers:
+        fuse = fuses_branches(block)
         outside = sequence_parallel or fuse
         reduce = "none" if fuse else "reduce_scatter" if sequence_parallel else "all_reduce"
         attn = block.attention
@@ -227,14 +227,14 @@ def tensor_parallelize(model: nn.Module, *, rank: int, size: int, group, sequenc
     # scatter (each rank has its own tokens), else the norms of fused blocks (see FusedBranchesBlock).
     if sequence_parallel:
         sp.scatter_output_of(model.embedding, group)
-        for block, fuse in zip(model.layers, fused):
-            if not fuse:
+        for block in model.layers:
+            if not isinstance(block, FusedBranchesBlock):
                 sp.gather_input_of(block.attention, group)
                 sp.gather_input_of(block.mlp, group)
         sp.gather_input_of(model.output_layer, group)
         partial_grads = list(model.layers) + [model.final_norm]
     else:
-        partial_grads = [norm for block, fuse in zip(model.layers, fused) if fuse
+        partial_grads = [norm for block in model.layers if isinstance(block, FusedBranchesBlock)
                          for norm in (block.input_layernorm, block.post_attention_layernorm) if norm is not None]
     sp.sum_replicated_grads(
         (p for m in partial_grads for n, p in m.named_parameters() if split_dim("." + n) is None), group
