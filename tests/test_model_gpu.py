@@ -74,3 +74,42 @@ def test_bf16_training_step_with_activation_checkpointing():
     loss.backward()
     assert torch.isfinite(loss)
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in gpu.parameters())
+
+
+def test_compiled_kernel_blocks_are_single_graphs_that_match_eager():
+    # With the Sep-Attention kernel, a compiled block traces its attention (the kernel's custom op, or
+    # causal SDPA for a full-attention layer) instead of breaking its graph around it; blocks with the
+    # same window share one graph, and a batch with other separators compiles nothing new.
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from megatron.parallel.compile import compile_model
+
+    model_args = dict(hidden_dropout=0.0, attention_dropout=0.0)
+    sep = {"USE_SEP_ATTN_KERNEL_ACCELERATOR": True, "prefill_loc_win_size_list": [256, 16, 16]}
+    _, eager = _pair(model_args, sep)
+    _, compiled = _pair(model_args, sep)
+    eager.train(), compiled.train()
+    torch._dynamo.reset()
+    counters.clear()
+    compile_model(compiled)
+
+    def run(model, ids):
+        logits = model(ids)
+        loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, VOCAB), ids[:, 1:].reshape(-1))
+        grads = torch.autograd.grad(loss, [p for p in model.parameters()])
+        return logits.detach(), grads
+
+    ids = _ids().cuda()
+    want, want_grads = run(eager, ids)
+    got, got_grads = run(compiled, ids)
+    assert not counters["graph_break"], f"graph breaks in compiled blocks: {dict(counters['graph_break'])}"
+    # one graph for the full-attention block, one shared by the two window-16 blocks, one for the final norm
+    assert counters["stats"]["unique_graphs"] <= 3, dict(counters["stats"])
+    torch.testing.assert_close(got, want, rtol=0, atol=2e-3)
+    for g, w in zip(got_grads, want_grads):
+        assert (g - w).norm() <= 1e-3 * w.norm() + 1e-6, float((g - w).norm() / w.norm())
+    other = _ids()
+    other[:, 3::7] = SEPS[1]
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        run(compiled, other.cuda())

@@ -217,3 +217,47 @@ def test_compiled_graph_does_not_recompile_for_new_batches():
             loss.backward()
             want = reference_attention(q, k, v, plan2.dense_mask(0)).square().sum()
             assert abs(float(loss.detach()) - float(want.detach())) < 1e-4 * abs(float(want.detach()))
+
+
+def test_model_blocks_trace_the_kernel_into_one_graph_each(monkeypatch):
+    # ForwardContext.for_layer hands each block its kernel inputs, so a compiled block never reads its
+    # layer index: no graph break around attention, one graph shared by blocks of the same window
+    # (a full-attention layer traces causal SDPA), and the model computes what the masked path does.
+    from dataclasses import replace
+
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from megatron.model import GPTModel
+    from megatron.neox_arguments.model import ModelArgs
+    from megatron.neox_arguments.sepllm import SepLLMArgs
+
+    args = ModelArgs(num_layers=3, hidden_size=32, num_attention_heads=2, seq_length=48, pos_emb="rotary",
+                     hidden_dropout=0.0, attention_dropout=0.0)
+    sep = SepLLMArgs(separator_token_ids=[5, 9], USE_PREFILL_LOCAL_WIN_SIZES_wrt_LAYERS=True,
+                     prefill_loc_win_size_list=[64, 6, 6], USE_SEP_ATTN_KERNEL_ACCELERATOR=True)
+    torch.manual_seed(0)
+    model = GPTModel(args, sep, 40)
+    ids = torch.randint(10, 40, (2, 48), generator=torch.Generator().manual_seed(0))
+    ids[:, 4::7] = 5
+    masked = model(ids)  # on CPU the builder leaves the kernel off: the masked-SDPA path
+    build = model.context_builder.build
+    monkeypatch.setattr(model.context_builder, "build", lambda *a, **k: replace(build(*a, **k), use_kernel=True))
+    model.context_builder.clear()
+    torch.testing.assert_close(model(ids), masked, rtol=0, atol=1e-5)  # eager, through the kernel
+
+    torch._dynamo.reset()
+    counters.clear()
+    for block in model.layers:
+        block.compile(backend="aot_eager", dynamic=False)
+    model.context_builder.clear()
+    logits = model(ids)
+    logits.float().square().mean().backward()
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    assert counters["stats"]["unique_graphs"] == 2, dict(counters["stats"])  # causal block, window-6 blocks
+    torch.testing.assert_close(logits, masked, rtol=0, atol=1e-5)
+    other = ids.clone()
+    other[:, 2::5] = 9
+    model.context_builder.clear()
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        model(other)

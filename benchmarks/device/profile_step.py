@@ -3,6 +3,7 @@
     python benchmarks/device/profile_step.py --out $OUT                   # on the GPU
     python benchmarks/device/profile_step.py --model 160M --seq 2048 --variants eager compiled
     python benchmarks/device/profile_step.py --toy --out /tmp/p            # CPU smoke run
+    python benchmarks/device/profile_step.py --variants baseline compiled --python-profile 40   # host hot spots
 
 For each variant of the framework step (benchmarks/train_throughput.py's, through the DeepSpeed
 engine) and for the baseline it reports: ms per step (synchronized at the end only), the host time
@@ -116,6 +117,28 @@ def device_profile(step, steps: int, device, top: int) -> dict:
     return {"wall_ms_profiled": wall, "device_busy_ms": busy, "kernels_per_step": launches, "top": rows}
 
 
+def python_profile(step, steps: int, device, top: int) -> list[dict]:
+    """Host functions by own time per step (cProfile over `steps` steps): where issue time goes."""
+    import cProfile
+    import pstats
+
+    tt.synchronize(device)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(steps):
+        step()
+    profiler.disable()
+    tt.synchronize(device)
+    stats = pstats.Stats(profiler).stats
+    rows = []
+    for (filename, line, func), (_, calls, own, cum, _) in stats.items():
+        where = "/".join(Path(filename).parts[-2:]) if filename != "~" else "builtin"
+        rows.append({"function": f"{where}:{line}({func})", "calls_per_step": calls / steps,
+                     "own_ms_per_step": own / steps * 1e3, "cum_ms_per_step": cum / steps * 1e3})
+    rows.sort(key=lambda r: r["own_ms_per_step"], reverse=True)
+    return rows[:top]
+
+
 def profile_variant(name: str, cli, env) -> dict:
     tt.release_memory(env)
     if name == "baseline":
@@ -138,6 +161,8 @@ def profile_variant(name: str, cli, env) -> dict:
             out["host_ms"] = phase_times(engine, parallel, step, 3, env.device)
         out["syncs"] = sync_sites(step, env.device)
         out["profile"] = device_profile(step, 3, env.device, cli.top)
+        if cli.python_profile:
+            out["python"] = python_profile(step, 5, env.device, cli.python_profile)
     out["max_memory_gib"] = torch.cuda.max_memory_allocated(env.device) / 2**30 if env.device.type == "cuda" else None
     if engine is not None:
         engine.destroy()
@@ -166,6 +191,10 @@ def markdown(results: list[dict], cli) -> str:
         lines += ["", f"### {r['variant']}", "", "sync sites: " + (json.dumps(r["syncs"]) if r["syncs"] else "none"), "",
                   "| kernel | ms/step | calls/step |", "|---|---|---|"]
         lines += [f"| `{k['name']}` | {k['ms_per_step']:.2f} | {k['calls_per_step']:.0f} |" for k in r["profile"]["top"]]
+        if r.get("python"):
+            lines += ["", "| host function (cProfile; slows the step) | own ms/step | cum ms/step | calls/step |", "|---|---|---|---|"]
+            lines += [f"| `{k['function']}` | {k['own_ms_per_step']:.2f} | {k['cum_ms_per_step']:.2f} | {k['calls_per_step']:.0f} |"
+                      for k in r["python"]]
     return "\n".join(lines) + "\n"
 
 
@@ -181,6 +210,8 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--top", type=int, default=15)
+    parser.add_argument("--python-profile", type=int, default=0, metavar="N",
+                        help="also list the N host functions with the most own time per step (cProfile)")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--toy", action="store_true")
     cli = parser.parse_args(argv)

@@ -9,30 +9,17 @@ and `dense` along its input dimension in the same head order.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import nn
 
 from megatron.model.alibi import alibi_bias
 from megatron.model.dimensions import ModelDims
-from megatron.model.explicit_attention import SA_SOFTMAX, SA_SOFTMAX_NO_DENO, explicit_attention
+from megatron.model.explicit_attention import explicit_attention, self_adjust_variant
 from megatron.model.forward_context import ForwardContext
 from megatron.model.rotary import apply_rotary
 from megatron.neox_arguments.model import ModelArgs
 from megatron.neox_arguments.sepllm import SepLLMArgs
 from megatron.sepllm.attention import sepllm_attention
-
-
-def self_adjust_variant(sep: SepLLMArgs) -> Optional[str]:
-    """The Self-Adjust Softmax variant the config asks for; like upstream, none under full attention."""
-    if sep.USE_ORIGINAL_FULL_ATTEN:
-        return None
-    if sep.USE_SA_SOFTMAX:
-        return SA_SOFTMAX
-    if sep.USE_SA_SOFTMAX_NO_DENO:
-        return SA_SOFTMAX_NO_DENO
-    return None
 
 
 class SelfAttention(nn.Module):
@@ -69,9 +56,9 @@ class SelfAttention(nn.Module):
         """True when every layer of this pass computes plain causal attention with SDPA."""
         return ctx.alibi is None and self.sa_variant is None and ctx.plan.is_dense_causal
 
-    # Under torch.compile (megatron/parallel/compile.py) the attention core is a boundary between
-    # graphs: it reads the per-batch plan and the layer index, which would specialise every graph
-    # on the layer, and its work is already one fused kernel. No effect in eager mode.
+    # Under torch.compile (megatron/parallel/compile.py) this is a boundary between graphs: it reads
+    # the per-batch plan and the layer index, which would specialise every graph on the layer. The
+    # Sep-Attention kernel path (ctx.kernel) does not come here. No effect in eager mode.
     @torch.compiler.disable
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         """[B, H, L, D] attention output of this layer under the context's plan."""
@@ -94,11 +81,15 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         q, k, v = self.project(x, ctx)
-        if self.dense_causal(ctx):
-            # Causal SDPA depends on neither the layer nor the plan's tensors, so it is traced into
-            # the compiled block (one graph instead of two around a boundary).
-            dropout_p = self.dropout_p if self.training else 0.0
+        dropout_p = self.dropout_p if self.training else 0.0
+        # Causal SDPA and the kernel (inputs resolved by ForwardContext.for_layer) read neither the
+        # layer index nor the plan, so a compiled block traces them: one graph per block.
+        if ctx.causal or self.dense_causal(ctx):
             out = sepllm_attention(q, k, v, None, self.layer_idx, dropout_p=dropout_p)
+        elif ctx.kernel is not None:
+            from megatron.sepllm.kernel import sep_attention_layer
+
+            out = sep_attention_layer(q, k, v, ctx.kernel, dropout_p=dropout_p, recompile=self.recompile)
         else:
             out = self.attend(q, k, v, ctx)
         B, H, L, D = out.shape

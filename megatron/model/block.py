@@ -57,8 +57,8 @@ class TransformerBlock(nn.Module):
         *,
         ctx: Optional[ForwardContext] = None,
     ) -> torch.Tensor:
-        if ctx is None:
-            ctx = self._context_builder(input_ids, position_ids, doc_ids, key_valid)
+        if ctx is None:  # on its own (a pipeline stage): the model's loop would pass this
+            ctx = self._context_builder(input_ids, position_ids, doc_ids, key_valid).for_layer(self.layer_idx)
         attn_in = self.input_layernorm(hidden)
         attn_out = self.hidden_dropout(self.attention(attn_in, ctx))
         if self.parallel_residual:

@@ -24,6 +24,17 @@ SA_SOFTMAX = "sa"
 SA_SOFTMAX_NO_DENO = "sa_no_deno"
 
 
+def self_adjust_variant(sep) -> Optional[str]:
+    """The Self-Adjust Softmax variant a SepLLMArgs asks for; like upstream, none under full attention."""
+    if sep.USE_ORIGINAL_FULL_ATTEN:
+        return None
+    if sep.USE_SA_SOFTMAX:
+        return SA_SOFTMAX
+    if sep.USE_SA_SOFTMAX_NO_DENO:
+        return SA_SOFTMAX_NO_DENO
+    return None
+
+
 def self_adjust(
     probs: torch.Tensor,
     scores: torch.Tensor,

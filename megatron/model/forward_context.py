@@ -8,14 +8,15 @@ identity and version of the input tensors, which it holds on to, so an id cannot
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field, replace
+from typing import Any, Optional
 
 import torch
 
 from megatron.model.alibi import alibi_slopes
 from megatron.model.bipe import bilevel_position_ids
 from megatron.model.dimensions import ModelDims
+from megatron.model.explicit_attention import self_adjust_variant
 from megatron.model.rotary import rotary_cos_sin
 from megatron.neox_arguments.model import ModelArgs
 from megatron.neox_arguments.sepllm import SepLLMArgs
@@ -28,6 +29,29 @@ class ForwardContext:
     position_ids: torch.Tensor  # [B, L] positions of the absolute embeddings (BiPE: intra-segment)
     rope: Optional[tuple[torch.Tensor, torch.Tensor]]  # cos, sin [B, 1, L, rotary_dims], fp32
     alibi: Optional[tuple[torch.Tensor, torch.Tensor]]  # positions [B, L] whose differences ALiBi penalises, slopes [H]
+    use_kernel: bool = False  # the Sep-Attention kernel runs this pass's SepLLM layers
+    causal: bool = False  # this layer computes plain causal attention (set by for_layer)
+    kernel: Any = None  # this layer's megatron.sepllm.kernel.LayerKernel (set by for_layer)
+    _layers: dict = field(default_factory=dict, repr=False)
+
+    def for_layer(self, layer: int) -> "ForwardContext":
+        """The context block `layer` reads: with its kernel inputs, or marked causal, where the kernel runs the pass.
+
+        Resolved outside compiled code (the model's loop over blocks), so that a compiled block
+        never reads its layer index: blocks with the same window share one graph, with the kernel
+        call (or causal SDPA) inside it (megatron/parallel/compile.py). Cached per layer.
+        """
+        if not self.use_kernel:
+            return self
+        if layer not in self._layers:
+            if self.plan.is_causal(layer):
+                self._layers[layer] = replace(self, causal=True, _layers={})
+            else:
+                from megatron.sepllm.kernel import layer_kernel
+
+                spec = layer_kernel(self.plan, layer, self.position_ids.device)
+                self._layers[layer] = replace(self, kernel=spec, _layers={})
+        return self._layers[layer]
 
 
 def _key(tensors: tuple[Optional[torch.Tensor], ...]) -> Optional[tuple]:
@@ -104,4 +128,6 @@ class ContextBuilder:
             if self.alibi_slopes is not None:
                 slopes = torch.tensor(self.alibi_slopes, dtype=torch.float32, device=input_ids.device)
                 alibi = (relative_positions, slopes)
-        return ForwardContext(plan, position_ids, rope, alibi)
+        use_kernel = (bool(self.sep_args.USE_SEP_ATTN_KERNEL_ACCELERATOR) and input_ids.is_cuda and alibi is None
+                      and self_adjust_variant(self.sep_args) is None and not plan.is_dense_causal)
+        return ForwardContext(plan, position_ids, rope, alibi, use_kernel)

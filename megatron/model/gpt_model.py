@@ -170,5 +170,6 @@ class GPTModel(nn.Module):
 
 def _run_blocks(blocks, hidden, input_ids, position_ids, doc_ids, key_valid, *, ctx):
     for block in blocks:
-        hidden = block(hidden, input_ids, position_ids, doc_ids, key_valid, ctx=ctx)
+        layer_ctx = ctx.for_layer(block.layer_idx) if ctx is not None else None
+        hidden = block(hidden, input_ids, position_ids, doc_ids, key_valid, ctx=layer_ctx)
     return hidden

@@ -7,15 +7,15 @@ input shape (parameters are graph inputs), so compile time does not grow with de
 inductor gains is in the elementwise work between the matrix products: LayerNorm, rotary, GELU,
 bias and residual adds become a few fused kernels in forward and backward.
 
-Plain causal attention (every layer of the pass full causal, no ALiBi or Self-Adjust Softmax:
-vanilla models) is traced into the block's graph: SDPA with is_causal reads neither the layer nor
-the plan's tensors, so a vanilla block is one graph. Any other attention core
-(`SelfAttention.attend`, marked `torch.compiler.disable` in the model) stays outside the compiled
-graphs. It reads the per-batch SepLLM plan and the block's layer index, so tracing it would
-specialise every graph on the layer and on the plan's cached layouts (one recompile per layer);
-its work is already one fused kernel (the Sep-Attention Triton kernels, or SDPA), which runs
-exactly as in eager mode, never an unfused fallback. Such a block thus runs as: compiled graph
-(norms, QKV, rotary) -> attention kernel -> compiled graph (output projection, MLP, residual).
+Attention is traced into the block's graph where a fused kernel computes it: causal SDPA (vanilla
+models, and a SepLLM pass's full-attention layers) and the Sep-Attention kernel (its torch.library
+custom op, opaque with fixed output shapes). Neither reads the layer index: the model's loop
+resolves each layer's kernel inputs outside compiled code (`ForwardContext.for_layer`), so blocks
+with the same window share one graph and a new batch compiles nothing. Any other attention core
+(masked SDPA, ALiBi, Self-Adjust Softmax: `SelfAttention.attend`, marked `torch.compiler.disable`)
+stays outside the graphs: it reads the per-batch plan and the layer index, and tracing it would
+specialise every graph on the layer. Such a block runs as: compiled graph (norms, QKV, rotary) ->
+attention -> compiled graph (output projection, MLP, residual).
 
 The language-model loss over the logits is compiled separately (`compiled_lm_loss`, and
 `compiled_vocab_parallel_lm_loss` under tensor parallelism): in eager mode its fp32 cast,
@@ -40,7 +40,8 @@ def compile_model(model: nn.Module) -> None:
     layers = getattr(model, "layers", None)
     if not isinstance(layers, nn.ModuleList) or not len(layers):
         raise ValueError(f"compile_model needs a GPTModel with transformer blocks in .layers, got {type(model).__name__}")
-    # Two graphs per block (before and after attention), per shape, and a few for train/eval mode.
+    # A graph per distinct window (two per block around an attention boundary), per shape, and a few
+    # for train/eval mode.
     import torch._dynamo
 
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 32)

@@ -128,8 +128,8 @@ class FusedBranchesBlock(TransformerBlock):
     sequence_parallel = False
 
     def forward(self, hidden, input_ids, position_ids=None, doc_ids=None, key_valid=None, *, ctx=None):
-        if ctx is None:
-            ctx = self._context_builder(input_ids, position_ids, doc_ids, key_valid)
+        if ctx is None:  # on its own (a pipeline stage): the model's loop would pass this
+            ctx = self._context_builder(input_ids, position_ids, doc_ids, key_valid).for_layer(self.layer_idx)
         if self.sequence_parallel:  # hidden [B, L/tp, h] -> x [B, L, h]
             x = sp.gather_from_sequence(hidden, self.tp_group)
         else:  # the same x on every rank; its partial gradients are all-reduced

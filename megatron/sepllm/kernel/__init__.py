@@ -25,6 +25,7 @@ run per document.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -34,8 +35,8 @@ from megatron.sepllm.kernel.layout import SepLayout, build_layout, plan_layout
 from megatron.sepllm.kernel.ops import compiled_kernel_count, default_scale, interpreted, sep_attention
 from megatron.sepllm.mask import AttentionPlan
 
-__all__ = ["sep_attention_kernel", "effective_window", "SepLayout", "build_layout", "plan_layout",
-           "compiled_kernel_count"]
+__all__ = ["sep_attention_kernel", "sep_attention_layer", "LayerKernel", "layer_kernel", "effective_window", "SepLayout",
+           "build_layout", "plan_layout", "compiled_kernel_count"]
 
 
 def effective_window(plan: AttentionPlan, layer: int, length: int) -> int:
@@ -52,7 +53,26 @@ def effective_window(plan: AttentionPlan, layer: int, length: int) -> int:
     return min(w, length + 1)
 
 
-def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: AttentionPlan, dropout_p: float) -> None:
+@dataclass(frozen=True)
+class LayerKernel:
+    """One layer's kernel inputs, resolved from the plan before the layer runs.
+
+    Compiled blocks read this instead of the plan and their layer index, so that blocks with the
+    same window share one graph with the kernel call inside it (megatron/parallel/compile.py).
+    """
+
+    layout: SepLayout
+    window: int  # effective_window of the layer
+
+
+def layer_kernel(plan: AttentionPlan, layer: int, device: torch.device) -> LayerKernel:
+    """The kernel inputs of `layer` under `plan` (the layout is built once per plan and shared)."""
+    with torch.no_grad():
+        layout = plan_layout(plan, layer, device)
+    return LayerKernel(layout, effective_window(plan, layer, plan._length()))
+
+
+def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: SepLayout, dropout_p: float) -> None:
     if dropout_p > 0.0:
         raise ValueError(
             f"the Sep-Attention kernel has no attention dropout (got dropout_p={dropout_p}); set attention-dropout "
@@ -70,14 +90,30 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: AttentionPla
             f"head dim {D} is above {MAX_HEAD_DIM}, which the Sep-Attention kernel does not support; "
             "use USE_SEP_ATTN_KERNEL_ACCELERATOR: false"
         )
-    ref = plan._ref()
-    if tuple(ref.shape) != (B, L):
-        raise ValueError(f"the attention plan is for batch x length {tuple(ref.shape)}, the inputs are {(B, L)}")
+    if tuple(layout.kept_pos.shape) != (B, L):
+        raise ValueError(f"the attention plan is for batch x length {tuple(layout.kept_pos.shape)}, the inputs are {(B, L)}")
     if not q.is_cuda and not interpreted():
         raise ValueError(
             "the Sep-Attention kernel runs on CUDA tensors (on CPU, set TRITON_INTERPRET=1 before importing "
             "megatron.sepllm.kernel, for tests only); use USE_SEP_ATTN_KERNEL_ACCELERATOR: false on CPU"
         )
+
+
+def sep_attention_layer(
+    q: torch.Tensor,  # [B, H, L, D]
+    k: torch.Tensor,  # [B, Hkv, L, D]
+    v: torch.Tensor,  # [B, Hkv, L, D]
+    spec: LayerKernel,
+    *,
+    dropout_p: float = 0.0,
+    scale: Optional[float] = None,
+    recompile: bool = False,
+) -> torch.Tensor:  # [B, H, L, D]
+    """Exact SepLLM attention of the layer `spec` was resolved for; differentiable in q, k, v."""
+    _check(q, k, v, spec.layout, dropout_p)
+    D = q.shape[3]
+    return sep_attention(q, k, v, spec.layout, spec.window, float(scale if scale is not None else default_scale(D)),
+                         bool(recompile))
 
 
 def sep_attention_kernel(
@@ -92,9 +128,5 @@ def sep_attention_kernel(
     recompile: bool = False,
 ) -> torch.Tensor:  # [B, H, L, D]
     """Exact SepLLM attention of `layer` under `plan`, differentiable in q, k, v."""
-    _check(q, k, v, plan, dropout_p)
-    L, D = q.shape[2], q.shape[3]
-    window = effective_window(plan, layer, L)
-    layout = plan_layout(plan, layer, q.device)
-    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
-    return sep_attention(q, k, v, layout, window, float(scale if scale is not None else default_scale(D)), bool(recompile))
+    spec = layer_kernel(plan, layer, q.device)
+    return sep_attention_layer(q, k, v, spec, dropout_p=dropout_p, scale=scale, recompile=recompile)

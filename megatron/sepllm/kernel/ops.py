@@ -153,8 +153,14 @@ def _tuned(kind: str, key, fn) -> C.BlockConfig:
     return C.tuned_config(kind, key, C.CANDIDATES[kind], lambda cfg: _bench(lambda: fn(cfg)))
 
 
+def _last_dim_contiguous(*tensors: torch.Tensor) -> tuple:
+    """The kernels take any strides but the last (inductor may hand the custom ops other layouts)."""
+    return tuple(t if t.stride(-1) == 1 else t.contiguous() for t in tensors)
+
+
 def forward(q, k, v, layout: SepLayout, window: int, scale: float, recompile: bool):
     """(out, lse) of the Sep-Attention forward."""
+    q, k, v = _last_dim_contiguous(q, k, v)
     cfg = None
     if recompile and not interpreted():
         cfg = _tuned(C.FWD, _shape_key(q, k, layout, window),
@@ -164,8 +170,7 @@ def forward(q, k, v, layout: SepLayout, window: int, scale: float, recompile: bo
 
 def backward(do, q, k, v, out, lse, layout: SepLayout, window: int, scale: float, recompile: bool):
     """(dq, dk, dv) of the Sep-Attention backward."""
-    if do.stride(-1) != 1:
-        do = do.contiguous()
+    do, q, k, v, out = _last_dim_contiguous(do, q, k, v, out)
     cfg_dq = cfg_band = cfg_far = None
     if recompile and not interpreted():
         key = _shape_key(q, k, layout, window)
