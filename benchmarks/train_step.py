@@ -2,11 +2,14 @@
 
     python benchmarks/train_step.py --out results_dir           # on the GPU, carry .devcarry
     python benchmarks/train_step.py --seqs 2048 --micro-batch 8 --window 64
+    python benchmarks/train_step.py --compile --out results_dir # blocks under megatron.parallel.compile
 
 One step = forward, cross-entropy loss, backward, fused AdamW step, on bf16 weights; every step
 gets a new PG19 batch (tensors never seen before), so the per-batch SepLLM plan and kernel layout
 are in the time. Vanilla runs with each SDPA backend (cuDNN, FlashAttention-2) pinned and keeps
 the faster; "sepllm-masked" is the reference path (dense mask + SDPA) for comparison at 2k.
+With --compile every block is compiled as the trainer compiles it (compile_model: causal SDPA or
+the Sep-Attention kernel traced into one graph per block); compilation happens in the warm-up steps.
 """
 from __future__ import annotations
 
@@ -91,6 +94,7 @@ def main(argv=None) -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--masked-up-to", type=int, default=2048, help="also time the masked reference path up to this length")
     ap.add_argument("--configs", type=Path, help="best_configs.json of benchmarks/sep_attention.py --sweep")
+    ap.add_argument("--compile", action="store_true", help="compile each block as the trainer does (compile_model)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     if args.configs:
@@ -111,13 +115,20 @@ def main(argv=None) -> None:
         runs = [(f"vanilla ({name})", SepLLMArgs(USE_ORIGINAL_FULL_ATTEN=True), backend) for name, backend in full_backends]
         kernel = SepLLMArgs(separator_token_ids="gpt-neox-20b", prefill_local_window_size=n, USE_SEP_ATTN_KERNEL_ACCELERATOR=True)
         runs.append((f"sepllm n={n} (kernel)", kernel, full_backends[0][1]))
-        if seq <= args.masked_up_to:
+        if seq <= args.masked_up_to and not args.compile:  # a masked block breaks its graph: eager only
             masked = SepLLMArgs(separator_token_ids="gpt-neox-20b", prefill_local_window_size=n,
                                 USE_SEP_ATTN_KERNEL_ACCELERATOR=False)
             runs.append((f"sepllm n={n} (masked SDPA)", masked, SDPBackend.EFFICIENT_ATTENTION if device.type == "cuda" else SDPBackend.MATH))
         for name, sep, backend in runs:
             torch.manual_seed(0)
             model = GPTModel(margs, sep, VOCAB, device=device, dtype=dtype)
+            if args.compile:
+                from torch import _dynamo
+
+                from megatron.parallel.compile import compile_model
+
+                _dynamo.reset()  # graphs traced under one pinned SDPA backend must not serve the next run
+                compile_model(model)
             try:
                 ms = time_steps(model, data, args.steps, args.warmup, backend)
             except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
@@ -128,7 +139,9 @@ def main(argv=None) -> None:
             del model
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-    lines = ["| seq | micro-batch | run | step ms | tokens/s | speedup vs fastest vanilla |", "|---|---|---|---|---|---|"]
+    mode = "compiled blocks" if args.compile else "eager"
+    lines = [f"Model: {mode}.", "", "| seq | micro-batch | run | step ms | tokens/s | speedup vs fastest vanilla |",
+             "|---|---|---|---|---|---|"]
     for seq in args.seqs:
         group = [r for r in rows if r["seq"] == seq]
         vanilla = min((r["step_ms"] for r in group if r["run"].startswith("vanilla")), default=float("nan"))
