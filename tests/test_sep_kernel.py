@@ -219,23 +219,18 @@ def test_compiled_graph_does_not_recompile_for_new_batches():
             assert abs(float(loss.detach()) - float(want.detach())) < 1e-4 * abs(float(want.detach()))
 
 
-def test_model_blocks_trace_the_kernel_into_one_graph_each(monkeypatch):
-    # ForwardContext.for_layer hands each block its kernel inputs, so a compiled block never reads its
-    # layer index: no graph break around attention, one graph shared by blocks of the same window
-    # (a full-attention layer traces causal SDPA), and the model computes what the masked path does.
+def _kernel_model(monkeypatch, windows):
+    """A small SepLLM GPTModel whose passes run the (interpreted) kernel, as on CUDA; ids; masked-path logits."""
     from dataclasses import replace
-
-    import torch._dynamo
-    from torch._dynamo.utils import counters
 
     from megatron.model import GPTModel
     from megatron.neox_arguments.model import ModelArgs
     from megatron.neox_arguments.sepllm import SepLLMArgs
 
-    args = ModelArgs(num_layers=3, hidden_size=32, num_attention_heads=2, seq_length=48, pos_emb="rotary",
+    args = ModelArgs(num_layers=len(windows), hidden_size=32, num_attention_heads=2, seq_length=48, pos_emb="rotary",
                      hidden_dropout=0.0, attention_dropout=0.0)
     sep = SepLLMArgs(separator_token_ids=[5, 9], USE_PREFILL_LOCAL_WIN_SIZES_wrt_LAYERS=True,
-                     prefill_loc_win_size_list=[64, 6, 6], USE_SEP_ATTN_KERNEL_ACCELERATOR=True)
+                     prefill_loc_win_size_list=list(windows), USE_SEP_ATTN_KERNEL_ACCELERATOR=True)
     torch.manual_seed(0)
     model = GPTModel(args, sep, 40)
     ids = torch.randint(10, 40, (2, 48), generator=torch.Generator().manual_seed(0))
@@ -244,17 +239,30 @@ def test_model_blocks_trace_the_kernel_into_one_graph_each(monkeypatch):
     build = model.context_builder.build
     monkeypatch.setattr(model.context_builder, "build", lambda *a, **k: replace(build(*a, **k), use_kernel=True))
     model.context_builder.clear()
+    return model, ids, masked
+
+
+def test_model_blocks_trace_the_kernel_into_one_graph_each(monkeypatch):
+    # ForwardContext.for_layer hands each block its kernel inputs, so a compiled block never reads its
+    # layer index: no graph break around attention, one graph shared by blocks of the same window
+    # (a full-attention layer traces causal SDPA), and the model computes what the masked path does.
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from megatron.parallel.compile import compile_model
+
+    model, ids, masked = _kernel_model(monkeypatch, [64, 6, 6])
     torch.testing.assert_close(model(ids), masked, rtol=0, atol=1e-5)  # eager, through the kernel
 
     torch._dynamo.reset()
     counters.clear()
-    for block in model.layers:
-        block.compile(backend="aot_eager", dynamic=False)
+    compile_model(model, backend="aot_eager")
     model.context_builder.clear()
     logits = model(ids)
     logits.float().square().mean().backward()
     assert not counters["graph_break"], dict(counters["graph_break"])
-    assert counters["stats"]["unique_graphs"] == 2, dict(counters["stats"])  # causal block, window-6 blocks
+    # the causal block and the two window-6 blocks (torch's own LayerNorm as the final norm is not traced)
+    assert counters["stats"]["unique_graphs"] == 2, dict(counters["stats"])
     torch.testing.assert_close(logits, masked, rtol=0, atol=1e-5)
     # Recomputation under activation checkpointing resolves the same layers again: same gradients.
     grads = [p.grad.clone() for p in model.parameters()]
@@ -270,3 +278,28 @@ def test_model_blocks_trace_the_kernel_into_one_graph_each(monkeypatch):
     model.context_builder.clear()
     with torch._dynamo.config.patch(error_on_recompile=True):
         model(other)
+
+
+def test_compiled_blocks_with_many_windows_compile_each_or_fail_loudly(monkeypatch):
+    # A graph per distinct window: compile_model allows as many as the config has, and going past the
+    # recompile limit raises instead of running the blocks uncompiled.
+    import torch._dynamo
+    from torch._dynamo.exc import FailOnRecompileLimitHit
+    from torch._dynamo.utils import counters
+
+    from megatron.parallel.compile import compile_model
+
+    model, ids, masked = _kernel_model(monkeypatch, [3, 4, 5, 6, 7, 8])
+    torch._dynamo.reset()
+    counters.clear()
+    with torch._dynamo.config.patch(recompile_limit=2):
+        compile_model(model, backend="aot_eager")  # raises the limit to what the six windows need
+        assert torch._dynamo.config.recompile_limit >= 12
+        torch.testing.assert_close(model(ids), masked, rtol=0, atol=1e-5)
+    assert counters["stats"]["unique_graphs"] == 6, dict(counters["stats"])  # one per window
+    assert not counters["graph_break"], dict(counters["graph_break"])
+
+    torch._dynamo.reset()
+    model.context_builder.clear()
+    with torch._dynamo.config.patch(recompile_limit=2), pytest.raises(FailOnRecompileLimitHit):
+        model(ids)

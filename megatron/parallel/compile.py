@@ -11,7 +11,9 @@ Attention is traced into the block's graph where a fused kernel computes it: cau
 models, and a SepLLM pass's full-attention layers) and the Sep-Attention kernel (its torch.library
 custom op, opaque with fixed output shapes). Neither reads the layer index: the model's loop
 resolves each layer's kernel inputs outside compiled code (`ForwardContext.for_layer`), so blocks
-with the same window share one graph and a new batch compiles nothing. Any other attention core
+with the same window share one graph and a new batch compiles nothing (dynamo's recompile limit is
+raised to the config's distinct windows, and reaching it is an error rather than a silent fall-back
+to uncompiled blocks). Any other attention core
 (masked SDPA, ALiBi, Self-Adjust Softmax: `SelfAttention.attend`, marked `torch.compiler.disable`)
 stays outside the graphs: it reads the per-batch plan and the layer index, and tracing it would
 specialise every graph on the layer. Such a block runs as: compiled graph (norms, QKV, rotary) ->
@@ -31,23 +33,37 @@ from torch import nn
 from megatron.parallel.loss import lm_loss, vocab_parallel_lm_loss
 
 
-def compile_model(model: nn.Module) -> None:
+def compile_model(model: nn.Module, *, backend: str = "inductor") -> None:
     """Compile each transformer block and the final norm of `model` (a GPTModel) in place.
 
     Shapes are static: a new sequence length or micro-batch size compiles once more, a new batch
-    of the same shape (other separators, other documents) never does.
+    of the same shape (other separators, other documents) never does. `backend` is torch.compile's
+    ("aot_eager" traces the same graphs without generating code: tests, debugging).
     """
+    from megatron.sepllm.mask import prefill_windows
+
     layers = getattr(model, "layers", None)
     if not isinstance(layers, nn.ModuleList) or not len(layers):
         raise ValueError(f"compile_model needs a GPTModel with transformer blocks in .layers, got {type(model).__name__}")
-    # A graph per distinct window (two per block around an attention boundary), per shape, and a few
-    # for train/eval mode.
+    # The blocks share a graph per window that the Sep-Attention kernel runs with (a constant of
+    # the kernel call) plus one for causal layers, each per shape and train/eval mode. Allow that
+    # many, and make going past the limit an error: past it dynamo would silently run the blocks
+    # uncompiled.
+    windows = len(set(prefill_windows(model.context_builder.sep_args, len(layers))))
+    _raise_recompile_limit(max(32, 4 * (windows + 1)))
+    for block in layers:
+        block.compile(dynamic=False, backend=backend)
+    model.final_norm.compile(dynamic=False, backend=backend)
+
+
+def _raise_recompile_limit(limit: int) -> None:
     import torch._dynamo
 
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 32)
-    for block in layers:
-        block.compile(dynamic=False)
-    model.final_norm.compile(dynamic=False)
+    config = torch._dynamo.config
+    # torch >= 2.7 names; cache_size_limit and accumulated_cache_size_limit are their old aliases
+    config.recompile_limit = max(config.recompile_limit, limit)
+    config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 8 * limit)
+    config.fail_on_recompile_limit_hit = True
 
 
 @functools.cache
