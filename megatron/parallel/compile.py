@@ -13,11 +13,11 @@ custom op, opaque with fixed output shapes). Neither reads the layer index: the 
 resolves each layer's kernel inputs outside compiled code (`ForwardContext.for_layer`), so blocks
 with the same window share one graph and a new batch compiles nothing (dynamo's recompile limit is
 raised to the config's distinct windows, and reaching it is an error rather than a silent fall-back
-to uncompiled blocks). Any other attention core
-(masked SDPA, ALiBi, Self-Adjust Softmax: `SelfAttention.attend`, marked `torch.compiler.disable`)
-stays outside the graphs: it reads the per-batch plan and the layer index, and tracing it would
-specialise every graph on the layer. Such a block runs as: compiled graph (norms, QKV, rotary) ->
-attention -> compiled graph (output projection, MLP, residual).
+to uncompiled blocks). Any other attention core (masked SDPA, ALiBi, Self-Adjust Softmax:
+`SelfAttention.attend`, marked `torch.compiler.disable`) stays outside the graphs: it reads the
+per-batch plan and the layer index, and tracing it would specialise every graph on the layer. Such
+a block runs as: compiled graph (norms, QKV, rotary) -> attention -> compiled graph (output
+projection, MLP, residual).
 
 The language-model loss over the logits is compiled separately (`compiled_lm_loss`, and
 `compiled_vocab_parallel_lm_loss` under tensor parallelism): in eager mode its fp32 cast,
