@@ -173,6 +173,7 @@ def framework_args(model: str, seq: int, micro: int, attention: str, cli, extra:
         "model_parallel_size": cli.model_parallel_size, "pipe_parallel_size": cli.pipe_parallel_size,
         "sequence_parallel": cli.sequence_parallel, "wall_clock_breakdown": False, "steps_per_print": 10**9,
         "zero_optimization": {"stage": 1}, "PRINT_KV_RATIO": False, "torch_compile": cli.compile,
+        "torch_compile_mode": getattr(cli, "compile_mode", None),
     }
     if cli.bf16:
         # torch_autocast runs without tensor or pipeline parallelism; those rows keep DeepSpeed's bf16.
@@ -223,6 +224,7 @@ def build_framework(model: str, seq: int, micro: int, attention: str, cli, env, 
             return
         for _ in range(cli.grad_acc):
             b = batch()
+            parallel.begin_micro_batch()
             logits = engine(b["input_ids"], position_ids=b["position_ids"], doc_ids=b["doc_ids"])
             engine.backward(parallel.lm_loss(logits, b["labels"], b["loss_mask"]))
             parallel.step(engine)
@@ -448,6 +450,7 @@ def parse(argv: list[str] | None):
     parser.add_argument("--sequence-parallel", action="store_true")
     parser.add_argument("--checkpoint-activations", action="store_true", help="recompute layers in backward (framework rows)")
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="baseline without torch.compile")
+    parser.add_argument("--compile-mode", default=None, help="framework rows: torch_compile_mode (e.g. reduce-overhead)")
     parser.add_argument("--fp32", dest="bf16", action="store_false", help="fp32 instead of bf16 (default on CPU)")
     parser.add_argument("--deepspeed-bf16", dest="torch_autocast", action="store_false",
                         help="framework rows with DeepSpeed's bf16 parameters (BF16_Optimizer) instead of torch_autocast")
@@ -520,6 +523,7 @@ def measure_isolated(impl: str, model: str, seq: int, cli, ceiling: Optional[flo
         cmd += ["--token-file", cli.token_file] if cli.token_file else []
         cmd += ["--checkpoint-activations"] if cli.checkpoint_activations else []
         cmd += [] if cli.compile else ["--no-compile"]
+        cmd += ["--compile-mode", cli.compile_mode] if cli.compile_mode else []
         cmd += [] if cli.bf16 else ["--fp32"]
         cmd += [] if cli.torch_autocast else ["--deepspeed-bf16"]
         # Without this process's rendezvous variables: the row sets up its own one-process group.

@@ -12,6 +12,7 @@ from megatron.neox_arguments.errors import ConfigError
 from megatron.neox_arguments.findings import Findings
 from megatron.neox_arguments.optimizer import DEFAULT_OPTIMIZER, OPTIMIZER_TYPES, ZERO_DEFAULTS
 from megatron.neox_arguments.sepllm_validation import validate_sepllm
+from megatron.neox_arguments.training import COMPILE_MODES, CUDA_GRAPH_COMPILE_MODES
 
 if TYPE_CHECKING:
     from megatron.neox_arguments.neox_args import NeoXArgs
@@ -129,12 +130,41 @@ def _layout(args: "NeoXArgs", f: Findings) -> None:
     if t.torch_compile is True and pp > 1:
         f.problem(f"{f.key('torch_compile', True)} is supported without pipeline parallelism only "
                   f"(pipe_parallel_size {p.pipe_parallel_size}); set torch_compile to null (compile where supported) or false")
+    _compile_mode(args, f, tp)
     if p.sequence_parallel and tp == 1:
         f.notice(f"{f.key('sequence_parallel', True)} has no effect with model_parallel_size 1")
     if t.partition_activations and (p.sequence_parallel or not (t.checkpoint_activations and tp > 1 and pp > 1)):
         f.notice(f"{f.key('partition_activations', True)} only acts on activations checkpointed by the pipeline "
                  "(checkpoint_activations with pipe_parallel_size > 1 and model_parallel_size > 1) and not with "
                  "sequence_parallel, which already splits the activations between layers, in every layout")
+
+
+def _compile_mode(args: "NeoXArgs", f: Findings, tp: int) -> None:
+    p, t = args.parallel, args.training
+    mode = t.torch_compile_mode
+    if mode is None:
+        return
+    if mode not in COMPILE_MODES:
+        f.problem(f"{f.key('torch_compile_mode', mode)} is not a torch.compile mode; use one of {', '.join(COMPILE_MODES)} "
+                  "or null")
+        return
+    if t.torch_compile is False:
+        f.notice(f"{f.key('torch_compile_mode', mode)} has no effect with {f.key('torch_compile', False)}")
+    if mode not in CUDA_GRAPH_COMPILE_MODES:
+        return
+    if tp > 1:
+        f.problem(f"{f.key('torch_compile_mode', mode)} replays blocks from CUDA graphs, which is supported with "
+                  f"model_parallel_size 1 only (got {tp}); use torch_compile_mode: max-autotune-no-cudagraphs or null")
+    acc = t.gradient_accumulation_steps
+    if p.global_num_gpus and p.global_num_gpus > 0:
+        try:
+            acc = t.batch_sizes(p.data_parallel_size(p.global_num_gpus)).gradient_accumulation_steps
+        except (ConfigError, ZeroDivisionError, TypeError):
+            pass  # reported by _parallel_and_batch
+    if acc is not None and acc > 1:
+        f.problem(f"{f.key('torch_compile_mode', mode)} replays blocks from CUDA graphs, whose gradient outputs are "
+                  f"overwritten by the next micro-batch's replay, so it needs gradient_accumulation_steps 1 (got {acc}); "
+                  "use a larger train_micro_batch_size_per_gpu instead of accumulation, or torch_compile_mode: null")
 
 
 def _optimizer(args: "NeoXArgs", f: Findings) -> None:

@@ -26,6 +26,7 @@ log-softmax and their gradients each read and write the whole [tokens x vocabula
 from __future__ import annotations
 
 import functools
+from typing import Optional
 
 import torch
 from torch import nn
@@ -33,12 +34,13 @@ from torch import nn
 from megatron.parallel.loss import lm_loss, vocab_parallel_lm_loss
 
 
-def compile_model(model: nn.Module, *, backend: str = "inductor") -> None:
+def compile_model(model: nn.Module, *, backend: str = "inductor", mode: Optional[str] = None) -> None:
     """Compile each transformer block and the final norm of `model` (a GPTModel) in place.
 
     Shapes are static: a new sequence length or micro-batch size compiles once more, a new batch
     of the same shape (other separators, other documents) never does. `backend` is torch.compile's
-    ("aot_eager" traces the same graphs without generating code: tests, debugging).
+    ("aot_eager" traces the same graphs without generating code: tests, debugging); `mode` is its
+    mode (the `torch_compile_mode` setting; "reduce-overhead" replays each block from CUDA graphs).
     """
     from megatron.sepllm.mask import prefill_windows
 
@@ -52,8 +54,8 @@ def compile_model(model: nn.Module, *, backend: str = "inductor") -> None:
     windows = len(set(prefill_windows(model.context_builder.sep_args, len(layers))))
     _raise_recompile_limit(max(32, 4 * (windows + 1)))
     for block in layers:
-        block.compile(dynamic=False, backend=backend)
-    model.final_norm.compile(dynamic=False, backend=backend)
+        block.compile(dynamic=False, backend=backend, mode=mode)
+    model.final_norm.compile(dynamic=False, backend=backend, mode=mode)
 
 
 def _raise_recompile_limit(limit: int) -> None:

@@ -18,6 +18,8 @@ from typing import Iterator, Optional
 import torch
 from torch import nn
 
+from megatron.neox_arguments.errors import ConfigError
+from megatron.neox_arguments.training import CUDA_GRAPH_COMPILE_MODES
 from megatron.parallel.layout import Layout, model_problems, resolve_layout, zero_problems
 from megatron.parallel.loss import lm_loss, vocab_parallel_lm_loss
 
@@ -35,6 +37,7 @@ class Parallel:
     sequence_parallel: bool = False
     pass_doc_ids: bool = False
     compiled: bool = False  # blocks and loss run under torch.compile (megatron.parallel.compile)
+    cuda_graphs: bool = False  # compiled blocks replay CUDA graphs (torch_compile_mode reduce-overhead, max-autotune)
     # Set by deepspeed_config: the clipping threshold `step` applies itself (0: norm only), or
     # None where DeepSpeed clips (its optimizer wrappers, the pipeline engine).
     clip_grad: Optional[float] = None
@@ -52,6 +55,12 @@ class Parallel:
     def dp_group(self):
         """The data-parallel group (None: the world, when there is no model parallelism)."""
         return None if self.mpu is None else self.mpu.get_data_parallel_group()
+
+    def begin_micro_batch(self) -> None:
+        """Call before each micro-batch's forward: with CUDA-graph blocks, tells torch that the
+        previous step's graph outputs are dead, so their memory is replayed into without checks."""
+        if self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
 
     def lm_loss(self, logits: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
         if self.compiled:
@@ -224,10 +233,17 @@ def parallelize(model: nn.Module, args, world_size: int, rank: int) -> Parallel:
     layout = resolve_layout(world_size, p.model_parallel_size, p.pipe_parallel_size)
     check_fits(args, layout, mlp_width=model.dims.mlp_width)
     compiled = compile_wanted(t.torch_compile, layout)
+    mode = t.torch_compile_mode if compiled and t.torch_compile_mode != "default" else None
+    cuda_graphs = mode in CUDA_GRAPH_COMPILE_MODES and torch.cuda.is_available()
+    if cuda_graphs:
+        acc = t.batch_sizes(layout.dp).gradient_accumulation_steps
+        if acc > 1 or layout.tp > 1:
+            raise ConfigError(f"torch_compile_mode: {mode} (CUDA graphs) needs gradient_accumulation_steps 1 and "
+                              f"model_parallel_size 1, got {acc} and {layout.tp}; use torch_compile_mode: null")
     if layout.tp == 1 and layout.pp == 1:
         if compiled:
-            compile_model(model)
-        return Parallel(layout, model, None, dp_rank=rank, compiled=compiled)
+            compile_model(model, mode=mode)
+        return Parallel(layout, model, None, dp_rank=rank, compiled=compiled, cuda_graphs=cuda_graphs)
 
     groups.init_megatron_core(layout)
     from megatron.core import parallel_state
@@ -238,7 +254,7 @@ def parallelize(model: nn.Module, args, world_size: int, rank: int) -> Parallel:
         tensor_parallelize(model, rank=tp_rank, size=layout.tp, group=parallel_state.get_tensor_model_parallel_group(),
                            sequence_parallel=sequence_parallel)
         if compiled:  # after the layer swap, so that dynamo traces megatron-core's layers
-            compile_model(model)
+            compile_model(model, mode=mode)
     parallel = Parallel(layout, model, None, tp_rank, pp_rank, dp_rank, sequence_parallel,
                         pass_doc_ids=bool(args.data.reset_attention_mask), compiled=compiled)
     if layout.pp > 1:

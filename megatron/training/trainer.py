@@ -155,6 +155,7 @@ class Trainer:
                          reset_attention_mask=d.reset_attention_mask, eod_mask_loss=d.eod_mask_loss)
 
     def _forward(self, batch: dict) -> torch.Tensor:
+        self.parallel.begin_micro_batch()
         logits = self.engine(batch["input_ids"], position_ids=batch["position_ids"], doc_ids=batch["doc_ids"])
         return self.parallel.lm_loss(logits, batch["labels"], batch["loss_mask"])
 
