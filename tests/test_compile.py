@@ -25,7 +25,7 @@ SEPLLM = SepLLMArgs(separator_token_ids=[3, 5], prefill_local_window_size=8, USE
 
 
 @needs_compiler
-def test_compiled_blocks_match_eager_and_share_graphs_across_layers():
+def test_compiled_blocks_match_eager_and_share_graphs_across_layers(dynamo_limits):
     import torch._dynamo
     from torch._dynamo.utils import counters
 

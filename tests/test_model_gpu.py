@@ -76,7 +76,7 @@ def test_bf16_training_step_with_activation_checkpointing():
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in gpu.parameters())
 
 
-def test_compiled_kernel_blocks_are_single_graphs_that_match_eager():
+def test_compiled_kernel_blocks_are_single_graphs_that_match_eager(dynamo_limits):
     # With the Sep-Attention kernel, a compiled block traces its attention (the kernel's custom op, or
     # causal SDPA for a full-attention layer) instead of breaking its graph around it; blocks with the
     # same window share one graph, and a batch with other separators compiles nothing new.
@@ -115,7 +115,7 @@ def test_compiled_kernel_blocks_are_single_graphs_that_match_eager():
         run(compiled, other.cuda())
 
 
-def test_cuda_graph_blocks_train_like_compiled_blocks():
+def test_cuda_graph_blocks_train_like_compiled_blocks(dynamo_limits):
     # torch_compile_mode reduce-overhead replays each block from CUDA graphs (the Sep-Attention kernel
     # inside them): a few fp32 training steps give the losses of blocks compiled in the default mode.
     import torch._dynamo

@@ -242,7 +242,7 @@ def _kernel_model(monkeypatch, windows):
     return model, ids, masked
 
 
-def test_model_blocks_trace_the_kernel_into_one_graph_each(monkeypatch):
+def test_model_blocks_trace_the_kernel_into_one_graph_each(monkeypatch, dynamo_limits):
     # ForwardContext.for_layer hands each block its kernel inputs, so a compiled block never reads its
     # layer index: no graph break around attention, one graph shared by blocks of the same window
     # (a full-attention layer traces causal SDPA), and the model computes what the masked path does.
@@ -280,7 +280,7 @@ def test_model_blocks_trace_the_kernel_into_one_graph_each(monkeypatch):
         model(other)
 
 
-def test_compiled_blocks_with_many_windows_compile_each_or_fail_loudly(monkeypatch):
+def test_compiled_blocks_with_many_windows_compile_each_or_fail_loudly(monkeypatch, dynamo_limits):
     # A graph per distinct window: compile_model allows as many as the config has, and going past the
     # recompile limit raises instead of running the blocks uncompiled.
     import torch._dynamo
