@@ -303,3 +303,15 @@ def test_compiled_blocks_with_many_windows_compile_each_or_fail_loudly(monkeypat
     model.context_builder.clear()
     with torch._dynamo.config.patch(recompile_limit=2), pytest.raises(FailOnRecompileLimitHit):
         model(ids)
+
+
+def test_a_block_given_an_unresolved_context_refuses_to_skip_the_kernel(monkeypatch):
+    # The kernel is chosen in one place, ForwardContext.for_layer; a block handed the pass's context
+    # as it is must not quietly compute the masked path instead.
+    model, ids, _ = _kernel_model(monkeypatch, [64, 6, 6])
+    ctx = model.context_builder(ids)
+    hidden = model.embedding(ids, ctx)
+    model.layers[0](hidden, ids, ctx=ctx)  # a full-attention layer: causal SDPA either way
+    with pytest.raises(RuntimeError, match="layer 1: .*ctx.for_layer"):
+        model.layers[1](hidden, ids, ctx=ctx)
+    model.layers[1](hidden, ids, ctx=ctx.for_layer(1))

@@ -33,7 +33,6 @@ class SelfAttention(nn.Module):
         self.query_key_value = nn.Linear(dims.hidden_size, dims.qkv_width, bias=bias, device=device, dtype=dtype)
         self.dense = nn.Linear(dims.num_heads * dims.head_dim, dims.hidden_size, bias=bias, device=device, dtype=dtype)
         self.dropout_p = float(args.attention_dropout)
-        self.use_kernel = bool(sep.USE_SEP_ATTN_KERNEL_ACCELERATOR)
         self.recompile = bool(sep.RECOMPILE_SEP_ATTN_KERNEL)
         self.sa_variant = self_adjust_variant(sep)
         self.sa_numerator_bias = float(sep.SA_Numerator_Bias)
@@ -58,15 +57,16 @@ class SelfAttention(nn.Module):
 
     # Under torch.compile (megatron/parallel/compile.py) this is a boundary between graphs: it reads
     # the per-batch plan and the layer index, which would specialise every graph on the layer. The
-    # Sep-Attention kernel path (ctx.kernel) does not come here. No effect in eager mode.
+    # Sep-Attention kernel (ctx.kernel) never runs here. No effect in eager mode.
     @torch.compiler.disable
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         """[B, H, L, D] attention output of this layer under the context's plan."""
         dropout_p = self.dropout_p if self.training else 0.0
+        if ctx.use_kernel and not ctx.plan.is_causal(self.layer_idx):  # the masked path must not stand in unsaid
+            raise RuntimeError(f"layer {self.layer_idx}: the Sep-Attention kernel runs this pass, but the context was not "
+                               "resolved for the layer; pass ctx.for_layer(layer) to the block")
         if ctx.alibi is None and self.sa_variant is None:
-            return sepllm_attention(
-                q, k, v, ctx.plan, self.layer_idx, dropout_p=dropout_p, use_kernel=self.use_kernel, recompile=self.recompile
-            )
+            return sepllm_attention(q, k, v, ctx.plan, self.layer_idx, dropout_p=dropout_p)
         plan = ctx.plan
         mask = None if plan.is_causal(self.layer_idx) else plan.dense_mask(self.layer_idx)
         bias = alibi_bias(*ctx.alibi) if ctx.alibi is not None else None

@@ -12,8 +12,9 @@ block for the far part). Extra memory is the O(B x L) metadata of layout.py plus
 statistics, as for any flash attention.
 
 Flags (SepLLMArgs):
-  * USE_SEP_ATTN_KERNEL_ACCELERATOR: `megatron.sepllm.attention.sepllm_attention` calls
-    `sep_attention_kernel` on CUDA; off, or on CPU, the masked-SDPA reference path runs.
+  * USE_SEP_ATTN_KERNEL_ACCELERATOR: on CUDA the model resolves each SepLLM layer's inputs
+    (`layer_kernel`, through ForwardContext.for_layer) and calls `sep_attention_layer`; off, or on
+    CPU, the masked-SDPA reference path runs. `sep_attention_kernel` does both for one plan and layer.
   * RECOMPILE_SEP_ATTN_KERNEL (`recompile=True` here): on the first call of each exact shape
     (batch, heads, length, head dim, dtype, window) the block sizes are tuned on the real inputs
     and the kernels are compiled for the winner. Off: one fixed config per head dim, compiled
