@@ -173,7 +173,7 @@ def framework_args(model: str, seq: int, micro: int, attention: str, cli, extra:
         "model_parallel_size": cli.model_parallel_size, "pipe_parallel_size": cli.pipe_parallel_size,
         "sequence_parallel": cli.sequence_parallel, "wall_clock_breakdown": False, "steps_per_print": 10**9,
         "zero_optimization": {"stage": 1}, "PRINT_KV_RATIO": False, "torch_compile": cli.compile,
-        "torch_compile_mode": getattr(cli, "compile_mode", None),
+        "torch_compile_mode": cli.compile_mode,
     }
     if cli.bf16:
         # torch_autocast runs without tensor or pipeline parallelism; those rows keep DeepSpeed's bf16.

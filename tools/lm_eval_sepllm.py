@@ -122,7 +122,6 @@ def build_lm(hf_args: dict, sep_args: dict, batch_size, device, overrides: Optio
     # HFLM's own default is "cuda", which fails while loading on a machine without one.
     kw["device"] = device or ("cuda" if torch.cuda.is_available() else "cpu")
     lm = SepLLMHFLM(batch_size=batch_size, **kw)
-    runtime = None
     if "sepllm_config" in sep_args or "sepllm_mode" in sep_args or sizes is not None or overrides:
         runtime = apply_sepllm(lm.model, sep_args.get("sepllm_config"), tokenizer=lm.tokenizer,
                                mode=sep_args.get("sepllm_mode"), **(overrides or {}))
@@ -135,11 +134,11 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     from megatron.inference.lm_eval_tasks import import_lm_eval, simple_evaluate, task_manager_for
 
-    # Every check before the model loads: lm-eval installed, model_args, task names.
+    # Every check before the model loads: lm-eval installed, model_args, task names (build_lm checks
+    # the SepLLM arguments first thing).
     import_lm_eval()
     hf_args, sep_args, overrides = split_model_args(args.model_args)
     check_pretrained(hf_args)
-    check_sep_args(sep_args, overrides)
     tasks = [t for t in args.tasks.split(",") if t]
     tm = task_manager_for(tasks, args.include_path)
     from lm_eval.utils import make_table

@@ -225,6 +225,7 @@ def main(argv=None) -> int:
     # What train_throughput's framework_args and build_baseline read from their command line.
     cuda = torch.cuda.is_available()
     cli.grad_acc, cli.checkpoint_activations, cli.bf16, cli.compile, cli.torch_autocast = 1, False, cuda, cuda, True
+    cli.compile_mode = None  # the cuda-graphs variants set torch_compile_mode themselves
     cli.model_parallel_size, cli.pipe_parallel_size, cli.sequence_parallel = 1, 1, False
     cli.sepllm_config, cli.separator_rate, cli.token_file = "configs/sepllm/n256.yml", 0.1, None
     env = init_distributed()

@@ -171,9 +171,10 @@ class NeoXArgs:
 
 
 # Names users carry over from other trainers for a setting that lives inside a mapping here.
+_LR_HINT = "the peak learning rate is optimizer.params.lr, e.g. optimizer: {type: Adam, params: {lr: 0.0006}}"
 _NESTED_SETTINGS = {
-    "lr": "the peak learning rate is optimizer.params.lr, e.g. optimizer: {type: Adam, params: {lr: 0.0006}}",
-    "learning_rate": "the peak learning rate is optimizer.params.lr, e.g. optimizer: {type: Adam, params: {lr: 0.0006}}",
+    "lr": _LR_HINT,
+    "learning_rate": _LR_HINT,
     "zero_stage": "the ZeRO stage is zero_optimization.stage, e.g. zero_optimization: {stage: 1}",
 }
 
