@@ -134,11 +134,11 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     from megatron.inference.lm_eval_tasks import import_lm_eval, simple_evaluate, task_manager_for
 
-    # Every check before the model loads: lm-eval installed, model_args, task names (build_lm checks
-    # the SepLLM arguments first thing).
+    # Every check before the model loads: lm-eval installed, model_args, task names.
     import_lm_eval()
     hf_args, sep_args, overrides = split_model_args(args.model_args)
     check_pretrained(hf_args)
+    check_sep_args(sep_args, overrides)
     tasks = [t for t in args.tasks.split(",") if t]
     tm = task_manager_for(tasks, args.include_path)
     from lm_eval.utils import make_table
