@@ -147,7 +147,8 @@ def matmul_ceiling(device, size: int = 8192, iters: int = 40) -> Optional[float]
 
 
 def attention_backends(device):
-    """cuDNN attention first, FlashAttention next, for every row (a no-op context on CPU)."""
+    """cuDNN attention first, FlashAttention next, for the baseline's rows (a no-op context on CPU).
+    The framework's model makes the same choice itself (megatron.sepllm.attention.causal_backends)."""
     from contextlib import nullcontext
 
     if device.type != "cuda":
@@ -237,8 +238,8 @@ def run_framework(model: str, seq: int, micro: int, attention: str, cli, env) ->
     from megatron.sepllm.mask import build_attention_plan, kept_ratios
 
     engine, parallel, step, args, info = build_framework(model, seq, micro, attention, cli, env)
-    with attention_backends(env.device):
-        seconds = timed(step, cli.steps, cli.warmup, env.device)
+    # no backend pin here: the model picks its attention backends itself, as under train.py
+    seconds = timed(step, cli.steps, cli.warmup, env.device)
     plan = build_attention_plan(step.batch()["input_ids"], args.sepllm, args.model.num_layers)
     kept = sum(kept_ratios(plan, layer)["attn_map_ratio"] for layer in range(args.model.num_layers)) / args.model.num_layers
     tokens = micro * seq * cli.grad_acc * parallel.dp_size
@@ -311,7 +312,7 @@ def build_baseline(seq: int, micro: int, cli, env, shape: dict):
         # Regional compilation: the block's graph is compiled once per shape and serves every layer,
         # which keeps compile time to seconds per shape (a whole-model graph would unroll all layers).
         for block in net.blocks:
-            block.compile(dynamic=False)
+            block.compile(dynamic=False, mode=cli.baseline_compile_mode)
         net.head_loss = torch.compile(net.head_loss, dynamic=False)
     compiled = net
     if env.world_size > 1:
@@ -324,8 +325,14 @@ def build_baseline(seq: int, micro: int, cli, env, shape: dict):
     separators = torch.tensor(resolve_token_ids("pythia"))
     batches = Batches(micro, seq, env.device, separators, cli.separator_rate, cli.token_file, seed=7 + env.rank)
 
+    from megatron.neox_arguments.training import CUDA_GRAPH_COMPILE_MODES
+
+    cuda_graphs = cli.compile and cli.baseline_compile_mode in CUDA_GRAPH_COMPILE_MODES
+
     def step() -> None:
         for _ in range(cli.grad_acc):
+            if cuda_graphs:  # a new step: the graphs' outputs of the last one may be overwritten
+                torch.compiler.cudagraph_mark_step_begin()
             tokens = batches()
             with torch.autocast(env.device.type, dtype=dtype, enabled=cli.bf16):
                 loss = compiled(tokens[:, :-1], tokens[:, 1:])
@@ -451,6 +458,8 @@ def parse(argv: list[str] | None):
     parser.add_argument("--checkpoint-activations", action="store_true", help="recompute layers in backward (framework rows)")
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="baseline without torch.compile")
     parser.add_argument("--compile-mode", default=None, help="framework rows: torch_compile_mode (e.g. reduce-overhead)")
+    parser.add_argument("--baseline-compile-mode", default=None,
+                        help="baseline rows: torch.compile mode of its blocks (default: inductor's default, the issue's baseline)")
     parser.add_argument("--fp32", dest="bf16", action="store_false", help="fp32 instead of bf16 (default on CPU)")
     parser.add_argument("--deepspeed-bf16", dest="torch_autocast", action="store_false",
                         help="framework rows with DeepSpeed's bf16 parameters (BF16_Optimizer) instead of torch_autocast")
@@ -524,6 +533,7 @@ def measure_isolated(impl: str, model: str, seq: int, cli, ceiling: Optional[flo
         cmd += ["--checkpoint-activations"] if cli.checkpoint_activations else []
         cmd += [] if cli.compile else ["--no-compile"]
         cmd += ["--compile-mode", cli.compile_mode] if cli.compile_mode else []
+        cmd += ["--baseline-compile-mode", cli.baseline_compile_mode] if cli.baseline_compile_mode else []
         cmd += [] if cli.bf16 else ["--fp32"]
         cmd += [] if cli.torch_autocast else ["--deepspeed-bf16"]
         # Without this process's rendezvous variables: the row sets up its own one-process group.
@@ -559,7 +569,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             "peak_tflops": peak_tflops(device_name), "steps": cli.steps, "warmup": cli.warmup,
             "model_parallel_size": cli.model_parallel_size, "pipe_parallel_size": cli.pipe_parallel_size,
             "sequence_parallel": cli.sequence_parallel, "torch": torch.__version__, "isolated_rows": isolate,
-            "framework_bf16": "torch_autocast" if cli.torch_autocast else "deepspeed"}
+            "framework_bf16": "torch_autocast" if cli.torch_autocast else "deepspeed",
+            "compile_mode": cli.compile_mode, "baseline_compile_mode": cli.baseline_compile_mode}
     rows: list[dict] = []
     if env.is_main:
         print(f"device {device_name} x {env.world_size}; bf16 matmul ceiling "

@@ -97,3 +97,59 @@ def test_bf16_zero1_runs_deepspeeds_bf16_optimizer_with_fp32_gradients():
     assert config["bf16"] == {"enabled": True, "immediate_grad_update": True}
     for other in ({"bf16": {"enabled": True}, "zero_optimization": {"stage": 2}}, {"zero_optimization": {"stage": 1}}):
         assert "data_types" not in parallel.deepspeed_config(other)
+
+
+def test_own_gradients_copies_gradients_out_of_graph_memory():
+    # With blocks replayed from CUDA graphs, a .grad that autograd kept from the backward graph's
+    # output would be overwritten by the next micro-batch's replay: inside an accumulation window
+    # own_gradients(copy_all=True) copies it once, and leaves its copy (accumulated in place) alone.
+    from megatron.parallel.compile import own_gradients
+
+    model = torch.nn.Linear(4, 3)
+    model(torch.randn(2, 4)).sum().backward()
+    produced = [p.grad for p in model.parameters()]
+    own_gradients(model, copy_all=True)
+    copies = [p.grad for p in model.parameters()]
+    for grad, copy_ in zip(produced, copies):
+        assert copy_ is not grad and copy_.data_ptr() != grad.data_ptr()
+        torch.testing.assert_close(copy_, grad)
+    model(torch.randn(2, 4)).sum().backward()  # accumulates into the copies in place
+    assert all(p.grad is c for p, c in zip(model.parameters(), copies))
+    own_gradients(model, copy_all=True)
+    assert all(p.grad is c for p, c in zip(model.parameters(), copies))  # copied once per window
+
+
+def test_own_gradients_unshares_the_gradient_of_two_parameters():
+    # Inductor can return one buffer as the gradient of two parameters (the equal output-bias
+    # gradients of a parallel-residual block under bf16 autocast); kept as both .grad, clipping
+    # scaled it twice and the next micro-batch was added twice. The second parameter gets a copy.
+    from megatron.parallel.compile import own_gradients
+
+    a, b = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(3))
+    model = torch.nn.ParameterList([a, b])
+    shared = torch.tensor([1.0, 2.0, 3.0])
+    a.grad, b.grad = shared, shared.view(3)  # as autograd stores two aliasing backward outputs
+    own_gradients(model)
+    assert a.grad is shared and b.grad.untyped_storage().data_ptr() != a.grad.untyped_storage().data_ptr()
+    for p in (a, b):
+        p.grad += torch.ones(3)  # the next micro-batch, accumulated in place
+    torch.testing.assert_close(a.grad, torch.tensor([2.0, 3.0, 4.0]))
+    torch.testing.assert_close(b.grad, torch.tensor([2.0, 3.0, 4.0]))
+
+
+def test_parallel_step_clips_shared_gradients_once():
+    # Parallel.step gives compiled blocks' gradients storage of their own before it clips them in place.
+    from types import SimpleNamespace
+
+    a, b = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(3))
+    model = torch.nn.ParameterList([a, b])
+    parallel = Parallel(Layout(dp=1, tp=1, pp=1), model, None, compiled=True)
+    parallel.clip_grad, parallel._trainable = 1.0, [a, b]
+    shared = torch.tensor([3.0, 0.0, 4.0])
+    a.grad, b.grad = shared, shared.view(3)
+    engine = SimpleNamespace(is_gradient_accumulation_boundary=lambda: True, zero_optimization_stage=lambda: 0,
+                             step=lambda: None)
+    norm = parallel.step(engine)
+    torch.testing.assert_close(norm, torch.tensor(50.0).sqrt())  # |(3, 0, 4)| counted for both parameters
+    for p in (a, b):
+        torch.testing.assert_close(p.grad, torch.tensor([3.0, 0.0, 4.0]) / 50 ** 0.5, rtol=1e-5, atol=1e-6)

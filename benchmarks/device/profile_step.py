@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import sys
 import time
@@ -154,7 +155,8 @@ def profile_variant(name: str, cli, env) -> dict:
         attention, overrides = VARIANTS[name]
         engine, parallel, step, _, _ = tt.build_framework(cli.model, cli.seq, cli.micro, attention, cli, env, overrides)
     out: dict = {"variant": name}
-    with tt.attention_backends(env.device):
+    # the baseline pins its attention backends; the framework's model picks its own, as under train.py
+    with tt.attention_backends(env.device) if engine is None else contextlib.nullcontext():
         t0 = time.perf_counter()
         for _ in range(cli.warmup):
             step()
@@ -226,6 +228,7 @@ def main(argv=None) -> int:
     cuda = torch.cuda.is_available()
     cli.grad_acc, cli.checkpoint_activations, cli.bf16, cli.compile, cli.torch_autocast = 1, False, cuda, cuda, True
     cli.compile_mode = None  # the cuda-graphs variants set torch_compile_mode themselves
+    cli.baseline_compile_mode = None  # the baseline: inductor's default mode
     cli.model_parallel_size, cli.pipe_parallel_size, cli.sequence_parallel = 1, 1, False
     cli.sepllm_config, cli.separator_rate, cli.token_file = "configs/sepllm/n256.yml", 0.1, None
     env = init_distributed()

@@ -66,7 +66,7 @@ class SelfAttention(nn.Module):
             raise RuntimeError(f"layer {self.layer_idx}: the Sep-Attention kernel runs this pass, but the context was not "
                                "resolved for the layer; pass ctx.for_layer(layer) to the block")
         if ctx.alibi is None and self.sa_variant is None:
-            return sepllm_attention(q, k, v, ctx.plan, self.layer_idx, dropout_p=dropout_p)
+            return sepllm_attention(q, k, v, ctx.plan, self.layer_idx, dropout_p=dropout_p, sdpa_backends=ctx.sdpa_backends)
         plan = ctx.plan
         mask = None if plan.is_causal(self.layer_idx) else plan.dense_mask(self.layer_idx)
         bias = alibi_bias(*ctx.alibi) if ctx.alibi is not None else None
@@ -85,7 +85,7 @@ class SelfAttention(nn.Module):
         # Causal SDPA and the kernel (inputs resolved by ForwardContext.for_layer) read neither the
         # layer index nor the plan, so a compiled block traces them: one graph per block.
         if ctx.causal or self.dense_causal(ctx):
-            out = sepllm_attention(q, k, v, None, self.layer_idx, dropout_p=dropout_p)
+            out = sepllm_attention(q, k, v, None, self.layer_idx, dropout_p=dropout_p, sdpa_backends=ctx.sdpa_backends)
         elif ctx.kernel is not None:
             from megatron.sepllm.kernel import sep_attention_layer
 

@@ -20,6 +20,7 @@ from megatron.model.explicit_attention import self_adjust_variant
 from megatron.model.rotary import rotary_cos_sin
 from megatron.neox_arguments.model import ModelArgs
 from megatron.neox_arguments.sepllm import SepLLMArgs
+from megatron.sepllm.attention import causal_backends
 from megatron.sepllm.mask import AttentionPlan, build_attention_plan, resolve_token_ids
 
 
@@ -32,6 +33,7 @@ class ForwardContext:
     use_kernel: bool = False  # the Sep-Attention kernel runs this pass's SepLLM layers
     causal: bool = False  # this layer computes plain causal attention (set by for_layer)
     kernel: Any = None  # this layer's megatron.sepllm.kernel.LayerKernel (set by for_layer)
+    sdpa_backends: Optional[tuple] = None  # causal SDPA's backends in priority order (megatron.sepllm.attention.causal_backends)
     _layers: dict = field(default_factory=dict, repr=False)
 
     def for_layer(self, layer: int) -> "ForwardContext":
@@ -91,6 +93,7 @@ class ContextBuilder:
             and key == self._key
             and self._context is not None
             and all(a is b for a, b in zip(inputs, self._inputs))
+            and self._context.sdpa_backends == causal_backends(input_ids.device)  # no new sdpa_kernel pin
         ):
             return self._context
         context = self.build(input_ids, position_ids, doc_ids, key_valid)
@@ -130,4 +133,4 @@ class ContextBuilder:
                 alibi = (relative_positions, slopes)
         use_kernel = (bool(self.sep_args.USE_SEP_ATTN_KERNEL_ACCELERATOR) and input_ids.is_cuda and alibi is None
                       and self_adjust_variant(self.sep_args) is None and not plan.is_dense_causal)
-        return ForwardContext(plan, position_ids, rope, alibi, use_kernel)
+        return ForwardContext(plan, position_ids, rope, alibi, use_kernel, sdpa_backends=causal_backends(input_ids.device))

@@ -35,7 +35,7 @@ class TrainingArgs:
     partition_activations: bool = arg(False, "Split checkpointed activations across tensor-parallel ranks (no effect with one rank per model).")
     synchronize_each_layer: bool = arg(False, "CUDA synchronize around each checkpointed layer (a debugging aid; not acted on).")
     torch_compile: Optional[bool] = arg(None, "torch.compile each transformer block and the loss (regional; the attention kernels run as they are): None on for CUDA runs without pipeline parallelism, true also on CPU (needs a C++ compiler), false never.")
-    torch_compile_mode: Optional[str] = arg(None, "torch.compile mode of the blocks: null (inductor's default), 'reduce-overhead' (each block replayed from CUDA graphs: far less host time per step, which small models are bound by; needs gradient_accumulation_steps 1 and model_parallel_size 1), 'max-autotune' (also CUDA graphs) or 'max-autotune-no-cudagraphs'.")
+    torch_compile_mode: Optional[str] = arg(None, "torch.compile mode of the blocks: null (inductor's default), 'reduce-overhead' (each block replayed from CUDA graphs: far less host time per step, which small models are bound by; needs model_parallel_size 1), 'max-autotune' (also CUDA graphs) or 'max-autotune-no-cudagraphs'.")
 
     def batch_sizes(self, dp_world_size: int) -> BatchSizes:
         """Train batch, micro batch and accumulation steps for `dp_world_size` data-parallel ranks.

@@ -140,7 +140,7 @@ def _layout(args: "NeoXArgs", f: Findings) -> None:
 
 
 def _compile_mode(args: "NeoXArgs", f: Findings, tp: int) -> None:
-    p, t = args.parallel, args.training
+    t = args.training
     mode = t.torch_compile_mode
     if mode is None:
         return
@@ -155,16 +155,6 @@ def _compile_mode(args: "NeoXArgs", f: Findings, tp: int) -> None:
     if tp > 1:
         f.problem(f"{f.key('torch_compile_mode', mode)} replays blocks from CUDA graphs, which is supported with "
                   f"model_parallel_size 1 only (got {tp}); use torch_compile_mode: max-autotune-no-cudagraphs or null")
-    acc = t.gradient_accumulation_steps
-    if p.global_num_gpus and p.global_num_gpus > 0:
-        try:
-            acc = t.batch_sizes(p.data_parallel_size(p.global_num_gpus)).gradient_accumulation_steps
-        except (ConfigError, ZeroDivisionError, TypeError):
-            pass  # reported by _parallel_and_batch
-    if acc is not None and acc > 1:
-        f.problem(f"{f.key('torch_compile_mode', mode)} replays blocks from CUDA graphs, whose gradient outputs are "
-                  f"overwritten by the next micro-batch's replay, so it needs gradient_accumulation_steps 1 (got {acc}); "
-                  "use a larger train_micro_batch_size_per_gpu instead of accumulation, or torch_compile_mode: null")
 
 
 def _optimizer(args: "NeoXArgs", f: Findings) -> None:

@@ -58,7 +58,8 @@ class Parallel:
 
     def begin_micro_batch(self) -> None:
         """Call before each micro-batch's forward: with CUDA-graph blocks, tells torch that the
-        previous step's graph outputs are dead, so their memory is replayed into without checks."""
+        previous micro-batch's graph outputs are dead (step() has copied out the gradients that are
+        not), so their memory is replayed into without checks."""
         if self.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
 
@@ -134,11 +135,17 @@ class Parallel:
 
     def step(self, engine) -> Optional[torch.Tensor]:
         """engine.step() after a micro-batch's backward (DeepSpeed steps the optimizer on the last
-        of the accumulation steps). Without ZeRO the gradients are clipped here first (see
-        deepspeed_config) and their norm is returned as a device scalar; None where DeepSpeed
+        of the accumulation steps). Compiled blocks' gradients get storage of their own first
+        (megatron.parallel.compile.own_gradients). Without ZeRO the gradients are clipped here
+        (see deepspeed_config) and their norm is returned as a device scalar; None where DeepSpeed
         keeps the norm (engine.get_global_grad_norm())."""
         norm = None
-        if engine.zero_optimization_stage() == 0 and not self.pipelined and engine.is_gradient_accumulation_boundary():
+        boundary = engine.is_gradient_accumulation_boundary()
+        if self.compiled:
+            from megatron.parallel.compile import own_gradients
+
+            own_gradients(self.module, copy_all=self.cuda_graphs and not boundary)
+        if engine.zero_optimization_stage() == 0 and not self.pipelined and boundary:
             parameters = [p for p in self._trainable if p.grad is not None]
             norm = self.grad_norm(parameters)  # gradients are data-parallel averaged by now
             if self.clip_grad:
@@ -235,11 +242,9 @@ def parallelize(model: nn.Module, args, world_size: int, rank: int) -> Parallel:
     compiled = compile_wanted(t.torch_compile, layout)
     mode = t.torch_compile_mode if compiled and t.torch_compile_mode != "default" else None
     cuda_graphs = mode in CUDA_GRAPH_COMPILE_MODES and torch.cuda.is_available()
-    if cuda_graphs:
-        acc = t.batch_sizes(layout.dp).gradient_accumulation_steps
-        if acc > 1 or layout.tp > 1:
-            raise ConfigError(f"torch_compile_mode: {mode} (CUDA graphs) needs gradient_accumulation_steps 1 and "
-                              f"model_parallel_size 1, got {acc} and {layout.tp}; use torch_compile_mode: null")
+    if cuda_graphs and layout.tp > 1:
+        raise ConfigError(f"torch_compile_mode: {mode} (CUDA graphs) needs model_parallel_size 1, got {layout.tp}; "
+                          "use torch_compile_mode: null")
     if layout.tp == 1 and layout.pp == 1:
         if compiled:
             compile_model(model, mode=mode)
