@@ -209,7 +209,7 @@ def build_framework(model: str, seq: int, micro: int, attention: str, cli, env, 
     info = dict(non_embedding=count_parameters(net, exclude_embeddings=True), layers=args.model.num_layers,
                 hidden=args.model.hidden_size, vocab=vocab)
     parallel = parallelize(net, args, env.world_size, env.rank)
-    optimizer = build_optimizer(parallel.module, args.optimizer.optimizer, args.optimizer.weight_decay)
+    optimizer = build_optimizer(parallel.module, args.optimizer.optimizer, args.optimizer.weight_decay, env.device)
     scheduler = AnnealingLR(optimizer, max_lr=args.optimizer.lr, min_lr=args.lr.min_lr, warmup=0.0,
                             decay_iters=10**6, style="cosine")
     engine = parallel.initialize(optimizer, scheduler, args.deepspeed_config(parallel.dp_size))

@@ -153,3 +153,15 @@ def test_parallel_step_clips_shared_gradients_once():
     torch.testing.assert_close(norm, torch.tensor(50.0).sqrt())  # |(3, 0, 4)| counted for both parameters
     for p in (a, b):
         torch.testing.assert_close(p.grad, torch.tensor([3.0, 0.0, 4.0]) / 50 ** 0.5, rtol=1e-5, atol=1e-6)
+
+
+def test_optimizer_is_fused_for_cuda_training_of_a_model_built_on_the_cpu():
+    # The trainer builds the model on the CPU and DeepSpeed moves it to the GPU after the optimizer
+    # exists; deciding `fused` from the parameters' device then gave the slower multi-tensor AdamW.
+    from megatron.training.optimizer import build_optimizer
+
+    model = torch.nn.Linear(4, 3)
+    spec = {"type": "Adam", "params": {"lr": 1e-3}}
+    assert build_optimizer(model, spec, 0.1, torch.device("cuda")).defaults["fused"] is True
+    assert build_optimizer(model, spec, 0.1, torch.device("cpu")).defaults["fused"] is None
+    assert build_optimizer(model, spec, 0.1).defaults["fused"] is None  # where the parameters are

@@ -19,6 +19,8 @@ Variants (settings given as config overrides; bf16 on the GPU):
   compiled               regional torch.compile, torch_autocast (ZeRO-1 runs as stage 0 on one GPU)
   compiled-sepllm        the same with the SepLLM config (kernel)
   cuda-graphs(-sepllm)   compiled with torch_compile_mode reduce-overhead: blocks replayed from CUDA graphs
+  trainer(-sepllm)       train.py's own step (megatron.training.trainer.Trainer.train_step: the data loader over
+                         the demo corpus, the loss bookkeeping) with the `compiled` settings; no host phase times
 """
 from __future__ import annotations
 
@@ -46,7 +48,27 @@ VARIANTS = {
     "compiled-sepllm": ("sepllm", {"torch_compile": True}),
     "cuda-graphs": ("vanilla", {"torch_compile": True, "torch_compile_mode": "reduce-overhead"}),
     "cuda-graphs-sepllm": ("sepllm", {"torch_compile": True, "torch_compile_mode": "reduce-overhead"}),
+    "trainer": ("vanilla", {"torch_compile": True}),
+    "trainer-sepllm": ("sepllm", {"torch_compile": True}),
 }
+
+
+def build_trainer(attention: str, overrides: dict, cli, env):
+    """train.py's Trainer for the framework step's settings, reading the shipped demo corpus."""
+    import subprocess
+
+    from megatron.training.trainer import Trainer
+
+    subprocess.run([sys.executable, "tools/prepare_demo_data.py"], cwd=tt.REPO, check=True, stdout=subprocess.DEVNULL)
+    data = {"data_path": str(tt.REPO / "data/demo/demo_text_document"), "tokenizer_type": "HFTokenizer",
+            "vocab_file": str(tt.REPO / "data/demo/gpt-neox-20b-tokenizer.json"), "num_workers": 1,
+            "train_batch_size": cli.micro, "train_iters": 1000, "lr_decay_iters": 1000, "eval_interval": 10**6,
+            "save": None, "load": None, "log_interval": 10**6}
+    if env.device.type != "cuda":
+        overrides = {**overrides, "torch_compile": False}  # inductor on CPU is slow (--toy)
+    args = tt.framework_args(cli.model, cli.seq, cli.micro, attention, cli, {**overrides, **data})
+    args.validate_for("train")
+    return Trainer(args, env)
 
 
 def sync_sites(step, device) -> dict[str, int]:
@@ -151,6 +173,9 @@ def profile_variant(name: str, cli, env) -> dict:
         shape = {"layers": args.model.num_layers, "hidden": args.model.hidden_size, "heads": args.model.num_attention_heads}
         step, _ = tt.build_baseline(cli.seq, cli.micro, cli, env, shape)
         engine = parallel = None
+    elif name.startswith("trainer"):
+        trainer = build_trainer(*VARIANTS[name], cli, env)
+        engine, parallel, step = trainer.engine, None, trainer.train_step
     else:
         attention, overrides = VARIANTS[name]
         engine, parallel, step, _, _ = tt.build_framework(cli.model, cli.seq, cli.micro, attention, cli, env, overrides)
@@ -163,7 +188,7 @@ def profile_variant(name: str, cli, env) -> dict:
         tt.synchronize(env.device)
         out["warmup_s"] = time.perf_counter() - t0
         out["ms_per_step"] = tt.timed(step, cli.steps, 0, env.device) * 1e3
-        if engine is not None:
+        if parallel is not None:
             out["host_ms"] = phase_times(engine, parallel, step, 3, env.device)
         out["syncs"] = sync_sites(step, env.device)
         out["profile"] = device_profile(step, 3, env.device, cli.top)
@@ -223,7 +248,7 @@ def main(argv=None) -> int:
     cli = parser.parse_args(argv)
     if cli.toy:
         cli.model, cli.seq, cli.micro, cli.steps, cli.warmup = "toy", 128, 2, 2, 1
-        cli.variants = [v for v in cli.variants if v in ("baseline", "eager")]  # inductor on CPU is slow
+        cli.variants = [v for v in cli.variants if v in ("baseline", "eager", "trainer", "trainer-sepllm")]  # inductor on CPU is slow
     # What train_throughput's framework_args and build_baseline read from their command line.
     cuda = torch.cuda.is_available()
     cli.grad_acc, cli.checkpoint_activations, cli.bf16, cli.compile, cli.torch_autocast = 1, False, cuda, cuda, True

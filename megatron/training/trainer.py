@@ -66,7 +66,7 @@ class Trainer:
         self.num_params_non_embedding = count_parameters(model, exclude_embeddings=True)
         # Tensor, sequence, pipeline and data parallelism are applied from outside the model.
         self.parallel = parallelize(model, a, env.world_size, env.rank)
-        optimizer = build_optimizer(self.parallel.module, a.optimizer.optimizer, a.optimizer.weight_decay)
+        optimizer = build_optimizer(self.parallel.module, a.optimizer.optimizer, a.optimizer.weight_decay, env.device)
         self.scheduler = AnnealingLR(
             optimizer, max_lr=a.optimizer.lr, min_lr=a.lr.min_lr, warmup=a.lr.warmup,
             decay_iters=a.lr.decay_iters(a.training.train_iters), style=a.lr.lr_decay_style,
