@@ -18,7 +18,6 @@ from typing import Iterator, Optional
 import torch
 from torch import nn
 
-from megatron.neox_arguments.errors import ConfigError
 from megatron.neox_arguments.training import CUDA_GRAPH_COMPILE_MODES
 from megatron.parallel.layout import Layout, model_problems, resolve_layout, zero_problems
 from megatron.parallel.loss import lm_loss, vocab_parallel_lm_loss
@@ -241,10 +240,7 @@ def parallelize(model: nn.Module, args, world_size: int, rank: int) -> Parallel:
     check_fits(args, layout, mlp_width=model.dims.mlp_width)
     compiled = compile_wanted(t.torch_compile, layout)
     mode = t.torch_compile_mode if compiled and t.torch_compile_mode != "default" else None
-    cuda_graphs = mode in CUDA_GRAPH_COMPILE_MODES and torch.cuda.is_available()
-    if cuda_graphs and layout.tp > 1:
-        raise ConfigError(f"torch_compile_mode: {mode} (CUDA graphs) needs model_parallel_size 1, got {layout.tp}; "
-                          "use torch_compile_mode: null")
+    cuda_graphs = mode in CUDA_GRAPH_COMPILE_MODES and torch.cuda.is_available()  # with tp 1 only (validation)
     if layout.tp == 1 and layout.pp == 1:
         if compiled:
             compile_model(model, mode=mode)
