@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The real trainer (`deepy.py train.py`) under each torch.compile mode of the blocks, side by side.
 
-Trains the same Pythia-160M-shaped SepLLM (or vanilla) model on the shipped demo corpus from the
+Trains the same Pythia-shaped (160M by default) SepLLM (or vanilla) model on the shipped demo corpus from the
 same seed once per mode, with evaluation and checkpoints inside the run, then resumes each run from
 its last checkpoint for a few more steps. Prints, per mode: the logged training losses, the
 validation losses, the steady tokens/s (log windows after the first, which holds the compile),
@@ -53,7 +53,7 @@ def _run(cli, mode: str | None, run_dir: Path, iters: int, log: Path) -> list[tu
     run_dir.mkdir(parents=True, exist_ok=True)
     override = run_dir / f"override_{iters}.yml"
     override.write_text(yaml.safe_dump(_overrides(cli, mode, run_dir, iters)))
-    configs = ["configs/pythia/160M.yml", f"configs/sepllm/{cli.attention}.yml", "configs/local_setup.yml", str(override)]
+    configs = [f"configs/pythia/{cli.model}.yml", f"configs/sepllm/{cli.attention}.yml", "configs/local_setup.yml", str(override)]
     cmd = [sys.executable, "deepy.py", "train.py", *configs]
     t0 = time.time()
     with open(log, "w") as f:
@@ -64,7 +64,10 @@ def _run(cli, mode: str | None, run_dir: Path, iters: int, log: Path) -> list[tu
         if m:
             fields = dict(part.split(" ", 1) for part in m.group(3).split(" | "))
             rows.append((m.group(1), int(m.group(2)), {k: float(v) for k, v in fields.items()}))
-    print(f"  {mode or 'default'}: {' '.join(cmd[2:])} -> rc {proc.returncode} in {time.time() - t0:.0f} s", flush=True)
+    # With TORCH_LOGS=recompiles set, a recompile inside the run (a stalled log window) shows here.
+    recompiles = sum("Recompiling function" in line for line in log.read_text().splitlines())
+    print(f"  {mode or 'default'}: {' '.join(cmd[2:])} -> rc {proc.returncode} in {time.time() - t0:.0f} s, "
+          f"{recompiles} recompiles logged", flush=True)
     if proc.returncode != 0:
         print("\n".join(log.read_text().splitlines()[-40:]))
         raise SystemExit(f"training run failed (mode {mode}); log: {log}")
@@ -82,6 +85,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--modes", nargs="+", default=["default", "reduce-overhead"],
                    help="'default' is inductor's default; MODE#N runs a mode once more")
+    p.add_argument("--model", default="160M", choices=["160M", "410M", "1.4B"], help="configs/pythia/<model>.yml")
     p.add_argument("--attention", default="n64", help="configs/sepllm/<name>.yml (n64, vanilla, ...)")
     p.add_argument("--seq", type=int, default=2048)
     p.add_argument("--micro-batch", type=int, default=8)
@@ -109,8 +113,8 @@ def main() -> None:
 
     base = cli.modes[0]
     print(f"\n| mode | train losses (every {cli.log_interval} steps; resumed after {cli.iters}) | valid losses "
-          f"| tokens/s (steady) | max abs diff vs {base} |")
-    print("|---|---|---|---|---|")
+          f"| tokens/s (steady) | steady windows | max abs diff vs {base} |")
+    print("|---|---|---|---|---|---|")
     for mode, rows in results.items():
         train = [(it, r["loss"]) for kind, it, r in rows if kind == "train"]
         valid = [(it, r["loss"]) for kind, it, r in rows if kind == "valid"]
@@ -121,7 +125,7 @@ def main() -> None:
         diffs = [abs(loss - ref[it]) for it, loss in train if it in ref]
         diffs += [abs(loss - ref[("v", it)]) for it, loss in valid if ("v", it) in ref]
         print(f"| {mode} | {' '.join(f'{l:.4f}' for _, l in train)} | {' '.join(f'{l:.4f}' for _, l in valid)} "
-              f"| {tps:.0f} | {max(diffs) if diffs else float('nan'):.2e} |")
+              f"| {tps:.0f} | {' '.join(f'{t:.0f}' for t in steady)} | {max(diffs) if diffs else float('nan'):.2e} |")
 
 
 if __name__ == "__main__":
