@@ -77,12 +77,12 @@ def test_long_sequence_rows_match_reference():
     assert spot_check_rows(out, q, k, v, plan, 0, rows, 1 / math.sqrt(128)) < 1e-2
 
 
-def test_entry_point_uses_the_kernel_and_matches_masked_path():
+def test_kernel_matches_the_masked_entry_point():
     case = Case(B=2, H=4, Hkv=4, L=512, D=64, vocab=15, sep=dict(prefill_local_window_size=32))
     _, plan, _ = case.build(CUDA)
     q, k, v = random_qkv(case, torch.bfloat16, CUDA)
-    fast = sepllm_attention(q, k, v, plan, 0, use_kernel=True)
-    slow = sepllm_attention(q, k, v, plan, 0, use_kernel=False)
+    fast = sep_attention_kernel(q, k, v, plan, 0)
+    slow = sepllm_attention(q, k, v, plan, 0)
     assert getattr(plan, "_sep_kernel_layouts", None), "the kernel path was not taken"
     assert rel_err(fast, slow) < 1e-2
 

@@ -4,8 +4,10 @@
   * a layer with full causal attention (mode full, or a window covering the sequence, and no
     document or padding masks) runs SDPA with is_causal (`causal_attention`; `sdpa_backends`
     from `causal_backends` puts cuDNN's kernel first on Hopper and later GPUs);
-  * otherwise, with `use_kernel` on CUDA, the fast Sep-Attention kernel (megatron.sepllm.kernel);
   * otherwise masked SDPA with the plan's dense mask (the reference path, used on CPU).
+The fast Sep-Attention kernel (megatron.sepllm.kernel) is not reached through here: the model
+resolves its inputs once per layer outside compiled code (ForwardContext.for_layer) and calls
+`sep_attention_layer` directly, so that a compiled block traces it as one graph.
 """
 from __future__ import annotations
 
@@ -27,17 +29,11 @@ def sepllm_attention(
     *,
     dropout_p: float = 0.0,
     scale: Optional[float] = None,
-    use_kernel: bool = False,
-    recompile: bool = False,
     sdpa_backends: Optional[tuple[SDPBackend, ...]] = None,
 ) -> torch.Tensor:  # [B, H, L, D]
     gqa = q.shape[1] != k.shape[1]
     if plan is None or plan.is_causal(layer):
         return causal_attention(q, k, v, dropout_p=dropout_p, scale=scale, backends=sdpa_backends)
-    if use_kernel and q.is_cuda:
-        from megatron.sepllm.kernel import sep_attention_kernel
-
-        return sep_attention_kernel(q, k, v, plan, layer, dropout_p=dropout_p, scale=scale, recompile=recompile)
     mask = plan.dense_mask(layer)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale, enable_gqa=gqa)
 
