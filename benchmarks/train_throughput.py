@@ -235,13 +235,13 @@ def build_framework(model: str, seq: int, micro: int, attention: str, cli, env, 
 
 
 def run_framework(model: str, seq: int, micro: int, attention: str, cli, env) -> dict:
-    from megatron.sepllm.mask import build_attention_plan, kept_ratios
+    from megatron.sepllm.mask import build_attention_plan, layer_kept_ratios
 
     engine, parallel, step, args, info = build_framework(model, seq, micro, attention, cli, env)
     # no backend pin here: the model picks its attention backends itself, as under train.py
     seconds = timed(step, cli.steps, cli.warmup, env.device)
     plan = build_attention_plan(step.batch()["input_ids"], args.sepllm, args.model.num_layers)
-    kept = sum(kept_ratios(plan, layer)["attn_map_ratio"] for layer in range(args.model.num_layers)) / args.model.num_layers
+    kept = sum(r["attn_map_ratio"] for r in layer_kept_ratios(plan)) / args.model.num_layers
     tokens = micro * seq * cli.grad_acc * parallel.dp_size
     row = dict(impl=f"framework-{attention}", kept=kept, seconds=seconds, tokens=tokens, **info)
     engine.destroy()  # removes DeepSpeed's hooks and buffers, which would keep the model alive

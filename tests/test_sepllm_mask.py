@@ -9,6 +9,7 @@ from megatron.sepllm.mask import (
     build_attention_plan,
     document_ids_from_eod,
     kept_ratios,
+    layer_kept_ratios,
 )
 from megatron.sepllm.reference import reference_keep_mask
 
@@ -55,6 +56,8 @@ def _check(ids, cfg, num_layers=1, doc_ids=None, key_valid=None):
             causal = causal & key_valid[:, None, :]
             dense = dense & key_valid[:, None, :]
         assert r["attn_map_ratio"] == pytest.approx(float(dense.sum() / causal.sum()), rel=1e-6)
+    # All layers at once (layers with the same window and kept keys computed once) give the same.
+    assert layer_kept_ratios(plan) == [kept_ratios(plan, layer) for layer in range(num_layers)]
 
 
 @pytest.mark.parametrize("seed", range(12))

@@ -233,12 +233,31 @@ def kept_ratios(plan: AttentionPlan, layer: int = 0) -> dict[str, float]:
 
     Computed in O(B x L) from cumulative sums, never from a dense mask.
     """
-    window = plan.windows[layer]
-    if window is None:
-        return {"attn_map_ratio": 1.0, "kv_ratio": 1.0}
+    return layer_kept_ratios(plan, [layer])[0]
+
+
+def layer_kept_ratios(plan: AttentionPlan, layers: Optional[list[int]] = None) -> list[dict[str, float]]:
+    """kept_ratios of several layers (default all) with one read from the device: layers with the
+    same window and kept pattern are computed once (the trainer logs these while its steps run)."""
+    layers = list(range(len(plan.windows))) if layers is None else layers
+    shared: dict[tuple, Optional[torch.Tensor]] = {}
+    keys = []
+    for layer in layers:
+        window, kept = plan.windows[layer], plan.layer_kept(layer)
+        key = (window, id(kept))
+        if key not in shared:
+            shared[key] = None if window is None else _ratio_tensor(plan, window, kept)
+        keys.append(key)
+    computed = [k for k, v in shared.items() if v is not None]
+    values = dict(zip(computed, torch.stack([shared[k] for k in computed]).tolist())) if computed else {}
+    full = {"attn_map_ratio": 1.0, "kv_ratio": 1.0}
+    return [dict(zip(("attn_map_ratio", "kv_ratio"), values[k])) if k in values else dict(full) for k in keys]
+
+
+def _ratio_tensor(plan: AttentionPlan, window: int, kept: torch.Tensor) -> torch.Tensor:
+    """[attn_map_ratio, kv_ratio] as a device tensor (see kept_ratios)."""
     ref = plan._ref()
     B, L = ref.shape
-    kept = plan.layer_kept(layer)
     valid = plan.key_valid if plan.key_valid is not None else torch.ones(B, L, dtype=torch.bool, device=ref.device)
     pos = torch.arange(L, device=ref.device).expand(B, L)
     if plan.doc_ids is not None:
@@ -255,7 +274,4 @@ def kept_ratios(plan: AttentionPlan, layer: int = 0) -> dict[str, float]:
     far = (K.gather(1, torch.maximum(far_hi, starts)) - K.gather(1, starts)).clamp(min=0)
     seen = (in_win + far).float()
     total = (V.gather(1, pos + 1) - V.gather(1, starts)).float()
-    return {
-        "attn_map_ratio": float(seen.sum() / total.sum().clamp(min=1)),
-        "kv_ratio": float((seen[:, -1] / total[:, -1].clamp(min=1)).mean()),
-    }
+    return torch.stack([seen.sum() / total.sum().clamp(min=1), (seen[:, -1] / total[:, -1].clamp(min=1)).mean()])

@@ -226,7 +226,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def train(self) -> list[float]:
-        from megatron.sepllm.mask import attention_mode, build_attention_plan, kept_ratios
+        from megatron.sepllm.mask import attention_mode, build_attention_plan, layer_kept_ratios
         from megatron.training.flops import flops_per_token, peak_tflops
         from megatron.training.logger import MetricsLogger
 
@@ -260,12 +260,12 @@ class Trainer:
             logger.advance(1)
             log_now = it % lg.log_interval == 0 or it == t.train_iters
             print_ratios = a.sepllm.PRINT_KV_RATIO and forward_passes % a.sepllm.print_ratio_intervals < self.grad_acc
-            plan = None
+            ratios = None  # of the last batch, one device read for all layers
             if mode != "full" and (log_now or print_ratios):
                 plan = build_attention_plan(self.last_batch["input_ids"], a.sepllm, a.model.num_layers,
                                             doc_ids=self.last_batch["doc_ids"])
-            if print_ratios and plan is not None:
-                ratios = [kept_ratios(plan, layer) for layer in range(a.model.num_layers)]
+                ratios = layer_kept_ratios(plan)
+            if print_ratios and ratios is not None:
                 logger.message(
                     "SepLLM kept ratio per layer: attention map "
                     + " ".join(f"{r['attn_map_ratio']:.3f}" for r in ratios)
@@ -277,8 +277,8 @@ class Trainer:
                 elapsed = time.time() - t_log
                 tokens = iters_since_log * self.global_batch * a.model.seq_length
                 attn_ratio = 1.0
-                if plan is not None:
-                    attn_ratio = float(np.mean([kept_ratios(plan, l)["attn_map_ratio"] for l in range(a.model.num_layers)]))
+                if ratios is not None:
+                    attn_ratio = float(np.mean([r["attn_map_ratio"] for r in ratios]))
                 fpt = flops_per_token(
                     num_params_non_embedding=self.num_params_non_embedding, num_layers=a.model.num_layers,
                     hidden_size=a.model.hidden_size, seq_length=a.model.seq_length, vocab_size=self.vocab_size,
@@ -292,7 +292,7 @@ class Trainer:
                 }
                 if peak:
                     row["mfu"] = tflops / peak
-                if plan is not None:
+                if ratios is not None:
                     row["sepllm_attn_kept"] = attn_ratio
                 logger.log(it, row)
                 window_losses.clear()
