@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from megatron.neox_arguments import ConfigError, NeoXArgs, distributed_env, resolve_backend
 from megatron.neox_arguments.launcher import LauncherArgs
+from megatron.neox_arguments.optimizer import OPTIMIZER_PARAMS, OPTIMIZER_TYPES
 
 SHAPE = {"num_layers": 2, "hidden_size": 64, "num_attention_heads": 2, "seq_length": 32}
 
@@ -20,8 +22,6 @@ def error(**settings) -> str:
 
 
 def test_precision_is_derived_from_the_deepspeed_sections():
-    import torch
-
     assert load().precision.precision == "fp32"
     assert load(fp16={"enabled": True}).precision.dtype == torch.float16
     # GPT-NeoX's pythia/1B.yml spells bf16 as an fp16 section of type bfloat16.
@@ -71,6 +71,26 @@ def test_optimizer_and_zero_defaults_are_filled_in():
     assert "optimizer type 'OneBitAdam' is not supported yet" in error(optimizer={"type": "OneBitAdam", "params": {"lr": 1e-3}})
     assert "params.lr must be a positive number" in error(optimizer={"type": "Adam", "params": {"lr": -1}})
     assert "stage must be 0, 1, 2 or 3" in error(zero_optimization={"stage": 4})
+    # GPT-NeoX's ZeRO-Offload optimizers are refused here, not when the trainer builds them on the GPU
+    assert "optimizer type 'cpu_adam' is not supported yet" in error(optimizer={"type": "cpu_adam", "params": {"lr": 1e-3}})
+    assert "SGD takes no parameter 'betas'; its params are lr, momentum" in error(
+        optimizer={"type": "SGD", "params": {"lr": 1e-3, "betas": [0.9, 0.95]}})
+
+
+@pytest.mark.parametrize("kind", OPTIMIZER_TYPES)
+def test_every_accepted_optimizer_type_builds_with_every_parameter_it_accepts(kind):
+    from megatron.training.optimizer import build_optimizer
+
+    example = {"lr": 0.01, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.5, "amsgrad": False, "momentum": 0.9,
+               "dampening": 0.0, "nesterov": True}
+    spec = {"type": kind, "params": {key: example[key] for key in OPTIMIZER_PARAMS[kind]}}
+    args = load(optimizer=spec, weight_decay=0.1)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    opt = build_optimizer(model, args.optimizer.optimizer, args.optimizer.weight_decay)
+    assert opt.param_groups[0]["lr"] == 0.01
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]  # the config's, not params.weight_decay
+    model(torch.randn(2, 4)).sum().backward()
+    opt.step()
 
 
 def test_learning_rate_schedule_checks():

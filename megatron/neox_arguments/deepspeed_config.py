@@ -122,6 +122,10 @@ def build_deepspeed_config(args: "NeoXArgs", dp_world_size: int) -> dict[str, An
         "steps_per_print": args.logging.steps_per_print,
         "wall_clock_breakdown": args.logging.wall_clock_breakdown,
     }
+    if args.optimizer.type == "sgd":
+        # DeepSpeed lists the optimizers it tested under ZeRO (Adam and AdamW among them, SGD not);
+        # SGD's state (a momentum buffer) is elementwise, so partitioning it is exact.
+        config["zero_allow_untested_optimizer"] = True
     precision = args.precision
     if precision.precision == "fp16":
         fp16 = {k: v for k, v in (precision.fp16 or {}).items() if k not in _NEOX_ONLY_FP16_KEYS}

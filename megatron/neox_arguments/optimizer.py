@@ -19,8 +19,14 @@ ZERO_DEFAULTS = {
     "contiguous_gradients": False,
 }
 
-# Optimizer `type`s the trainer builds (compared lower-case).
-OPTIMIZER_TYPES = ("adam", "adamw", "cpu_adam", "cpu_torch_adam", "sgd")
+# Optimizer `type`s the trainer builds (compared lower-case), with the `params` keys each takes.
+_ADAM_PARAMS = ("lr", "betas", "eps", "weight_decay", "amsgrad")
+OPTIMIZER_PARAMS = {
+    "adam": _ADAM_PARAMS,
+    "adamw": _ADAM_PARAMS,
+    "sgd": ("lr", "momentum", "dampening", "nesterov", "weight_decay"),
+}
+OPTIMIZER_TYPES = tuple(OPTIMIZER_PARAMS)
 
 
 @dataclass
@@ -28,7 +34,7 @@ class OptimizerArgs:
     """Optimizer settings (group `optimizer`)."""
 
     optimizer: Optional[dict[str, Any]] = arg(None, "Optimizer as {type: Adam, params: {lr, betas, eps, ...}}; None means Adam with lr 0.001, betas (0.9, 0.999), eps 1e-8.")
-    weight_decay: float = arg(0.1, "Decoupled weight decay coefficient (not applied to biases and norm weights).")
+    weight_decay: float = arg(0.1, "Weight decay, not applied to biases and norm weights: decoupled for Adam/AdamW, L2 for SGD (as in GPT-NeoX).")
     gradient_clipping: float = arg(1.0, "Clip the global gradient L2 norm to this; 0 disables clipping.")
     zero_optimization: Optional[dict[str, Any]] = arg(None, "DeepSpeed ZeRO settings, e.g. {stage: 1, overlap_comm: true}; None means stage 0 with DeepSpeed's defaults.")
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from megatron.neox_arguments.errors import ConfigError
 from megatron.neox_arguments.findings import Findings
-from megatron.neox_arguments.optimizer import DEFAULT_OPTIMIZER, OPTIMIZER_TYPES, ZERO_DEFAULTS
+from megatron.neox_arguments.optimizer import DEFAULT_OPTIMIZER, OPTIMIZER_PARAMS, OPTIMIZER_TYPES, ZERO_DEFAULTS
 from megatron.neox_arguments.sepllm_validation import validate_sepllm
 from megatron.neox_arguments.training import COMPILE_MODES, CUDA_GRAPH_COMPILE_MODES
 
@@ -18,7 +18,8 @@ if TYPE_CHECKING:
     from megatron.neox_arguments.neox_args import NeoXArgs
 
 FULL_ATTENTION_TYPES = ("global", "flash", "default")
-_NOT_YET_OPTIMIZERS = ("onebitadam", "sm3", "madgrad_wd", "lion")
+# GPT-NeoX types not built here; cpu_adam and cpu_torch_adam are its ZeRO-Offload optimizers.
+_NOT_YET_OPTIMIZERS = ("onebitadam", "sm3", "madgrad_wd", "lion", "cpu_adam", "cpu_torch_adam")
 
 
 def resolve_and_validate(args: "NeoXArgs", f: Findings) -> None:
@@ -173,6 +174,10 @@ def _optimizer(args: "NeoXArgs", f: Findings) -> None:
     if not isinstance(params, dict):
         f.problem(f"{f.key('optimizer', opt)}: `params` must be a mapping like {{lr: 0.0006, betas: [0.9, 0.95], eps: 1.0e-8}}")
         return
+    if isinstance(kind, str) and kind.lower() in OPTIMIZER_PARAMS:
+        allowed = OPTIMIZER_PARAMS[kind.lower()]
+        for key in sorted(set(params) - set(allowed)):
+            f.problem(f"{f.key('optimizer', opt)}: {kind} takes no parameter {key!r}; its params are {', '.join(allowed)}")
     params.setdefault("lr", DEFAULT_OPTIMIZER["params"]["lr"])
     lr = params["lr"]
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0:

@@ -23,7 +23,8 @@ def build_optimizer(model: torch.nn.Module, optimizer_cfg: dict, weight_decay: f
                     device: Optional[torch.device] = None) -> torch.optim.Optimizer:
     """`optimizer_cfg` is GPT-NeoX's {"type": "Adam", "params": {"lr": ..., "betas": ..., "eps": ...}}.
 
-    GPT-NeoX's "Adam" applies decoupled weight decay (it maps to AdamW), so both names build AdamW.
+    GPT-NeoX's "Adam" applies decoupled weight decay (it maps to AdamW), so both names build AdamW;
+    "SGD" is torch's, with weight decay as an L2 term per parameter group, as GPT-NeoX builds it.
     `device` is where the parameters will train (default: where they are now). On CUDA the AdamW
     is the fused one: a model built on the CPU and moved by DeepSpeed afterwards would otherwise
     step with torch's default multi-tensor AdamW, 4.9 against 1.8 ms of GPU time per step for
@@ -32,8 +33,10 @@ def build_optimizer(model: torch.nn.Module, optimizer_cfg: dict, weight_decay: f
     kind = str(optimizer_cfg.get("type", "Adam")).lower()
     params = dict(optimizer_cfg.get("params", {}))
     params.pop("weight_decay", None)  # weight decay is set per parameter group
-    if kind not in ("adam", "adamw"):
-        raise ValueError(f"optimizer type {optimizer_cfg.get('type')!r} is not supported; use Adam or AdamW")
     groups = param_groups(model, weight_decay)
+    if kind == "sgd":
+        return torch.optim.SGD(groups, lr=params.pop("lr", 1e-3), **params)
+    if kind not in ("adam", "adamw"):  # validation refuses other types before anything is built
+        raise ValueError(f"optimizer type {optimizer_cfg.get('type')!r} is not supported; use Adam, AdamW or SGD")
     on_cuda = device.type == "cuda" if device is not None else next(model.parameters()).is_cuda
     return torch.optim.AdamW(groups, lr=params.pop("lr", 1e-4), fused=on_cuda or None, **params)
