@@ -63,10 +63,14 @@ def test_compiled_bf16_blocks_step_like_eager_over_two_gpus_with_zero(tmp_path):
     deltas = torch.load(out)
     ref = deltas[0]
     assert ref["compiled"] is False and all(d["compiled"] for d in deltas[1:])
+    worst = {}
     for (name, stage, mode), got in zip(ZERO_RUNS[1:], deltas[1:]):
-        worst = max((float((got["delta"][n] - w).norm() / w.norm()), n) for n, w in ref["delta"].items() if w.norm() > 0)
-        # bf16 rounding: a few 1e-3; a gradient taken twice by the second micro-batch: about 0.5
-        assert worst[0] < 3e-2, (stage, mode, worst)
+        worst[stage, mode] = max((float((got["delta"][n] - w).norm() / w.norm()), n)
+                                 for n, w in ref["delta"].items() if w.norm() > 0)
+        print(f"ZeRO {stage}, {mode or 'default'} compile: largest relative difference {worst[stage, mode][0]:.1e} "
+              f"({worst[stage, mode][1]})")
+    # bf16 rounding: a few 1e-3; a gradient taken twice by the second micro-batch: about 0.5
+    assert all(err < 3e-2 for err, _ in worst.values()), worst
 
 
 def _zero_worker(out: str, configs: list[str]) -> None:
