@@ -73,6 +73,7 @@ def test_optimizer_and_zero_defaults_are_filled_in():
     assert "stage must be 0, 1, 2 or 3" in error(zero_optimization={"stage": 4})
     # GPT-NeoX's ZeRO-Offload optimizers are refused here, not when the trainer builds them on the GPU
     assert "optimizer type 'cpu_adam' is not supported yet" in error(optimizer={"type": "cpu_adam", "params": {"lr": 1e-3}})
+    assert "params.weight_decay 0.01 is not the one applied" in error(optimizer={"type": "Adam", "params": {"weight_decay": 0.01}})
     assert "SGD takes no parameter 'betas'; its params are lr, momentum" in error(
         optimizer={"type": "SGD", "params": {"lr": 1e-3, "betas": [0.9, 0.95]}})
 
@@ -81,14 +82,14 @@ def test_optimizer_and_zero_defaults_are_filled_in():
 def test_every_accepted_optimizer_type_builds_with_every_parameter_it_accepts(kind):
     from megatron.training.optimizer import build_optimizer
 
-    example = {"lr": 0.01, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.5, "amsgrad": False, "momentum": 0.9,
+    example = {"lr": 0.01, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.1, "amsgrad": False, "momentum": 0.9,
                "dampening": 0.0, "nesterov": True}
     spec = {"type": kind, "params": {key: example[key] for key in OPTIMIZER_PARAMS[kind]}}
     args = load(optimizer=spec, weight_decay=0.1)
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
     opt = build_optimizer(model, args.optimizer.optimizer, args.optimizer.weight_decay)
     assert opt.param_groups[0]["lr"] == 0.01
-    assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]  # the config's, not params.weight_decay
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]  # none on biases and norms
     model(torch.randn(2, 4)).sum().backward()
     opt.step()
 

@@ -178,6 +178,10 @@ def _optimizer(args: "NeoXArgs", f: Findings) -> None:
         allowed = OPTIMIZER_PARAMS[kind.lower()]
         for key in sorted(set(params) - set(allowed)):
             f.problem(f"{f.key('optimizer', opt)}: {kind} takes no parameter {key!r}; its params are {', '.join(allowed)}")
+    if "weight_decay" in params and params["weight_decay"] != o.weight_decay:
+        f.problem(f"{f.key('optimizer', opt)}: params.weight_decay {params['weight_decay']!r} is not the one applied; "
+                  f"{f.key('weight_decay', o.weight_decay)} is (per parameter group, none on biases and norms): set "
+                  f"weight_decay: {params['weight_decay']!r} at the top level and drop it from params")
     params.setdefault("lr", DEFAULT_OPTIMIZER["params"]["lr"])
     lr = params["lr"]
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0:
