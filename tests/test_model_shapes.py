@@ -219,7 +219,7 @@ BASE = dict(num_layers=2, hidden_size=32, num_attention_heads=4, seq_length=16, 
     (dict(activation="gelu_fast"), {}, "activation 'gelu_fast'"),
     (dict(pos_emb="rpe"), {}, "pos_emb 'rpe'"),
     (dict(num_layers=None), {}, "num_layers"),
-    (dict(attention_config=[[["local"], 2]]), {}, "attention type 'local'"),
+    (dict(attention_config=[[["local"], 2]]), {}, r"attention types \['local'\]"),
     (dict(attention_config=[[["global"], 3]]), {}, "describes 3 layers"),
     (dict(gpt_j_tied=True), {}, "gpt_j_tied"),
     (dict(pos_emb="learned", seq_length=None), {}, "max_position_embeddings"),
@@ -231,6 +231,13 @@ def test_bad_settings_are_refused_with_the_setting_named(model_overrides, sep_ov
     args = ModelArgs(**{**BASE, **model_overrides})
     with pytest.raises(ValueError, match=message):
         GPTModel(args, dataclasses.replace(SEP, **sep_overrides), 64, device="meta")
+
+
+@pytest.mark.parametrize("config", [[[["global"], 2]], [[["flash", "global"], "all"]], [[["global"], "all"]],
+                                    ["global", "flash"]])
+def test_every_attention_config_form_gpt_neox_writes_builds(config):
+    # [[types], repeat] pairs, repeat "all", and one type per layer (what validation accepts, the model builds)
+    GPTModel(ModelArgs(**{**BASE, "attention_config": config}), SEP, 64, device="meta")
 
 
 def test_bad_inputs_are_refused():

@@ -8,14 +8,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from megatron.neox_arguments.model import ModelArgs
+from megatron.neox_arguments.model import FULL_ATTENTION_TYPES, ModelArgs, expand_attention_config
 from megatron.neox_arguments.sepllm import SepLLMArgs
 
 GATED_ACTIVATIONS = ("geglu", "swiglu")
 ACTIVATIONS = ("gelu", "relu", "softsign", "swish", "mish", "silu") + GATED_ACTIVATIONS
 POSITION_EMBEDDINGS = ("learned", "rotary", "sinusoidal", "alibi", "none")
 NORMS = ("layernorm", "rmsnorm")
-FULL_ATTENTION_TYPES = ("global", "flash")
 
 
 def round_up(value: int, multiple: int) -> int:
@@ -145,20 +144,15 @@ def resolve_dims(args: ModelArgs, sep: SepLLMArgs, vocab_size: int) -> ModelDims
 def _check_attention_config(config, num_layers: int) -> None:
     if config is None:
         return
-    count = 0
-    for entry in config:
-        if not (isinstance(entry, (list, tuple)) and len(entry) == 2 and isinstance(entry[0], (list, tuple))):
-            raise ValueError(f"attention_config entries are [[types], repeat] pairs, got {entry!r}")
-        types, repeat = entry
-        for kind in types:
-            if kind not in FULL_ATTENTION_TYPES:
-                raise ValueError(
-                    f"attention type {kind!r} is not supported; SepLLM layers take their pattern from the "
-                    f"sepllm settings, so attention_config may only list {FULL_ATTENTION_TYPES}"
-                )
-        count += len(types) * int(repeat)
-    if count != num_layers:
-        raise ValueError(f"attention_config describes {count} layers but num_layers is {num_layers}")
+    types = expand_attention_config(config, num_layers)
+    other = sorted({kind for kind in types if kind not in FULL_ATTENTION_TYPES})
+    if other:
+        raise ValueError(
+            f"attention types {other} are not supported; SepLLM layers take their pattern from the "
+            f"sepllm settings, so attention_config may only list {FULL_ATTENTION_TYPES}"
+        )
+    if len(types) != num_layers:
+        raise ValueError(f"attention_config describes {len(types)} layers but num_layers is {num_layers}")
 
 
 def _check_sepllm(sep: SepLLMArgs, args: ModelArgs, num_layers: int) -> None:

@@ -6,6 +6,31 @@ from typing import Any, Optional
 
 from megatron.neox_arguments.field import arg
 
+# attention_config types that mean full attention (GPT-NeoX's "global" and "flash"); SepLLM layers take
+# their pattern from the sepllm settings, not from attention_config.
+FULL_ATTENTION_TYPES = ("global", "flash")
+
+
+def expand_attention_config(config: list[Any], num_layers: int) -> list[str]:
+    """GPT-NeoX's attention_config as one type per layer: [[types, repeat], ...] pairs, where repeat
+    may be "all" (the pattern repeated over every layer), or a list that already names each layer."""
+    if all(isinstance(item, str) for item in config):
+        return list(config)
+    types: list[str] = []
+    for item in config:
+        if not (isinstance(item, (list, tuple)) and len(item) == 2 and isinstance(item[0], (list, tuple))):
+            raise ValueError(f"each entry must be a [[types], repeat] pair like [['global'], {num_layers}], got {item!r}")
+        kinds, repeat = item
+        if repeat == "all":
+            if not kinds or num_layers % len(kinds):
+                raise ValueError(f"num_layers {num_layers} is not a multiple of the pattern length {len(kinds)}")
+            repeat = num_layers // len(kinds)
+        if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 0:
+            raise ValueError(f"the repeat count of {item!r} must be a non-negative integer or 'all'")
+        types.extend(list(kinds) * repeat)
+    return types
+
+
 INIT_METHOD_CHOICES = ("normal", "scaled_normal", "orthogonal", "scaled_orthogonal", "xavier_uniform", "xavier_normal", "wang_init", "small_init", "single_residual_scaled_normal")
 
 

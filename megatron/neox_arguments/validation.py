@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from megatron.neox_arguments.errors import ConfigError
 from megatron.neox_arguments.findings import Findings
+from megatron.neox_arguments.model import FULL_ATTENTION_TYPES, expand_attention_config
 from megatron.neox_arguments.optimizer import DEFAULT_OPTIMIZER, OPTIMIZER_PARAMS, OPTIMIZER_TYPES, ZERO_DEFAULTS
 from megatron.neox_arguments.sepllm_validation import validate_sepllm
 from megatron.neox_arguments.training import COMPILE_MODES, CUDA_GRAPH_COMPILE_MODES
@@ -17,7 +18,6 @@ from megatron.neox_arguments.training import COMPILE_MODES, CUDA_GRAPH_COMPILE_M
 if TYPE_CHECKING:
     from megatron.neox_arguments.neox_args import NeoXArgs
 
-FULL_ATTENTION_TYPES = ("global", "flash", "default")
 # GPT-NeoX types not built here; cpu_adam and cpu_torch_adam are its ZeRO-Offload optimizers.
 _NOT_YET_OPTIMIZERS = ("onebitadam", "sm3", "madgrad_wd", "lion", "cpu_adam", "cpu_torch_adam")
 
@@ -34,25 +34,6 @@ def resolve_and_validate(args: "NeoXArgs", f: Findings) -> None:
     _logging_and_launcher(args, f)
     _generation(args, f)
     validate_sepllm(args.sepllm, args.model, f)
-
-
-def expand_attention_config(config: list[Any], num_layers: int) -> list[str]:
-    """GPT-NeoX's attention_config, [[types, repeat], ...] or already one type per layer, as one type per layer."""
-    if all(isinstance(item, str) for item in config):
-        return list(config)
-    types: list[str] = []
-    for item in config:
-        if not (isinstance(item, (list, tuple)) and len(item) == 2 and isinstance(item[0], (list, tuple))):
-            raise ValueError(f"each entry must be a [[types], repeat] pair like [['global'], {num_layers}], got {item!r}")
-        kinds, repeat = item
-        if repeat == "all":
-            if num_layers % len(kinds):
-                raise ValueError(f"num_layers {num_layers} is not a multiple of the pattern length {len(kinds)}")
-            return list(kinds) * (num_layers // len(kinds))
-        if not isinstance(repeat, int) or repeat < 0:
-            raise ValueError(f"the repeat count of {item!r} must be a non-negative integer or 'all'")
-        types.extend(list(kinds) * repeat)
-    return types
 
 
 def _positive(f: Findings, obj: Any, names: tuple[str, ...], minimum: int = 1) -> None:
