@@ -72,6 +72,10 @@ def test_optimizer_and_zero_defaults_are_filled_in():
     assert "params.lr must be a positive number" in error(optimizer={"type": "Adam", "params": {"lr": -1}})
     assert "stage must be 0, 1, 2 or 3" in error(zero_optimization={"stage": 4})
     # GPT-NeoX's ZeRO-Offload optimizers are refused here, not when the trainer builds them on the GPU
+    assert "offloading the optimizer (offload_optimizer, cpu_offload) is not supported yet" in error(
+        zero_optimization={"stage": 2, "offload_optimizer": {"device": "cpu"}})
+    assert "offloading the optimizer" in error(zero_optimization={"stage": 2, "cpu_offload": True})
+    assert load(zero_optimization={"stage": 3, "offload_param": {"device": "cpu"}}).optimizer.zero_stage == 3
     assert "optimizer type 'cpu_adam' is not supported yet" in error(optimizer={"type": "cpu_adam", "params": {"lr": 1e-3}})
     assert "params.weight_decay 0.01 is not the one applied" in error(optimizer={"type": "Adam", "params": {"weight_decay": 0.01}})
     assert "SGD takes no parameter 'betas'; its params are lr, momentum" in error(
@@ -116,11 +120,33 @@ def test_model_shape_checks():
     assert "describes 3 layers" in error(attention_config=[[["global"], 3]])
     assert load(attention_config=[[["flash", "global"], "all"]]).model.attention_config
     assert "max_position_embeddings" in error(max_position_embeddings=16)
+    # head size 32: 0.1 rotates 3 dimensions, which rotary embeddings cannot (the model would refuse it)
+    assert "rotates 3 dimensions; it must be a positive even number (rotary_pct: 0.0625 rotates 2)" in error(
+        pos_emb="rotary", rotary_pct=0.1)
+    assert "need max_position_embeddings >= seq_length + offset = 34" in error(pos_emb="learned", opt_pos_emb_offset=2)
+    assert load(pos_emb="learned", opt_pos_emb_offset=2, max_position_embeddings=34).model.opt_pos_emb_offset == 2
+
+
+def test_optimizer_parameter_values_are_checked():
+    sgd = {"type": "SGD", "params": {"lr": 0.1}}
+    assert "params.momentum must be a number >= 0, got -1" in error(optimizer={**sgd, "params": {"lr": 0.1, "momentum": -1}})
+    assert "params.nesterov needs momentum > 0 and dampening 0" in error(optimizer={**sgd, "params": {"lr": 0.1, "nesterov": True}})
+    assert "params.eps must be a positive number" in error(optimizer={"type": "Adam", "params": {"eps": -1}})
+    assert "params.amsgrad must be true or false, got 'yes'" in error(optimizer={"type": "Adam", "params": {"amsgrad": "yes"}})
 
 
 def test_launcher_conflicts():
     assert "mutually exclusive" in error(include="a", exclude="b")
     assert "cannot be combined with include/exclude" in error(include="a", num_nodes=2)
+    assert "set precision: bfloat16 at the top level" in error(deepspeed_extra_args={"bfloat16": {"enabled": True}})
+    assert "comes from the lr_* keys" in error(deepspeed_extra_args={"scheduler": {"type": "WarmupLR"}})
+    assert "did you mean `train_micro_batch_size_per_gpu`?" in error(deepspeed_extra_args={"train_micro_batch_size": 4})
+    assert load(deepspeed_extra_args={"flops_profiler": {"enabled": False}}).launcher.deepspeed_extra_args
+    assert "must be 'parameters', 'uniform' or 'type:REGEX'" in error(pipe_partition_method="unifrom")
+    assert "is not a regular expression" in error(pipe_partition_method="type:transformer(")
+    assert load(pipe_partition_method="Uniform").parallel.pipe_partition_method == "Uniform"
+    if not torch.distributed.is_mpi_available():
+        assert "this torch is built without MPI" in error(distributed_backend="mpi")
 
 
 def test_generation_mode_is_derived():
@@ -236,3 +262,13 @@ def test_torch_compile_mode_choices_and_cuda_graph_limits():
     assert "model_parallel_size 1 only (got 2)" in error(torch_compile_mode="reduce-overhead", model_parallel_size=2,
                                                           train_micro_batch_size_per_gpu=4, global_num_gpus=2)
     load(torch_compile_mode="max-autotune-no-cudagraphs", train_micro_batch_size_per_gpu=4, gradient_accumulation_steps=2)
+
+
+def test_generate_and_eval_refuse_what_transformers_cannot_take_before_loading(tmp_path):
+    args = load(load=str(tmp_path), pos_emb="alibi", tokenizer_type="CharLevelTokenizer")
+    for task in ("generate", "eval"):
+        with pytest.raises(ConfigError) as info:
+            args.validate_for(task)
+        text = str(info.value)
+        assert f"{task}.py runs the model through transformers" in text and "pos_emb must be 'rotary'" in text
+        assert "tokenizer_type CharLevelTokenizer has no transformers equivalent" in text

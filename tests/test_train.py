@@ -165,6 +165,15 @@ def test_rerun_of_a_finished_run_keeps_its_checkpoint(tmp_path, corpus):
     assert (ck / "global_step2" / "manifest.json").read_text() == manifest
 
 
+def test_exit_interval_stops_the_run_with_its_state_saved(tmp_path, corpus):
+    ck = tmp_path / "ck"
+    cfg = make_config(tmp_path, corpus, train_iters=6, exit_interval=2, save=str(ck), load=str(ck), checkpoint_factor=100)
+    first = run(tmp_path, cfg)
+    assert len(first["losses"]) == 2 and (ck / "global_step2").is_dir()
+    again = run(tmp_path, cfg)  # resumes at 2 and stops at the next multiple
+    assert again["start"] == 2 and len(again["losses"]) == 2 and (ck / "global_step4").is_dir()
+
+
 @pytest.mark.parametrize("overrides,environ,message", [
     ({"precision": "fp16", "fp16": {"enabled": True}}, {}, "precision: fp16 runs on GPUs only"),
     ({"model_parallel_size": 2}, {"RANK": "0", "WORLD_SIZE": "3"}, "the 3 ranks of this job do not factor"),

@@ -179,6 +179,26 @@ def infer_arch(model_args) -> str:
     return "llama" if model_args.norm == "rmsnorm" and model_args.activation == "swiglu" else "neox"
 
 
+# Tokenizer types hf_tokenizer turns into a transformers tokenizer (lower case).
+HF_TOKENIZER_TYPES = ("hftokenizer", "hfautotokenizer", "gpt2bpetokenizer", "spmtokenizer")
+
+
+def conversion_problems(args, *, tokenizer: bool = True) -> list[str]:
+    """Why the model of `args` cannot become a transformers model, which tools/convert_neox_to_hf.py,
+    generate.py and eval.py all need (empty when it can); read from the config alone."""
+    from megatron.checkpointing.hf_mapping import exportable_problems
+    from megatron.checkpointing.sepllm_hf import UNCONVERTIBLE_SETTINGS
+
+    arch = infer_arch(args.model)
+    problems = [f"as HF arch {arch!r}: {p}" for p in exportable_problems(args.model, arch)]
+    network = [name for name in UNCONVERTIBLE_SETTINGS if getattr(args.sepllm, name)]
+    if network:
+        problems.append(f"{', '.join(network)} change the network itself, which transformers' GPT-NeoX/Llama layers cannot compute")
+    if tokenizer and str(args.tokenizer.tokenizer_type).lower() not in HF_TOKENIZER_TYPES:
+        problems.append(f"tokenizer_type {args.tokenizer.tokenizer_type} has no transformers equivalent")
+    return problems
+
+
 def hf_config(args, vocab_size: int, arch: str, dtype: torch.dtype = torch.float32):
     """The HF config of our model: a plain GPTNeoX/Llama config for full attention, the SepLLM
     model type (settings under `sepllm`) otherwise."""

@@ -48,8 +48,8 @@ def _heads(args: ModelArgs) -> tuple[int, int, int]:
     return heads, kv, int(args.hidden_size) // heads
 
 
-def _check_exportable(args: ModelArgs, arch: str) -> None:
-    """Raise, naming every setting HF's class for `arch` cannot represent."""
+def exportable_problems(args: ModelArgs, arch: str) -> list[str]:
+    """Every setting HF's class for `arch` cannot represent (empty when it can)."""
     problems = []
     heads, kv, _ = _heads(args)
     if args.pos_emb != "rotary":
@@ -70,6 +70,12 @@ def _check_exportable(args: ModelArgs, arch: str) -> None:
             problems.append(f"rotary_pct must be 1 (is {args.rotary_pct})")
         if args.gpt_j_residual:
             problems.append("gpt_j_residual must be false")
+    return problems
+
+
+def _check_exportable(args: ModelArgs, arch: str) -> None:
+    """Raise, naming every setting HF's class for `arch` cannot represent."""
+    problems = exportable_problems(args, arch)
     if problems:
         raise ValueError(f"this model cannot be expressed as HF arch {arch!r}: " + "; ".join(problems))
 

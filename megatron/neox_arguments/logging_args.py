@@ -16,7 +16,7 @@ class LoggingArgs:
     wall_clock_breakdown: bool = arg(False, "Time forward, backward and optimizer step separately (DeepSpeed).")
     log_dir: Optional[str] = arg(None, "Directory for text logs.")
     tensorboard_dir: Optional[str] = arg(None, "Directory for TensorBoard event files; None disables TensorBoard.")
-    use_wandb: Optional[bool] = arg(None, "Log to Weights & Biases; None turns it on when wandb is installed and logged in.")
+    use_wandb: Optional[bool] = arg(None, "Log to Weights & Biases (rank 0); None or false: off. True without wandb installed: off, with a notice.")
     wandb_project: str = arg("neox", "Weights & Biases project.")
     wandb_group: Optional[str] = arg(None, "Weights & Biases group that collects the runs of one job.")
     wandb_team: Optional[str] = arg(None, "Weights & Biases team (entity).")

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 # Fields we keep (and write back out) but no code reads. Notice when a config sets a non-default value.
-_FUSED = "fused CUDA kernels; plain PyTorch ops run instead"
+_FUSED = "fused CUDA kernels; plain PyTorch ops run instead (bias_gelu_fusion: the exact GeLU, not GPT-NeoX's tanh approximation)"
 NOT_ACTED_ON: dict[str, str] = {
     "scaled_upper_triang_masked_softmax_fusion": _FUSED,
     "scaled_masked_softmax_fusion": _FUSED,
@@ -18,6 +18,16 @@ NOT_ACTED_ON: dict[str, str] = {
     "layernorm_fusion": _FUSED,
     "synchronize_each_layer": "a CUDA-sync debugging aid",
     "data_impl": "the mmap indexed format is always read",
+    "no_save_optim": "checkpoints always hold the optimizer state (needed to resume exactly)",
+    "no_save_rng": "checkpoints always hold every rank's RNG state (needed to resume exactly)",
+    "use_checkpoint_lr_scheduler": "the schedule always comes from this config's lr_* keys; the iteration comes from the checkpoint",
+    "checkpoint_validation_with_forward_pass": "checkpoints are checked by loading them in the tests, not with a stored forward pass",
+    "rotary_save_freqs_buffer": "rotary frequencies are recomputed from rotary_emb_base, never saved",
+    "log_grad_norm": "only the global gradient norm is logged",
+    "log_param_norm": "parameter norms are not logged",
+    "log_grad_pct_zeros": "zero-gradient fractions are not logged",
+    "log_optimizer_states": "optimizer-state norms are not logged",
+    "wandb_init_all_ranks": "Weights & Biases logs from rank 0 only",
 }
 
 # Fields whose value is accepted but run differently, with the notice to print when `when(value)`.

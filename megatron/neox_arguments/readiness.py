@@ -41,6 +41,10 @@ def check_ready(args: "NeoXArgs", task: str) -> list[str]:
     else:
         if c.load is None:
             problems.append(f"{task} needs `load`, the checkpoint directory to read the model from")
+        from megatron.checkpointing.export import conversion_problems
+
+        problems += [f"{task}.py runs the model through transformers, which cannot take it: {p}"
+                     for p in conversion_problems(args)]
         if task == "generate" and args.generation.text_gen_type == "input-file" and args.generation.sample_input_file:
             if not os.path.isfile(args.generation.sample_input_file):
                 problems.append(f"`sample_input_file: {args.generation.sample_input_file}` does not exist")

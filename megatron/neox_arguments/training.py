@@ -29,7 +29,7 @@ class TrainingArgs:
     seed: int = arg(1234, "Random seed for Python, NumPy and PyTorch.")
     eval_interval: int = arg(1000, "Optimizer steps between two validation runs.")
     eval_iters: int = arg(100, "Batches per validation (and test) run.")
-    exit_interval: Optional[int] = arg(None, "Stop training after an iteration divisible by this.")
+    exit_interval: Optional[int] = arg(None, "Stop training after an iteration divisible by this (saving the state as at the end of a run, when save is set).")
     checkpoint_activations: bool = arg(False, "Recompute layer activations in the backward pass to save memory.")
     checkpoint_num_layers: int = arg(1, "Layers per activation-checkpointing chunk.")
     partition_activations: bool = arg(False, "Split checkpointed activations across tensor-parallel ranks (no effect with one rank per model).")

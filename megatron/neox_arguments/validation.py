@@ -36,6 +36,19 @@ def resolve_and_validate(args: "NeoXArgs", f: Findings) -> None:
     validate_sepllm(args.sepllm, args.model, f)
 
 
+# DeepSpeed keys that deepspeed_extra_args may not set: they would undo what the top-level keys say.
+_EXTRA_REFUSED = {
+    "bfloat16": "it is DeepSpeed's other name for bf16; set precision: bfloat16 at the top level",
+    "amp": "set precision at the top level",
+    "optimizer": "the trainer builds the optimizer from the top-level `optimizer` key",
+    "scheduler": "the learning-rate schedule comes from the lr_* keys (lr_decay_style, warmup, min_lr)",
+}
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _positive(f: Findings, obj: Any, names: tuple[str, ...], minimum: int = 1) -> None:
     for name in names:
         value = getattr(obj, name)
@@ -59,6 +72,18 @@ def _model(args: "NeoXArgs", f: Findings) -> None:
         f.problem(f"{f.key('max_position_embeddings', m.max_position_embeddings)} must be >= {f.key('seq_length', m.seq_length)}")
     if not 0.0 < m.rotary_pct <= 1.0:
         f.problem(f"{f.key('rotary_pct', m.rotary_pct)} must be in (0, 1]")
+    elif m.pos_emb == "rotary" and m.hidden_size and m.num_attention_heads and not m.hidden_size % m.num_attention_heads:
+        head = m.hidden_size // m.num_attention_heads
+        dims = int(head * m.rotary_pct)
+        if dims < 2 or dims % 2:
+            fit = max(2, dims - dims % 2)
+            f.problem(f"{f.key('rotary_pct', m.rotary_pct)} of head size {head} rotates {dims} dimensions; it must be a "
+                      f"positive even number (rotary_pct: {fit / head:g} rotates {fit})")
+    if m.pos_emb == "learned" and m.opt_pos_emb_offset and m.seq_length:
+        rows = m.max_position_embeddings or m.seq_length
+        if rows < m.seq_length + m.opt_pos_emb_offset:
+            f.problem(f"learned positions shifted by {f.key('opt_pos_emb_offset', m.opt_pos_emb_offset)} need "
+                      f"max_position_embeddings >= seq_length + offset = {m.seq_length + m.opt_pos_emb_offset} (got {rows})")
     for name in ("hidden_dropout", "attention_dropout"):
         if not 0.0 <= getattr(m, name) < 1.0:
             f.problem(f"{f.key(name, getattr(m, name))} must be in [0, 1)")
@@ -122,6 +147,8 @@ def _layout(args: "NeoXArgs", f: Findings) -> None:
 
 
 def _compile_mode(args: "NeoXArgs", f: Findings, tp: int) -> None:
+    from megatron.parallel.layout import pipeline_stages
+
     t = args.training
     mode = t.torch_compile_mode
     if mode is None:
@@ -132,6 +159,8 @@ def _compile_mode(args: "NeoXArgs", f: Findings, tp: int) -> None:
         return
     if t.torch_compile is False:
         f.notice(f"{f.key('torch_compile_mode', mode)} has no effect with {f.key('torch_compile', False)}")
+    elif pipeline_stages(args.parallel.pipe_parallel_size or 0) > 1:
+        f.notice(f"{f.key('torch_compile_mode', mode)} has no effect with pipeline parallelism (blocks are not compiled)")
     if mode not in CUDA_GRAPH_COMPILE_MODES:
         return
     if tp > 1:
@@ -167,6 +196,16 @@ def _optimizer(args: "NeoXArgs", f: Findings) -> None:
     lr = params["lr"]
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0:
         f.problem(f"{f.key('optimizer', opt)}: params.lr must be a positive number, got {lr!r}")
+    for key, ok, what in (("eps", lambda v: _number(v) and v > 0, "a positive number"),
+                          ("momentum", lambda v: _number(v) and v >= 0, "a number >= 0"),
+                          ("dampening", lambda v: _number(v), "a number"),
+                          ("amsgrad", lambda v: isinstance(v, bool), "true or false"),
+                          ("nesterov", lambda v: isinstance(v, bool), "true or false")):
+        if key in params and not ok(params[key]):
+            f.problem(f"{f.key('optimizer', opt)}: params.{key} must be {what}, got {params[key]!r}")
+    if params.get("nesterov") is True and not (_number(params.get("momentum", 0)) and params.get("momentum", 0) > 0
+                                                and params.get("dampening", 0) == 0):
+        f.problem(f"{f.key('optimizer', opt)}: params.nesterov needs momentum > 0 and dampening 0")
     betas = params.get("betas")
     if betas is not None and not (isinstance(betas, list) and len(betas) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas)):
         f.problem(f"{f.key('optimizer', opt)}: params.betas must be two numbers in [0, 1), got {betas!r}")
@@ -184,6 +223,12 @@ def _optimizer(args: "NeoXArgs", f: Findings) -> None:
 
     for problem in deepspeed_section_problems("zero_optimization", o.zero_optimization):
         f.problem(f"{f.key('zero_optimization', show_value=False)}: {problem}")
+    offload = o.zero_optimization.get("offload_optimizer")
+    device = offload.get("device", "none") if isinstance(offload, dict) else ("cpu" if offload else "none")
+    if o.zero_optimization.get("cpu_offload") or str(device).lower() != "none":
+        f.problem(f"{f.key('zero_optimization', show_value=False)}: offloading the optimizer (offload_optimizer, "
+                  "cpu_offload) is not supported yet: DeepSpeed steps an offloaded optimizer with its CPU Adam, which "
+                  "this trainer does not build; remove it (offload_param with stage 3 works)")
 
 
 def _lr(args: "NeoXArgs", f: Findings) -> None:
@@ -286,13 +331,44 @@ def _logging_and_launcher(args: "NeoXArgs", f: Findings) -> None:
         f.problem(f"{f.key('include', la.include)} and {f.key('exclude', la.exclude)} are mutually exclusive in DeepSpeed's launcher; keep one")
     if (la.include or la.exclude) and la.num_nodes != -1:
         f.problem(f"{f.key('num_nodes', la.num_nodes)} cannot be combined with include/exclude in DeepSpeed's launcher; remove one")
+    p = args.parallel
+    if p.distributed_backend == "mpi":
+        import torch.distributed
+
+        if not torch.distributed.is_mpi_available():
+            f.problem(f"{f.key('distributed_backend', 'mpi')}: this torch is built without MPI; use nccl (GPUs) or gloo")
+    method = str(p.pipe_partition_method)
+    if method.lower() not in ("parameters", "uniform") and not method.lower().startswith("type:"):
+        f.problem(f"{f.key('pipe_partition_method', method)} must be 'parameters', 'uniform' or 'type:REGEX' "
+                  "(e.g. type:transformer|mlp)")
+    elif method.lower().startswith("type:"):
+        import re
+
+        try:
+            re.compile(method[len("type:"):], re.IGNORECASE)
+        except re.error as exc:
+            f.problem(f"{f.key('pipe_partition_method', method)}: the pattern after 'type:' is not a regular expression ({exc})")
+    if lg.use_wandb:
+        import importlib.util
+
+        if importlib.util.find_spec("wandb") is None:
+            f.notice(f"{f.key('use_wandb', True)}, but wandb is not installed here: Weights & Biases logging will be off "
+                     "(pip install wandb to turn it on)")
     if la.deepspeed_extra_args:
         from megatron.neox_arguments.deepspeed_config import DEEPSPEED_KEYS
         from megatron.neox_arguments.groups import FIELDS
 
+        import difflib
+
+        where = f.key('deepspeed_extra_args', show_value=False)
         for key in la.deepspeed_extra_args:
+            close = difflib.get_close_matches(key, [*DEEPSPEED_KEYS, *_EXTRA_REFUSED], n=1, cutoff=0.8)
             if key in DEEPSPEED_KEYS or key in FIELDS:
-                f.problem(f"{f.key('deepspeed_extra_args', show_value=False)} sets `{key}`, which is a top-level config key; set `{key}` at the top level instead")
+                f.problem(f"{where} sets `{key}`, which is a top-level config key; set `{key}` at the top level instead")
+            elif key in _EXTRA_REFUSED:
+                f.problem(f"{where} sets `{key}`, which would go around this config: {_EXTRA_REFUSED[key]}")
+            elif close:  # DeepSpeed drops keys it does not know without a word
+                f.problem(f"{where} sets `{key}`; did you mean `{close[0]}`?")
 
 
 def _generation(args: "NeoXArgs", f: Findings) -> None:

@@ -22,15 +22,7 @@ class MetricsLogger:
 
             self.tb = SummaryWriter(log_dir=tensorboard_dir)
         if use_wandb:
-            try:
-                import wandb
-            except ImportError as e:
-                raise RuntimeError("use_wandb is true but wandb is not installed: `pip install wandb`, or set use_wandb: false") from e
-            if wandb_host:
-                os.environ.setdefault("WANDB_BASE_URL", wandb_host)
-            # Offline mode (WANDB_MODE=offline) needs no network and no API key.
-            self.wandb = wandb.init(project=wandb_project or "sepllm", group=wandb_group, entity=wandb_team,
-                                    config=config or {}, reinit=True)
+            self.wandb = _start_wandb(wandb_project, wandb_group, wandb_team, wandb_host, config)
         if sys.stdout.isatty():
             from tqdm import tqdm
 
@@ -82,3 +74,18 @@ def _fmt(v: float) -> str:
     if a != 0 and (a < 1e-3 or a >= 1e5):
         return f"{v:.4e}"
     return f"{v:.4f}"
+
+
+def _start_wandb(project, group, team, host, config):
+    """A Weights & Biases run, or None when wandb is not installed (as GPT-NeoX: a config written for
+    a machine with wandb still trains here; validation gave a notice already)."""
+    try:
+        import wandb
+    except ImportError:
+        print("use_wandb is true but wandb is not installed: Weights & Biases logging is off "
+              "(pip install wandb to turn it on)", flush=True)
+        return None
+    if host:
+        os.environ.setdefault("WANDB_BASE_URL", host)
+    # Offline mode (WANDB_MODE=offline) needs no network and no API key.
+    return wandb.init(project=project or "sepllm", group=group, entity=team, config=config or {}, reinit=True)

@@ -85,6 +85,12 @@ class Trainer:
         if self.run_dir is not None and env.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             a.save_yaml(self.run_dir / "config.yml")
+        from megatron.checkpointing.export import conversion_problems
+
+        unconvertible = conversion_problems(a)
+        if unconvertible:
+            self._print("note: generate.py, eval.py and tools/convert_neox_to_hf.py take models through transformers, "
+                        "and cannot take this one: " + "; ".join(unconvertible))
         self._load()
         self.start_iteration = self.state.iteration
         self._build_data()
@@ -307,6 +313,9 @@ class Trainer:
                 _settle_gc()  # the first evaluation compiles the blocks' eval graphs
             if self._should_save(it):
                 self.save()
+            if t.exit_interval and it % t.exit_interval == 0 and it < t.train_iters:
+                logger.message(f"exit_interval {t.exit_interval}: stopping at iteration {it} of {t.train_iters}")
+                break
         # The final state is saved unless this run trained nothing (a rerun of a finished run must not
         # rewrite the checkpoint that `latest` names) or it was just saved.
         trained = self.state.iteration > self.start_iteration
