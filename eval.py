@@ -25,7 +25,14 @@ def parse_cli(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--limit", type=float, default=None, help="evaluate only this many documents per task (a fraction if < 1)")
     p.add_argument("--batch_size", type=int, default=1, help="sequences per forward pass")
     p.add_argument("--include_path", default=None, help="directory with extra task YAML files")
-    return p.parse_args(argv)
+    cli = p.parse_args(argv)
+    if cli.batch_size < 1:
+        p.error(f"--batch_size must be >= 1, got {cli.batch_size}")
+    if cli.num_fewshot is not None and cli.num_fewshot < 0:
+        p.error(f"--num_fewshot must be >= 0, got {cli.num_fewshot}")
+    if cli.limit is not None and cli.limit <= 0:
+        p.error(f"--limit must be > 0 (a count, or a fraction below 1), got {cli.limit:g}")
+    return cli
 
 
 def evaluate(model, tokenizer, tasks: list[str], *, num_fewshot=None, limit=None, batch_size: int = 1,
@@ -41,10 +48,6 @@ def evaluate(model, tokenizer, tasks: list[str], *, num_fewshot=None, limit=None
         task_manager=manager, random_seed=seed, numpy_random_seed=seed,
         torch_random_seed=seed, fewshot_random_seed=seed,
     )
-
-
-def results_path(prefix: str) -> str:
-    return f"{prefix}_eval_results.json" if prefix else "eval_results.json"
 
 
 def main(argv: list[str]) -> dict[str, Any]:
@@ -70,6 +73,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     from megatron.atomic_io import atomic_write_text
     from megatron.checkpointing.export import inference_model
     from megatron.checkpointing.sepllm_hf import kv_report
+    from megatron.neox_arguments.readiness import eval_results_path
 
     if cli.batch_size > 1:
         # Batched generation tasks pad on the left; the initial tokens must then start at each
@@ -86,7 +90,7 @@ def main(argv: list[str]) -> dict[str, Any]:
         summary["sepllm"] = report
         print(f"SepLLM kept KV ratio (last forward) {report.get('kv_ratio', float('nan')):.4f}, "
               f"attention-map ratio (all forwards) {report.get('attn_map_ratio', float('nan')):.4f}", flush=True)
-    path = results_path(args.generation.eval_results_prefix)
+    path = eval_results_path(args.generation.eval_results_prefix)
     atomic_write_text(path, json.dumps(summary, indent=1, default=str))
     print(f"wrote {path}", flush=True)
     return summary

@@ -219,3 +219,9 @@ def test_unknown_fp16_key_is_refused_and_gpt_neox_fp16_keys_still_load(tmp_path)
 def test_folder_given_as_config_is_named_as_a_folder(tmp_path):
     with pytest.raises(ConfigError, match="is a folder; pass the YAML files in it"):
         NeoXArgs.from_files([tmp_path])
+
+
+def test_a_file_that_is_not_text_is_named(tmp_path):
+    path = tmp_path / "model.bin"
+    path.write_bytes(b"\xff\xfe\x00binary")
+    assert "is not UTF-8 text (byte 0); is it a YAML file?" in error_of([path])

@@ -50,3 +50,13 @@ def test_folder_without_config_json_says_what_it_is(tmp_path):
     (save / "latest").write_text("global_step5")
     with pytest.raises(FileNotFoundError, match="one of our checkpoints already"):
         to_neox.load_hf(save)
+
+
+def test_existing_config_out_needs_overwrite_and_is_checked_before_loading(tmp_path):
+    keep = tmp_path / "mine.yml"
+    keep.write_text("train_iters: 5\n")
+    # the model path does not exist: the --config_out check comes first, before any loading
+    with pytest.raises(ValueError, match="--config_out .*mine.yml exists; pass --overwrite"):
+        to_neox.main(["--hf_model", str(tmp_path / "no_model"), "--output_dir", str(tmp_path / "out"),
+                      "--config_out", str(keep)])
+    assert keep.read_text() == "train_iters: 5\n"

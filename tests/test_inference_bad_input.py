@@ -129,3 +129,86 @@ def test_overwrite_never_deletes_the_input(saved):
     with pytest.raises(ValueError, match="holds the input"):
         load_tool("convert_hf_to_neox").main(["--hf_model", str(save), "--output_dir", str(save), "--overwrite"])
     assert checkpoint_folder(save).name == "global_step5"
+
+
+def _copy_checkpoint(saved, tmp_path):
+    import shutil
+
+    folder, _ = saved
+    save = tmp_path / "save"
+    shutil.copytree(folder / "runs" / "save", save)
+    return save
+
+
+def test_damaged_latest_manifest_and_weights_are_named(saved, tmp_path):
+    from megatron.checkpointing.checkpoint import read_torch_file, resolve_tag, verify_checkpoint
+
+    save = _copy_checkpoint(saved, tmp_path)
+    (save / "latest").write_text("")
+    with pytest.raises(CheckpointError, match="should name a checkpoint folder like global_step100.*global_step5"):
+        resolve_tag(str(save))
+    (save / "latest").write_text("global_step5")
+    step = save / "global_step5"
+    manifest = (step / "manifest.json").read_text()
+    (step / "manifest.json").write_text(manifest[:-20])
+    with pytest.raises(CheckpointError, match="manifest.json is not a valid manifest"):
+        verify_checkpoint(step)
+    (step / "manifest.json").write_text(manifest)
+    weights = step / "mp_rank_00_model_states.pt"
+    weights.write_bytes(b"\0" * weights.stat().st_size)  # same size: only reading it shows the damage
+    with pytest.raises(CheckpointError, match="mp_rank_00_model_states.pt cannot be read .* it is damaged"):
+        read_torch_file(weights)
+
+
+def test_outputs_are_checked_before_any_work(saved, tmp_path):
+    from megatron.neox_arguments import NeoXArgs
+
+    folder, config = saved
+    # a new run saving over another run's checkpoints, without loading them
+    other = NeoXArgs.from_files([config])
+    other.checkpoint.load = None
+    with pytest.raises(Exception, match="holds another run's checkpoints \\(latest global_step5\\)"):
+        other.validate_for("train")
+    (tmp_path / "a_file").write_text("x")
+    other.checkpoint.save, other.logging.log_dir = str(tmp_path / "a_file"), str(tmp_path / "a_file" / "logs")
+    with pytest.raises(Exception) as info:
+        other.validate_for("train")
+    assert "`save: " in str(info.value) and "is a file; give a folder" in str(info.value)
+    assert "cannot be created: " in str(info.value)
+    # generate: prompts and where the samples go
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n \n")
+    gen = NeoXArgs.from_files([config])
+    gen.generation.text_gen_type, gen.generation.sample_input_file = "input-file", str(prompts)
+    gen.generation.sample_output_file = str(tmp_path / "missing" / "out.jsonl")
+    with pytest.raises(Exception) as info:
+        gen.validate_for("generate")
+    assert "holds no prompt" in str(info.value) and "does not exist" in str(info.value)
+    ev = NeoXArgs.from_files([config])
+    ev.generation.eval_results_prefix = str(tmp_path / "missing" / "run")
+    with pytest.raises(Exception, match="eval_results_prefix: .*its folder .* does not exist"):
+        ev.validate_for("eval")
+
+
+def test_eval_refuses_bad_numbers():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("eval_cli", ROOT / "eval.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for flags in (["--batch_size", "0"], ["--num_fewshot", "-2"], ["--limit", "-1"]):
+        with pytest.raises(SystemExit):
+            module.parse_cli(["cfg.yml", *flags])
+
+
+def test_reshard_refuses_to_move_latest_back(saved, tmp_path):
+    from megatron.parallel.layout import Layout
+    from megatron.parallel.reshard import ReshardError, reshard
+
+    folder, _ = saved
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "global_step9").mkdir()
+    (out / "latest").write_text("global_step9")
+    with pytest.raises(ReshardError, match="names global_step9, later than global_step5"):
+        reshard(folder / "runs" / "save" / "global_step5", out, Layout(tp=1, pp=1, dp=1))

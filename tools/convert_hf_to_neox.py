@@ -36,7 +36,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--hf_model", required=True, help="transformers model directory or .gguf file")
     p.add_argument("--output_dir", required=True, help="checkpoint directory to create (the `load` of the new config)")
     p.add_argument("--config_out", default=None, help=f"config file to write (default: OUTPUT_DIR/{DEFAULT_CONFIG_NAME})")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output_dir")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output_dir and an existing --config_out")
     return p.parse_args(argv)
 
 
@@ -219,6 +219,14 @@ def main(argv: list[str]) -> Path:
 
     a = parse_args(argv)
     check_output_dir(a.output_dir, a.overwrite, source=a.hf_model)
+    if a.config_out:  # checked before the model loads, as --output_dir is
+        out = Path(a.config_out)
+        if out.is_dir():
+            raise ValueError(f"--config_out {out} is a folder; give a file name such as {out / DEFAULT_CONFIG_NAME}")
+        if out.exists() and not a.overwrite:
+            raise ValueError(f"--config_out {out} exists; pass --overwrite to replace it, or choose another file")
+        if not out.resolve().parent.is_dir():
+            raise ValueError(f"--config_out {out}: its folder {out.resolve().parent} does not exist")
     hf_model, tokenizer = load_hf(a.hf_model)
     return import_model(hf_model, tokenizer, a.output_dir, a.config_out, source=str(a.hf_model), overwrite=a.overwrite)
 

@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     cli = parser.parse_args(argv)
 
     from megatron.checkpointing.checkpoint import CheckpointError
+    from megatron.neox_arguments.errors import ConfigError
     from megatron.parallel.layout import Layout, pipeline_stages
     from megatron.parallel.reshard import MANIFEST, ReshardError, reshard
 
@@ -51,8 +52,11 @@ def main(argv: list[str] | None = None) -> int:
         source = source / f"global_step{cli.iteration}"
     try:
         folder, notices = reshard(source, Path(cli.output), layout, config_files=cli.config_file)
-    except (ReshardError, CheckpointError) as exc:
+    except (ReshardError, CheckpointError, ConfigError) as exc:
         print(f"reshard_checkpoint: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # an output folder that cannot be made or written
+        print(f"reshard_checkpoint: cannot write {cli.output}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     for notice in notices:
         print(f"reshard_checkpoint notice: {notice}")

@@ -15,7 +15,7 @@ checks the manifest first and refuses a checkpoint with a missing or truncated f
 from __future__ import annotations
 
 import json
-import os
+import pickle
 import random
 import re
 import shutil
@@ -110,6 +110,17 @@ def _prune(save: Path, keep_last_n: int, keep: str) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
+def read_torch_file(path: Path, **kwargs) -> Any:
+    """torch.load of one checkpoint file (on the CPU), a CheckpointError naming it when it is damaged."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False, **kwargs)
+    except Exception as exc:  # of a file that passed verify_checkpoint's sizes: its bytes are damaged
+        raise CheckpointError(
+            f"checkpoint file {path} cannot be read ({str(exc)[:200]}); it is damaged. Load an earlier checkpoint "
+            f"with `iteration: N`"
+        ) from exc
+
+
 def resolve_tag(load_dir: str, iteration: Optional[int] = None) -> Optional[str]:
     """The tag to load: `iteration` when given, else the one named by `latest`; None when nothing was saved."""
     load = Path(load_dir)
@@ -118,7 +129,14 @@ def resolve_tag(load_dir: str, iteration: Optional[int] = None) -> Optional[str]
     latest = load / LATEST
     if not latest.exists():
         return None
-    return latest.read_text().strip()
+    tag = latest.read_text().strip()
+    if iteration_of(tag) is None:
+        steps = sorted(p.name for p in load.iterdir() if p.is_dir() and iteration_of(p.name) is not None)
+        raise CheckpointError(
+            f"{latest} should name a checkpoint folder like global_step100, but holds {tag[:40]!r}; write the step "
+            f"to load into it (folders here: {', '.join(steps) or 'none'}) or set `iteration: N`"
+        )
+    return tag
 
 
 def verify_checkpoint(folder: Path) -> dict:
@@ -131,8 +149,15 @@ def verify_checkpoint(folder: Path) -> dict:
             f"checkpoint {folder} is incomplete: {MANIFEST} is missing (the save was interrupted). "
             f"Load an earlier checkpoint with `iteration: N`, or delete {folder}"
         )
-    manifest = json.loads(manifest_path.read_text())
-    for name, size in manifest["files"].items():
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files = dict(manifest["files"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(
+            f"checkpoint {folder} is damaged: {MANIFEST} is not a valid manifest ({exc}). Load an earlier "
+            f"checkpoint with `iteration: N`"
+        ) from exc
+    for name, size in files.items():
         path = folder / name
         if not path.exists():
             raise CheckpointError(f"checkpoint {folder} is damaged: file {name} is missing")
@@ -158,6 +183,11 @@ def load_checkpoint(engine, load_dir: str, *, rank: int, iteration: Optional[int
             load_dir, tag=tag, load_optimizer_states=load_optimizer and not finetune,
             load_lr_scheduler_states=not finetune, load_module_only=finetune,
         )
+    except (pickle.UnpicklingError, EOFError, KeyError) as exc:  # torch.load of damaged bytes
+        raise CheckpointError(
+            f"checkpoint {folder} is damaged: a file of it cannot be read ({exc}). Load an earlier checkpoint "
+            f"with `iteration: N`"
+        ) from exc
     except RuntimeError as exc:
         if "state_dict" not in str(exc):
             raise
@@ -172,7 +202,7 @@ def load_checkpoint(engine, load_dir: str, *, rank: int, iteration: Optional[int
     rng_file = folder / f"rng_state_rank{rank}.pt"
     if load_rng and not finetune:
         if rng_file.exists():
-            _set_rng_state(torch.load(rng_file, weights_only=False))
+            _set_rng_state(read_torch_file(rng_file))
         elif manifest.get("world_size") == torch.distributed.get_world_size():
             raise CheckpointError(f"checkpoint {folder} is damaged: file {rng_file.name} is missing")
     return client_state or {}

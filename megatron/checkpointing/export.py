@@ -22,7 +22,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from megatron.checkpointing.checkpoint import LATEST, MANIFEST, CheckpointError, iteration_of, resolve_tag, tag_for, verify_checkpoint
+from megatron.checkpointing.checkpoint import (LATEST, MANIFEST, CheckpointError, iteration_of, read_torch_file, resolve_tag,
+                                               tag_for, verify_checkpoint)
 from megatron.checkpointing.hf_mapping import hf_config_from_args, to_hf_state_dict
 
 MODEL_STATES = "mp_rank_00_model_states.pt"
@@ -114,7 +115,7 @@ def read_model_state_dict(folder: str | os.PathLike, num_layers: Optional[int] =
 
 
 def _module_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = read_torch_file(path)
     module = state.get("module")
     if module is None:
         raise CheckpointError(f"{path} holds no model weights (`module`); was it saved by DeepSpeed's save_checkpoint?")

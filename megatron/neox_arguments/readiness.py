@@ -38,6 +38,9 @@ def check_ready(args: "NeoXArgs", task: str) -> list[str]:
             problems.append(f"`save: {c.save}` is set but neither checkpoint_factor nor extra_save_iters says when to save; set checkpoint_factor")
         if c.finetune and c.load is None:
             problems.append("`finetune: true` needs `load` (the checkpoint to start from)")
+        for key, folder in (("save", c.save), ("log_dir", args.logging.log_dir), ("tensorboard_dir", args.logging.tensorboard_dir)):
+            problems += _output_folder(key, folder)
+        problems += _other_runs_checkpoints(c.save, c.load)
     else:
         if c.load is None:
             problems.append(f"{task} needs `load`, the checkpoint directory to read the model from")
@@ -45,10 +48,69 @@ def check_ready(args: "NeoXArgs", task: str) -> list[str]:
 
         problems += [f"{task}.py runs the model through transformers, which cannot take it: {p}"
                      for p in conversion_problems(args)]
-        if task == "generate" and args.generation.text_gen_type == "input-file" and args.generation.sample_input_file:
-            if not os.path.isfile(args.generation.sample_input_file):
-                problems.append(f"`sample_input_file: {args.generation.sample_input_file}` does not exist")
+        g = args.generation
+        if task == "generate" and g.text_gen_type == "input-file" and g.sample_input_file:
+            if os.path.isdir(g.sample_input_file):
+                problems.append(f"`sample_input_file: {g.sample_input_file}` is a folder; give the file of prompts")
+            elif not os.path.isfile(g.sample_input_file):
+                problems.append(f"`sample_input_file: {g.sample_input_file}` does not exist")
+            elif not any(line.strip() for line in open(g.sample_input_file, encoding="utf-8", errors="replace")):
+                problems.append(f"`sample_input_file: {g.sample_input_file}` holds no prompt (one per line)")
+        if task == "generate" and g.sample_output_file:
+            problems += _output_file("sample_output_file", g.sample_output_file)
+        if task == "eval":
+            problems += _output_file("eval_results_prefix", eval_results_path(g.eval_results_prefix))
     return problems
+
+
+def eval_results_path(prefix) -> str:
+    """Where eval.py writes its results."""
+    return f"{prefix}_eval_results.json" if prefix else "eval_results.json"
+
+
+def _nearest_existing(path: str) -> str:
+    parent = os.path.abspath(path)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    return parent
+
+
+def _output_folder(key: str, folder) -> list[str]:
+    """Why `folder` cannot be created or written (found now, not at the first save after hours of training)."""
+    if not folder:
+        return []
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        return [f"`{key}: {folder}` is a file; give a folder"]
+    base = _nearest_existing(folder)
+    if not os.path.isdir(base):
+        return [f"`{key}: {folder}` cannot be created: {base} is a file"]
+    if not os.access(base, os.W_OK | os.X_OK):
+        return [f"`{key}: {folder}` cannot be created or written: no write permission in {base}"]
+    return []
+
+
+def _output_file(key: str, path: str) -> list[str]:
+    if os.path.isdir(path):
+        return [f"`{key}: {path}` is a folder; give a file name"]
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        return [f"`{key}: {path}`: its folder {parent} does not exist"]
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return [f"`{key}: {path}`: no write permission in {parent}"]
+    return []
+
+
+def _other_runs_checkpoints(save, load) -> list[str]:
+    """A run that saves into a folder of another run's checkpoints without resuming from it would
+    replace that run's steps as it reaches them, and move its `latest` back."""
+    if not save or not os.path.isfile(os.path.join(save, "latest")):
+        return []
+    if load and os.path.realpath(load) == os.path.realpath(save):
+        return []
+    with open(os.path.join(save, "latest"), encoding="utf-8", errors="replace") as f:
+        latest = f.read().strip()[:40]
+    return [f"`save: {save}` holds another run's checkpoints (latest {latest}) and this run does not load from it: set "
+            f"`load: {save}` to continue that run, or choose another `save` folder"]
 
 
 def _tokenizer_files(args: "NeoXArgs") -> list[str]:

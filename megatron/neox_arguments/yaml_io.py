@@ -69,7 +69,10 @@ def load_config_file(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str,
         raise ConfigError(f"config file {str(path)!r} is a folder; pass the YAML files in it, e.g. {str(path / 'NAME.yml')!r}")
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist (paths are relative to {os.getcwd()})")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not UTF-8 text (byte {exc.start}); is it a YAML file?") from exc
     loader = ConfigLoader(text)
     loader.name = str(path)  # YAML error marks name the file instead of "<unicode string>"
     try:

@@ -75,7 +75,9 @@ class ReshardError(ValueError):
 
 
 def _load(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)
+    from megatron.checkpointing.checkpoint import read_torch_file
+
+    return read_torch_file(path)
 
 
 def source_layout(folder: Path) -> tuple[int, int]:
@@ -564,10 +566,18 @@ def write_checkpoint(model: dict[str, torch.Tensor], state: dict, save_dir: Path
         raise ReshardError(f"a torch optimizer state_dict belongs to one model-parallel rank, not to layout {layout}")
     from megatron.atomic_io import atomic_write_text, fsync_dir, fsync_tree
 
+    if save_dir.exists() and not save_dir.is_dir():
+        raise ReshardError(f"output {save_dir} is a file; choose a directory")
     save_dir.mkdir(parents=True, exist_ok=True)
     final = save_dir / tag
     if final.exists():
         raise ReshardError(f"{final} already exists; choose another output directory or remove it")
+    from megatron.checkpointing.checkpoint import iteration_of, resolve_tag
+
+    newer = resolve_tag(str(save_dir))
+    if newer is not None and (iteration_of(newer) or 0) > (iteration_of(tag) or 0):
+        raise ReshardError(f"{save_dir / LATEST} names {newer}, later than {tag}: writing {tag} there would send resumed "
+                           "runs back in time; choose another output directory")
     tmp = save_dir / f".{tag}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()

@@ -24,7 +24,7 @@ from transformers import AttentionInterface
 from megatron.neox_arguments.sepllm import SepLLMArgs
 from megatron.sepllm.hf import families
 from megatron.sepllm.hf.sepcache import SepCache
-from megatron.sepllm.mask import FIXLLM, FULL, SEPLLM, STREAMING, attention_mode, prefill_windows
+from megatron.sepllm.mask import FIXLLM, FULL, SEPLLM, attention_mode, prefill_windows
 
 ATTN_NAME = "sepllm"
 BASES = ("sdpa", "eager")
