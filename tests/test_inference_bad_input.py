@@ -212,3 +212,13 @@ def test_reshard_refuses_to_move_latest_back(saved, tmp_path):
     (out / "latest").write_text("global_step9")
     with pytest.raises(ReshardError, match="names global_step9, later than global_step5"):
         reshard(folder / "runs" / "save" / "global_step5", out, Layout(tp=1, pp=1, dp=1))
+
+
+def test_checkpoints_without_latest_are_not_started_over(saved, tmp_path):
+    from megatron.checkpointing.checkpoint import resolve_tag
+
+    save = _copy_checkpoint(saved, tmp_path)
+    (save / "latest").unlink()
+    with pytest.raises(CheckpointError, match="holds checkpoints \\(global_step5\\) but no `latest`"):
+        resolve_tag(str(save))
+    assert resolve_tag(str(tmp_path / "empty")) is None

@@ -65,7 +65,12 @@ def load_hf(path: str | os.PathLike):
         where = dict(pretrained_model_name_or_path=str(path))
     else:
         raise FileNotFoundError(f"--hf_model {path} is neither a transformers directory nor a .gguf file")
-    model = AutoModelForCausalLM.from_pretrained(**where, dtype=torch.float32, local_files_only=True)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(**where, dtype=torch.float32, local_files_only=True)
+    except (OSError, ValueError):
+        raise
+    except Exception as exc:  # e.g. a truncated safetensors or gguf file: name it, not only the parser's words
+        raise ValueError(f"--hf_model {path}: its weights cannot be read ({type(exc).__name__}: {exc})") from exc
     # transformers builds an empty tokenizer for a folder without tokenizer files; that is "none".
     has_files = path.is_file() or any((path / name).exists() for name in TOKENIZER_FILES)
     tokenizer = AutoTokenizer.from_pretrained(**where, local_files_only=True) if has_files else None

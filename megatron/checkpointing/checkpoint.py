@@ -72,7 +72,8 @@ def save_checkpoint(engine, save_dir: str, iteration: int, *, client_state: dict
     save = Path(save_dir)
     tag = tag_for(iteration)
     folder = save / tag
-    if resolve_tag(save_dir) == tag:
+    latest = save / LATEST
+    if latest.exists() and latest.read_text().strip() == tag:
         raise CheckpointError(f"{folder} is the checkpoint `latest` names; refusing to overwrite it in place")
     if rank == 0:
         save.mkdir(parents=True, exist_ok=True)
@@ -128,6 +129,13 @@ def resolve_tag(load_dir: str, iteration: Optional[int] = None) -> Optional[str]
         return tag_for(iteration)
     latest = load / LATEST
     if not latest.exists():
+        complete = sorted((iteration_of(p.name), p.name) for p in load.glob("global_step*")
+                          if iteration_of(p.name) is not None and (p / MANIFEST).exists()) if load.is_dir() else []
+        if complete:  # starting from scratch here would replace these steps as the run reaches them
+            raise CheckpointError(
+                f"{load} holds checkpoints ({', '.join(name for _, name in complete)}) but no `{LATEST}` file naming "
+                f"the one to resume; write it (e.g. `echo {complete[-1][1]} > {latest}`) or set `iteration: N`"
+            )
         return None
     tag = latest.read_text().strip()
     if iteration_of(tag) is None:
