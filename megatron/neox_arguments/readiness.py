@@ -54,7 +54,7 @@ def check_ready(args: "NeoXArgs", task: str) -> list[str]:
                 problems.append(f"`sample_input_file: {g.sample_input_file}` is a folder; give the file of prompts")
             elif not os.path.isfile(g.sample_input_file):
                 problems.append(f"`sample_input_file: {g.sample_input_file}` does not exist")
-            elif not any(line.strip() for line in open(g.sample_input_file, encoding="utf-8", errors="replace")):
+            elif not _has_text(g.sample_input_file):
                 problems.append(f"`sample_input_file: {g.sample_input_file}` holds no prompt (one per line)")
         if task == "generate" and g.sample_output_file:
             problems += _output_file("sample_output_file", g.sample_output_file)
@@ -66,6 +66,11 @@ def check_ready(args: "NeoXArgs", task: str) -> list[str]:
 def eval_results_path(prefix) -> str:
     """Where eval.py writes its results."""
     return f"{prefix}_eval_results.json" if prefix else "eval_results.json"
+
+
+def _has_text(path: str) -> bool:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return any(line.strip() for line in f)
 
 
 def _nearest_existing(path: str) -> str:
