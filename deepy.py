@@ -42,7 +42,8 @@ def parse_cli(argv: list[str]) -> argparse.Namespace:
 def config_paths(names: list[str], conf_dir: str | None) -> list[str]:
     """Config paths as GPT-NeoX's deepy.py resolves them: optional directory prefix, `.yml` added when no suffix."""
     paths = [os.path.join(conf_dir, n) if conf_dir else n for n in names]
-    return [p if p.endswith((".yml", ".yaml", ".json")) else p + ".yml" for p in paths]
+    # An existing path (a folder, say) is kept as given, so that the loader names what it is.
+    return [p if p.endswith((".yml", ".yaml", ".json")) or os.path.exists(p) else p + ".yml" for p in paths]
 
 
 def run(plan: LaunchPlan) -> int:

@@ -89,11 +89,13 @@ def test_entry_scripts_map_to_their_checks():
     assert [task_for_script(s) for s in ("train.py", "tools/../eval.py", "generate.py", "mine.py")] == ["train", "eval", "generate", None]
 
 
-def test_deepy_cli_resolves_paths_like_gpt_neox():
+def test_deepy_cli_resolves_paths_like_gpt_neox(tmp_path):
     sys.path.insert(0, str(REPO))
     import deepy
 
     assert deepy.config_paths(["demo", "pythia/160M.yml"], "configs") == ["configs/demo.yml", "configs/pythia/160M.yml"]
+    # an existing folder keeps its name, so that the loader says it is a folder (not that FOLDER.yml is missing)
+    assert deepy.config_paths([str(tmp_path)], None) == [str(tmp_path)]
     cli = deepy.parse_cli(["train.py", "a.yml", "b.yml"])
     assert (cli.user_script, cli.conf_file) == ("train.py", ["a.yml", "b.yml"])
 
