@@ -72,8 +72,7 @@ def save_checkpoint(engine, save_dir: str, iteration: int, *, client_state: dict
     save = Path(save_dir)
     tag = tag_for(iteration)
     folder = save / tag
-    latest = save / LATEST
-    if latest.exists() and latest.read_text().strip() == tag:
+    if latest_tag(save) == tag:
         raise CheckpointError(f"{folder} is the checkpoint `latest` names; refusing to overwrite it in place")
     if rank == 0:
         save.mkdir(parents=True, exist_ok=True)
@@ -101,14 +100,24 @@ def save_checkpoint(engine, save_dir: str, iteration: int, *, client_state: dict
     return folder
 
 
+def complete_steps(save: Path) -> list[str]:
+    """The checkpoint folders of `save` whose save finished (manifest written), oldest first."""
+    if not save.is_dir():
+        return []
+    found = ((iteration_of(p.name), p.name) for p in save.iterdir() if p.is_dir() and (p / MANIFEST).exists())
+    return [name for it, name in sorted((it, name) for it, name in found if it is not None)]
+
+
+def latest_tag(save: Path) -> Optional[str]:
+    """What `save`'s `latest` file says, unchecked; None when there is none."""
+    latest = save / LATEST
+    return latest.read_text().strip() if latest.exists() else None
+
+
 def _prune(save: Path, keep_last_n: int, keep: str) -> None:
-    complete = sorted(
-        (it, p) for p in save.iterdir()
-        if p.is_dir() and (it := iteration_of(p.name)) is not None and (p / MANIFEST).exists()
-    )
-    for _, p in complete[:-keep_last_n]:
-        if p.name != keep:
-            shutil.rmtree(p, ignore_errors=True)
+    for name in complete_steps(save)[:-keep_last_n]:
+        if name != keep:
+            shutil.rmtree(save / name, ignore_errors=True)
 
 
 def read_torch_file(path: Path, **kwargs) -> Any:
@@ -127,22 +136,19 @@ def resolve_tag(load_dir: str, iteration: Optional[int] = None) -> Optional[str]
     load = Path(load_dir)
     if iteration is not None:
         return tag_for(iteration)
-    latest = load / LATEST
-    if not latest.exists():
-        complete = sorted((iteration_of(p.name), p.name) for p in load.glob("global_step*")
-                          if iteration_of(p.name) is not None and (p / MANIFEST).exists()) if load.is_dir() else []
+    tag, latest = latest_tag(load), load / LATEST
+    if tag is None:
+        complete = complete_steps(load)
         if complete:  # starting from scratch here would replace these steps as the run reaches them
             raise CheckpointError(
-                f"{load} holds checkpoints ({', '.join(name for _, name in complete)}) but no `{LATEST}` file naming "
-                f"the one to resume; write it (e.g. `echo {complete[-1][1]} > {latest}`) or set `iteration: N`"
+                f"{load} holds checkpoints ({', '.join(complete)}) but no `{LATEST}` file naming the one to "
+                f"resume; write it (e.g. `echo {complete[-1]} > {latest}`) or set `iteration: N`"
             )
         return None
-    tag = latest.read_text().strip()
     if iteration_of(tag) is None:
-        steps = sorted(p.name for p in load.iterdir() if p.is_dir() and iteration_of(p.name) is not None)
         raise CheckpointError(
             f"{latest} should name a checkpoint folder like global_step100, but holds {tag[:40]!r}; write the step "
-            f"to load into it (folders here: {', '.join(steps) or 'none'}) or set `iteration: N`"
+            f"to load into it (folders here: {', '.join(complete_steps(load)) or 'none'}) or set `iteration: N`"
         )
     return tag
 

@@ -184,7 +184,7 @@ def infer_arch(model_args) -> str:
 HF_TOKENIZER_TYPES = ("hftokenizer", "hfautotokenizer", "gpt2bpetokenizer", "spmtokenizer")
 
 
-def conversion_problems(args, *, tokenizer: bool = True) -> list[str]:
+def conversion_problems(args) -> list[str]:
     """Why the model of `args` cannot become a transformers model, which tools/convert_neox_to_hf.py,
     generate.py and eval.py all need (empty when it can); read from the config alone."""
     from megatron.checkpointing.hf_mapping import exportable_problems
@@ -195,7 +195,7 @@ def conversion_problems(args, *, tokenizer: bool = True) -> list[str]:
     network = [name for name in UNCONVERTIBLE_SETTINGS if getattr(args.sepllm, name)]
     if network:
         problems.append(f"{', '.join(network)} change the network itself, which transformers' GPT-NeoX/Llama layers cannot compute")
-    if tokenizer and str(args.tokenizer.tokenizer_type).lower() not in HF_TOKENIZER_TYPES:
+    if str(args.tokenizer.tokenizer_type).lower() not in HF_TOKENIZER_TYPES:
         problems.append(f"tokenizer_type {args.tokenizer.tokenizer_type} has no transformers equivalent")
     return problems
 

@@ -108,13 +108,15 @@ def _output_file(key: str, path: str) -> list[str]:
 def _other_runs_checkpoints(save, load) -> list[str]:
     """A run that saves into a folder of another run's checkpoints without resuming from it would
     replace that run's steps as it reaches them, and move its `latest` back."""
-    if not save or not os.path.isdir(save) or (load and os.path.realpath(load) == os.path.realpath(save)):
+    if not save or (load and os.path.realpath(load) == os.path.realpath(save)):
         return []
-    steps = sorted(name for name in os.listdir(save)
-                   if name.startswith("global_step") and os.path.isfile(os.path.join(save, name, "manifest.json")))
-    if os.path.isfile(os.path.join(save, "latest")):
-        with open(os.path.join(save, "latest"), encoding="utf-8", errors="replace") as f:
-            held = f"latest {f.read().strip()[:40]}"
+    from pathlib import Path
+
+    from megatron.checkpointing.checkpoint import complete_steps, latest_tag
+
+    latest, steps = latest_tag(Path(save)), complete_steps(Path(save))
+    if latest is not None:
+        held = f"latest {latest[:40]}"
     elif steps:
         held = ", ".join(steps[:4]) + (" ..." if len(steps) > 4 else "")
     else:

@@ -137,7 +137,7 @@ def _layout(args: "NeoXArgs", f: Findings) -> None:
     if t.torch_compile is True and pp > 1:
         f.problem(f"{f.key('torch_compile', True)} is supported without pipeline parallelism only "
                   f"(pipe_parallel_size {p.pipe_parallel_size}); set torch_compile to null (compile where supported) or false")
-    _compile_mode(args, f, tp)
+    _compile_mode(args, f, tp, pp)
     if p.sequence_parallel and tp == 1:
         f.notice(f"{f.key('sequence_parallel', True)} has no effect with model_parallel_size 1")
     if t.partition_activations and (p.sequence_parallel or not (t.checkpoint_activations and tp > 1 and pp > 1)):
@@ -146,9 +146,7 @@ def _layout(args: "NeoXArgs", f: Findings) -> None:
                  "sequence_parallel, which already splits the activations between layers, in every layout")
 
 
-def _compile_mode(args: "NeoXArgs", f: Findings, tp: int) -> None:
-    from megatron.parallel.layout import pipeline_stages
-
+def _compile_mode(args: "NeoXArgs", f: Findings, tp: int, pp: int) -> None:
     t = args.training
     mode = t.torch_compile_mode
     if mode is None:
@@ -159,7 +157,7 @@ def _compile_mode(args: "NeoXArgs", f: Findings, tp: int) -> None:
         return
     if t.torch_compile is False:
         f.notice(f"{f.key('torch_compile_mode', mode)} has no effect with {f.key('torch_compile', False)}")
-    elif pipeline_stages(args.parallel.pipe_parallel_size or 0) > 1:
+    elif pp > 1:
         f.notice(f"{f.key('torch_compile_mode', mode)} has no effect with pipeline parallelism (blocks are not compiled)")
     if mode not in CUDA_GRAPH_COMPILE_MODES:
         return
@@ -355,19 +353,19 @@ def _logging_and_launcher(args: "NeoXArgs", f: Findings) -> None:
             f.notice(f"{f.key('use_wandb', True)}, but wandb is not installed here: Weights & Biases logging will be off "
                      "(pip install wandb to turn it on)")
     if la.deepspeed_extra_args:
+        import difflib
+
         from megatron.neox_arguments.deepspeed_config import DEEPSPEED_KEYS
         from megatron.neox_arguments.groups import FIELDS
 
-        import difflib
-
         where = f.key('deepspeed_extra_args', show_value=False)
         for key in la.deepspeed_extra_args:
-            close = difflib.get_close_matches(key, [*DEEPSPEED_KEYS, *_EXTRA_REFUSED], n=1, cutoff=0.8)
             if key in DEEPSPEED_KEYS or key in FIELDS:
                 f.problem(f"{where} sets `{key}`, which is a top-level config key; set `{key}` at the top level instead")
             elif key in _EXTRA_REFUSED:
                 f.problem(f"{where} sets `{key}`, which would go around this config: {_EXTRA_REFUSED[key]}")
-            elif close:  # DeepSpeed drops keys it does not know without a word
+            # DeepSpeed drops keys it does not know without a word
+            elif close := difflib.get_close_matches(key, [*DEEPSPEED_KEYS, *_EXTRA_REFUSED], n=1, cutoff=0.8):
                 f.problem(f"{where} sets `{key}`; did you mean `{close[0]}`?")
 
 
