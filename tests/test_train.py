@@ -186,3 +186,15 @@ def test_train_py_refuses_what_the_ranks_cannot_run_before_starting(tmp_path, co
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and message in proc.stderr, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
+
+
+def test_keep_last_n_prunes_only_complete_older_checkpoints(tmp_path):
+    from megatron.checkpointing.checkpoint import _prune, complete_steps
+
+    for it in (2, 10, 4, 6):
+        (tmp_path / f"global_step{it}").mkdir()
+        (tmp_path / f"global_step{it}" / "manifest.json").write_text("{}")
+    (tmp_path / "global_step1").mkdir()  # an interrupted save: no manifest
+    assert complete_steps(tmp_path) == ["global_step2", "global_step4", "global_step6", "global_step10"]
+    _prune(tmp_path, 2, keep="global_step4")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["global_step1", "global_step10", "global_step4", "global_step6"]
