@@ -158,7 +158,8 @@ def test_interrupted_run_leaves_no_pair_and_keeps_the_previous_one(tmp_path, tok
     preprocess(inputs=str(FIX / "tiny.jsonl"), output_prefix=str(prefix), tokenizer=tok, progress=False)
     before = _documents(tmp_path / "out_text_document")
     with pytest.raises(KeyboardInterrupt):
-        preprocess(inputs=str(src), output_prefix=str(prefix), tokenizer=_InterruptingTokenizer(tok), batch_chars=2000, progress=False)
+        preprocess(inputs=str(src), output_prefix=str(prefix), tokenizer=_InterruptingTokenizer(tok), batch_chars=2000,
+                   progress=False, overwrite=True)
     assert sorted(os.listdir(tmp_path)) == ["many.jsonl", "out_text_document.bin", "out_text_document.idx"]
     assert _documents(tmp_path / "out_text_document") == before
 
@@ -238,12 +239,30 @@ def test_output_prefix_naming_a_folder_is_refused(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
 
 
-def test_run_that_writes_no_documents_warns(tmp_path):
-    (tmp_path / "blank.jsonl").write_text('{"text": "  "}\n')
-    out = subprocess.run([sys.executable, str(REPO / "tools" / "preprocess_data.py"), "--input", str(tmp_path / "blank.jsonl"),
-                          "--output-prefix", str(tmp_path / "d"), "--tokenizer-type", "CharLevelTokenizer", "--no-progress"],
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and "warning: no documents were written" in out.stderr
+def test_run_that_would_write_no_documents_is_refused_and_writes_nothing(tmp_path):
+    (tmp_path / "blank.jsonl").write_text('{"text": "  "}\n{"text": ""}\n')
+    # Before: exit 0 and an empty dataset, with a warning.
+    out = _cli("--input", str(tmp_path / "blank.jsonl"), "--output-prefix", str(tmp_path / "d"),
+               "--tokenizer-type", "CharLevelTokenizer", "--no-progress")
+    assert out.returncode == 1, out.stderr
+    assert "no documents to write for key(s) 'text'" in out.stderr and "2 empty" in out.stderr and "no output written" in out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blank.jsonl"]
+
+
+def test_existing_output_is_kept_unless_overwrite(tmp_path, tok):
+    prefix = tmp_path / "o"
+    preprocess(inputs=str(FIX / "tiny.jsonl"), output_prefix=str(prefix), tokenizer=tok, progress=False)
+    before = _documents(tmp_path / "o_text_document")
+    args = ("--input", str(FIX / "paragraphs.txt"), "--output-prefix", str(prefix), "--tokenizer-type", "HFTokenizer",
+            "--vocab-file", NEOX_JSON, "--no-progress")
+    # Before: silently replaced by the second run's documents.
+    out = _cli(*args)
+    assert out.returncode == 1
+    assert "o_text_document.bin" in out.stderr and "already exist" in out.stderr and "--overwrite" in out.stderr
+    assert _documents(tmp_path / "o_text_document") == before
+    out = _cli(*args, "--overwrite")
+    assert out.returncode == 0, out.stderr
+    assert _documents(tmp_path / "o_text_document") != before
 
 
 def test_sigterm_removes_the_temporary_outputs(tmp_path):

@@ -74,6 +74,7 @@ def main(argv=None) -> int:
     summary = preprocess(
         inputs=books, output_prefix=OUTPUT_PREFIX, tokenizer=tokenizer, keys=SETTINGS["keys"],
         append_eod=SETTINGS["append_eod"], txt_mode=SETTINGS["txt_documents"], progress=False,
+        overwrite=True,  # the stamp above decides when to rebuild
     )
     atomic_write_json(stamp_path, {"recipe": recipe, "outputs": files_fingerprint(DATA_PATH)})
     print(summary.report())

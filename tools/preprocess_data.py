@@ -37,6 +37,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--append-eod", action="store_true", help="Append the end-of-document token to every document (needed to pack documents for training).")
     g = p.add_argument_group("output")
     g.add_argument("--output-prefix", required=True, help="Output path prefix; writes PREFIX_<key>_document.bin/.idx.")
+    g.add_argument("--overwrite", action="store_true", help="Replace existing outputs of the same prefix (refused otherwise, before any work).")
     g.add_argument("--workers", type=int, default=os.cpu_count(), help="Threads the tokenizer uses for batch encoding (default: all cores).")
     g.add_argument("--batch-mb", type=float, default=None, help="Text per tokenizer batch, in millions of characters (default: 2 per worker, between 16 and 32; memory ~100 bytes per character).")
     g.add_argument("--no-progress", action="store_true", help="No progress bar (it is shown only on a terminal anyway).")
@@ -67,8 +68,9 @@ def main(argv=None) -> int:
             workers=args.workers,
             batch_chars=None if args.batch_mb is None else int(args.batch_mb * 1e6),
             progress=False if args.no_progress else None,
+            overwrite=args.overwrite,
         )
-    except (BadRecord, ValueError, FileNotFoundError) as e:
+    except (BadRecord, ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         print("no output written", file=sys.stderr)
         return 1
@@ -76,9 +78,6 @@ def main(argv=None) -> int:
         print("interrupted: no output written", file=sys.stderr)
         return 130
     print(summary.report())
-    if summary.documents == 0:
-        print("warning: no documents were written (every input record was empty or skipped); training cannot use this dataset",
-              file=sys.stderr)
     return 0
 
 

@@ -66,6 +66,7 @@ def preprocess(
     workers: Optional[int] = None,
     batch_chars: Optional[int] = None,
     progress: Optional[bool] = None,
+    overwrite: bool = False,
     log=None,
 ) -> PreprocessSummary:
     """Tokenize `inputs` into PREFIX_<key>_document.bin/.idx; returns counts and timing.
@@ -75,6 +76,8 @@ def preprocess(
     Documents whose text is empty or only whitespace are skipped and counted. `workers`:
     tokenizer threads (None: all cores). `batch_chars`: text per tokenizer batch (None: 2M
     characters per thread, between 16M and 32M). `progress`: None shows a bar when stderr is a terminal.
+    An existing output is replaced only with `overwrite` (checked before any work); a run that
+    would write a dataset without documents raises and writes nothing.
     """
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     keys = list(keys)
@@ -90,6 +93,12 @@ def preprocess(
     eod = tokenizer.eod if append_eod else None
     dtype = token_dtype_for_vocab(tokenizer.vocab_size)
     prefixes = output_prefixes(output_prefix, keys)
+    if not overwrite:
+        existing = [f"{p}{ext}" for p in prefixes for ext in (".bin", ".idx") if os.path.exists(f"{p}{ext}")]
+        if existing:
+            raise FileExistsError(
+                f"{', '.join(existing)} already exist(s); pass --overwrite to replace them, or choose another --output-prefix"
+            )
     total_bytes = sum(_file_size(p) for p in files)
 
     def on_bad(bad: BadRecord) -> None:
@@ -167,6 +176,12 @@ def preprocess(
                 write_oldest()
         while in_flight:
             write_oldest()
+        empty = [k for k, w in zip(keys, writers) if w.num_documents == 0]
+        if empty:
+            raise ValueError(
+                f"no documents to write for key(s) {', '.join(map(repr, empty))}: every record was empty or skipped "
+                f"({summary.empty_skipped + empty_tokenized} empty, {summary.bad_skipped} bad); check --input and --jsonl-keys"
+            )
         for w in writers:
             w.finalize()
     finally:
