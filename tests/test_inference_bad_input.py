@@ -34,8 +34,13 @@ def test_folder_with_another_iteration_says_so(saved):
 
 def test_missing_iteration_lists_the_saved_ones(saved):
     folder, _ = saved
-    with pytest.raises(CheckpointError, match="no checkpoint for iteration 7; it has global_step5"):
-        checkpoint_folder(folder / "runs" / "save", 7)
+    interrupted = folder / "runs" / "save" / "global_step9"  # a save that never wrote its manifest
+    interrupted.mkdir()
+    try:
+        with pytest.raises(CheckpointError, match="no checkpoint for iteration 7; it has global_step5$"):
+            checkpoint_folder(folder / "runs" / "save", 7)
+    finally:
+        interrupted.rmdir()
 
 
 def test_parent_of_the_save_directory_names_it(saved):

@@ -22,8 +22,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from megatron.checkpointing.checkpoint import (LATEST, MANIFEST, CheckpointError, iteration_of, read_torch_file, resolve_tag,
-                                               tag_for, verify_checkpoint)
+from megatron.checkpointing.checkpoint import (LATEST, MANIFEST, CheckpointError, complete_steps, iteration_of, read_torch_file,
+                                               resolve_tag, tag_for, verify_checkpoint)
 from megatron.checkpointing.hf_mapping import hf_config_from_args, to_hf_state_dict
 
 MODEL_STATES = "mp_rank_00_model_states.pt"
@@ -54,13 +54,13 @@ def checkpoint_folder(path: str | os.PathLike, iteration: Optional[int] = None) 
     elif iteration is not None or (path / LATEST).exists():
         folder = path / resolve_tag(str(path), iteration)
         if iteration is not None and not folder.is_dir():
-            steps = _steps(path)
+            steps = complete_steps(path)
             raise CheckpointError(
                 f"{path} has no checkpoint for iteration {iteration}"
                 + (f"; it has {', '.join(steps[-5:])}" if steps else "; it holds no global_stepN folders")
             )
     else:
-        steps = _steps(path)
+        steps = complete_steps(path)
         saves = sorted(p.name for p in path.iterdir() if p.is_dir() and (p / LATEST).exists())
         hint = ""
         if steps:
@@ -70,12 +70,6 @@ def checkpoint_folder(path: str | os.PathLike, iteration: Optional[int] = None) 
         raise CheckpointError(f"{path} is neither a checkpoint folder nor a save directory with `latest`{hint}")
     verify_checkpoint(folder)
     return folder
-
-
-def _steps(save: Path) -> list[str]:
-    """The global_stepN folders of a save directory, oldest first."""
-    found = [(it, p.name) for p in save.glob("global_step*") if p.is_dir() and (it := iteration_of(p.name)) is not None]
-    return [name for _, name in sorted(found)]
 
 
 def checkpoint_args(folder: str | os.PathLike, config_files: Optional[Sequence[str | os.PathLike]] = None):
