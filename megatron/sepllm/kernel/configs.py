@@ -35,11 +35,12 @@ class BlockConfig:
 # The fastest CANDIDATES on one H100, bf16 (2k tokens for head dim 64, 8k for 128): the sweep
 # table is in benchmarks/RESULTS.md. Head dim 128, fourth round (8k and 32k tokens): dQ with its
 # mask-free far run two tiles wide, 0.479 -> 0.462 ms at 8k and 2.29 -> 2.07 ms at 32k (with the
-# wide tile, the former 5 stages ran 0.64 ms at 8k); the forward at 3 stages, ~1%. Wide tiles
-# measured flat or slower for the forward and the far dK/dV kernel.
+# wide tile, the former 5 stages ran 0.64 ms at 8k). Wide tiles measured flat or slower for the
+# forward and the far dK/dV kernel. Fifth round: the forward at 4 stages, with its far positions
+# loaded one tile ahead (see _fwd_far_run), 4% faster at 8k and 32k, 7% at 131k.
 _DEFAULTS: dict[tuple[str, int], BlockConfig] = {
     (FWD, 64): BlockConfig(64, 32, 4, 3),
-    (FWD, 128): BlockConfig(128, 32, 4, 3),
+    (FWD, 128): BlockConfig(128, 32, 4, 4),
     (DQ, 64): BlockConfig(64, 32, 4, 3),
     (DQ, 128): BlockConfig(64, 32, 4, 3, wide=2),
     (DKDV, 64): BlockConfig(16, 64, 4, 3),
