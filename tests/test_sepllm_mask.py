@@ -64,15 +64,19 @@ def _check(ids, cfg, num_layers=1, doc_ids=None, key_valid=None):
 def test_random_ids_match_reference(seed):
     g = torch.Generator().manual_seed(seed)
     rnd = random.Random(seed)
-    B, L = rnd.randint(1, 3), rnd.randint(1, 24)
+    B, L = rnd.randint(1, 3), rnd.randint(6, 40)
     ids = torch.randint(0, 10, (B, L), generator=g)
     cfg = _cfg(
-        prefill_local_window_size=rnd.randint(1, 30),
+        # below L - 2, so that every seed has keys outside some query's window (the separator rule);
+        # covering windows are test_edge_cases' job
+        prefill_local_window_size=rnd.randint(1, L - 3),
         init_tok_max_idx=rnd.randint(-1, 4),
         EXCLUDE_DIAGONAL=rnd.random() < 0.7,
         streamingLLM=rnd.random() < 0.2,
     )
     _check(ids, cfg)
+    hidden = torch.ones(L, L).tril().bool() & ~build_attention_plan(ids, cfg, 1).dense_mask(0)[:, 0]
+    assert hidden.any(), "this seed's mask is plain causal attention: it tests nothing of the SepLLM rule"
 
 
 def test_edge_cases():
