@@ -66,7 +66,7 @@ def _load_like_the_trainer(config: Path):
 
 
 @pytest.mark.parametrize("name", HF_MODELS)
-def test_import_trains_from_config_and_round_trips(tmp_path, vocab_file, name):
+def test_import_loads_as_the_trainer_would_and_round_trips(tmp_path, vocab_file, name):
     from megatron.neox_arguments import NeoXArgs
     from megatron.sepllm.mask import attention_mode
 

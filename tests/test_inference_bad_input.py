@@ -195,15 +195,18 @@ def test_outputs_are_checked_before_any_work(saved, tmp_path):
         ev.validate_for("eval")
 
 
-def test_eval_refuses_bad_numbers():
+def test_eval_refuses_bad_numbers(capsys):
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("eval_cli", ROOT / "eval.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    for flags in (["--batch_size", "0"], ["--num_fewshot", "-2"], ["--limit", "-1"]):
-        with pytest.raises(SystemExit):
+    for flags, message in ((["--batch_size", "0"], "--batch_size must be >= 1, got 0"),
+                           (["--num_fewshot", "-2"], "--num_fewshot must be >= 0, got -2"),
+                           (["--limit", "-1"], "--limit must be > 0")):
+        with pytest.raises(SystemExit) as exit_info:
             module.parse_cli(["cfg.yml", *flags])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_reshard_refuses_to_move_latest_back(saved, tmp_path):

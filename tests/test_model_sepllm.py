@@ -214,10 +214,12 @@ def test_inference_mode_forward_rebuilds_instead_of_trusting_the_cache():
     assert not torch.equal(second, first)
 
 
-def test_kernel_flag_uses_the_same_rule_on_cpu():
+def test_kernel_flag_on_cpu_takes_the_masked_path():
+    # The kernel runs on CUDA tensors only; on CPU the flag must leave the masked reference path, not fail.
     ids = _ids()
     plain = _model(_args(), _sep())
     flagged = _model(_args(), _sep(USE_SEP_ATTN_KERNEL_ACCELERATOR=True))
+    assert flagged.context_builder(ids).use_kernel is False
     with torch.no_grad():
         torch.testing.assert_close(flagged(ids), plain(ids), rtol=0, atol=0)
 
@@ -225,8 +227,13 @@ def test_kernel_flag_uses_the_same_rule_on_cpu():
 def test_training_mode_dropout_and_gradients_flow():
     args = _args(attention_dropout=0.1, hidden_dropout=0.1)
     model = _model(args, _sep())
-    model.train()
     ids = _ids()
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(ids), model(ids))
+    model.train()
+    with torch.no_grad():
+        assert not torch.equal(model(ids), model(ids)), "dropout is not active in training mode"
     logits = model(ids)
     F.cross_entropy(logits[:, :-1].reshape(-1, VOCAB), ids[:, 1:].reshape(-1)).backward()
     grads = {n: p.grad for n, p in model.named_parameters()}

@@ -9,6 +9,7 @@ from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from megatron.inference.streaming import StreamingSettings, evaluate_stream, prepare_model
+from test_convert_fixtures import randomise
 from tools.streaming_perplexity import main as streaming_main
 
 CHARS = string.ascii_letters + string.digits + " .,;:!?\n\t'-"
@@ -27,8 +28,26 @@ def tiny_model_dir(tmp_path_factory):
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096)
-    LlamaForCausalLM(cfg).save_pretrained(d)
+    model = LlamaForCausalLM(cfg)
+    # Larger random weights than the initialiser's: its near-uniform predictions (perplexity ~ the
+    # vocabulary size whatever the context) would hide a wrong cache.
+    randomise(model, 0)
+    model.save_pretrained(d)
     return d
+
+
+def _nlls(out_dir) -> list[float]:
+    return [float(x) for x in (out_dir / "log.txt").read_text().split()]
+
+
+def _full_context_nlls(model_dir, text: str) -> list[float]:
+    """Per-token NLLs of one text under full attention, by a plain transformers forward."""
+    tok = PreTrainedTokenizerFast.from_pretrained(model_dir)
+    model = LlamaForCausalLM.from_pretrained(model_dir).eval()
+    ids = torch.tensor([tok(text)["input_ids"]])
+    with torch.no_grad():
+        logits = model(ids).logits[0, :-1]
+    return torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="none").tolist()
 
 
 @pytest.fixture()
@@ -64,7 +83,15 @@ def test_token_and_chunked_modes_write_upstream_outputs(tiny_model_dir, books, t
 def test_pos_shift_chunked_is_close_to_token_mode(tiny_model_dir, books, tmp_path):
     token = _run(tiny_model_dir, books, tmp_path / "t")
     chunk = _run(tiny_model_dir, books, tmp_path / "c", "--chunk_size", "8")
+    full = _full_context_nlls(tiny_model_dir, TEXT)
+    t, c = _nlls(tmp_path / "t"), _nlls(tmp_path / "c")
+    # Until the cache (40 entries) first fills, nothing is evicted or shifted: both modes are full attention.
+    assert t[:39] == pytest.approx(full[:39], rel=1e-4, abs=1e-4) and c[:39] == pytest.approx(full[:39], rel=1e-4, abs=1e-4)
+    # Past that, evictions change the predictions, and chunks of 8 evict a little later than single tokens.
+    n = len(full)
+    assert t[39:n] != pytest.approx(full[39:], rel=1e-3)
     assert chunk["ppl"] == pytest.approx(token["ppl"], rel=0.05)
+    assert c[39:n] != pytest.approx(t[39:n], rel=1e-4)
 
 
 def test_streamingllm_and_full_baselines(tiny_model_dir, books, tmp_path):
@@ -72,7 +99,14 @@ def test_streamingllm_and_full_baselines(tiny_model_dir, books, tmp_path):
              "--local_size", "36", "--chunk_size", "10")
     f = _run(tiny_model_dir, books, tmp_path / "f", "--enable_kv_cache_manager", "False", "--chunk_size", "50")
     assert s["max_cache_entries"] <= 40 and math.isfinite(s["ppl"])
-    assert f["max_cache_entries"] > 40 and math.isfinite(f["ppl"])
+    assert f["max_cache_entries"] > 40
+    # Without a cache manager, every token sees its whole text: a plain forward over each book.
+    full = _full_context_nlls(tiny_model_dir, TEXT) + _full_context_nlls(tiny_model_dir, TEXT.upper())
+    assert _nlls(tmp_path / "f") == pytest.approx(full[:300], rel=1e-4, abs=1e-4)
+    # StreamingLLM matches it until the cache first fills, and departs from it afterwards.
+    streaming = _nlls(tmp_path / "s")
+    assert streaming[:39] == pytest.approx(full[:39], rel=1e-4, abs=1e-4)
+    assert streaming[40:len(TEXT) - 1] != pytest.approx(full[40:len(TEXT) - 1], rel=1e-3)
     with pytest.raises(ValueError, match="local_size must equal"):
         _run(tiny_model_dir, books, tmp_path / "x", "--enable_SepLLM", "False", "--enable_StreamingLLM", "True")
     with pytest.raises(ValueError, match="not both"):

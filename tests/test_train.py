@@ -86,9 +86,18 @@ def test_same_config_same_losses(tmp_path, corpus):
     {"USE_ORIGINAL_FULL_ATTEN": True},
     {"reset_attention_mask": True, "reset_position_ids": True},
 ], ids=["streamingllm", "per-layer-windows", "vanilla", "document-masks"])
-def test_attention_modes_train(tmp_path, corpus, mode):
+def test_attention_modes_train(tmp_path, corpus, mode, sepllm_losses):
     losses = run(tmp_path, make_config(tmp_path, corpus, train_iters=3, **mode))["losses"]
     assert len(losses) == 3 and all(l == l and l < 20 for l in losses)
+    # Runs are deterministic, so a mode whose setting were ignored would repeat the default run's losses.
+    assert losses[0] != pytest.approx(sepllm_losses[0], rel=1e-6, abs=1e-6), (losses, sepllm_losses)
+
+
+@pytest.fixture(scope="module")
+def sepllm_losses(tmp_path_factory, corpus):
+    """Losses of the default config (SepLLM, window 8) over the same 3 steps."""
+    d = tmp_path_factory.mktemp("sepllm_default")
+    return run(d, make_config(d, corpus, train_iters=3))["losses"]
 
 
 @pytest.mark.multiproc
