@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -135,6 +137,20 @@ def test_other_sepllm_modes_match_ours(tmp_path, vocab_file, mode):
     ids = sample_ids(vocab_file)
     torch.testing.assert_close(_hf_logits(hf, ids), _ours_logits(model, ids), rtol=0, atol=1e-4)
     assert hf.sepllm_runtime.kv_report()["attn_map_ratio"] < 0.9
+    if mode == "per-layer-generate":
+        # The generate windows act only on decoding steps: decode with them and with the same
+        # model told to ignore them; the prompt's scores agree and the decoded tokens' do not.
+        stored = json.loads((Path(out) / "config.json").read_text())
+        assert stored["sepllm"]["USE_GENERATE_LOCAL_WIN_SIZES_wrt_LAYERS"] is True
+        assert stored["sepllm"]["generate_win_loc_size_list"] == [2, 64]
+        shutil.copytree(out, tmp_path / "hf_plain")
+        stored["sepllm"]["USE_GENERATE_LOCAL_WIN_SIZES_wrt_LAYERS"] = False
+        (tmp_path / "hf_plain" / "config.json").write_text(json.dumps(stored))
+        plain = AutoModelForCausalLM.from_pretrained(tmp_path / "hf_plain").eval()
+        scores = [m.generate(ids[:1], max_new_tokens=4, do_sample=False, output_scores=True,
+                             return_dict_in_generate=True).scores for m in (hf, plain)]
+        torch.testing.assert_close(scores[0][0], scores[1][0])
+        assert max(float((a - b).abs().max()) for a, b in zip(scores[0][1:], scores[1][1:])) > 1e-3
 
 
 def test_llama_sepllm_model_and_bf16_output(tmp_path, vocab_file):

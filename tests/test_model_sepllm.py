@@ -7,9 +7,7 @@ padding are respected.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
-from typing import Optional
 
 import pytest
 import torch
