@@ -28,6 +28,7 @@ TASK = {
     "doc_to_text": "{{question}}",
     "doc_to_choice": "{{choices}}",
     "doc_to_target": "{{answer}}",
+    "target_delimiter": "",  # the choices carry their own leading space
     "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
 }
 
@@ -71,10 +72,25 @@ def test_tiny_local_task_scores_our_model(run, monkeypatch):
     (tasks / "docs.jsonl").write_text("".join(json.dumps(d) + "\n" for d in DOCS))
     (tasks / "tiny.yaml").write_text(yaml.safe_dump({**TASK, "dataset_kwargs": {"data_files": {"test": str(tasks / "docs.jsonl")}}}))
 
+    from lm_eval.models.huggingface import HFLM
+
+    scored, original = {}, HFLM._loglikelihood_tokens
+
+    def recording(self, requests, *args, **kwargs):  # requests: ((context, continuation), ids, ids)
+        out = original(self, requests, *args, **kwargs)
+        scored.update({pair: ll for (pair, _, _), (ll, _) in zip(requests, out)})
+        return out
+
+    monkeypatch.setattr(HFLM, "_loglikelihood_tokens", recording)
     summary = eval_script.main([str(config), "--eval_tasks", "tiny_sepllm", "--include_path", str(tasks)])
     tokenizer = hf_tokenizer(NeoXArgs.from_files([str(config)]).tokenizer)
-    picks = [max(range(len(d["choices"])), key=lambda c: _log_likelihood(model, tokenizer, d["question"], d["choices"][c]))
-             for d in DOCS]
+    ours = [[_log_likelihood(model, tokenizer, d["question"], c) for c in d["choices"]] for d in DOCS]
+    # Every score lm-eval used is our model's, under its SepLLM mask (not only the argmax).
+    assert len(scored) == sum(len(d["choices"]) for d in DOCS), list(scored)
+    for d, lls in zip(DOCS, ours):
+        for c, ll in zip(d["choices"], lls):
+            assert scored[(d["question"], c)] == pytest.approx(ll, rel=1e-4, abs=1e-4), (d["question"], c)
+    picks = [max(range(len(lls)), key=lls.__getitem__) for lls in ours]
     expected = sum(p == d["answer"] for p, d in zip(picks, DOCS)) / len(DOCS)
     assert summary["results"]["tiny_sepllm"]["acc,none"] == pytest.approx(expected)
     assert 0 < summary["sepllm"]["attn_map_ratio"] < 1
