@@ -279,3 +279,25 @@ def test_split_without_a_train_share_is_refused_but_eval_only_is_fine(tmp_path):
         build_split(path, "0,1,0")
     train, valid, _ = build_split(path, "0,1,0", train_samples=0)
     assert train is None and valid is not None
+
+
+def test_documents_ending_in_another_end_token_are_reported(tmp_path, caplog):
+    from megatron.data.indexed_dataset import document_end_mismatch
+    from megatron.data.indexed_format import inspect_indexed_dataset
+
+    make_dataset(tmp_path / "d")  # every document ends with EOD = 0
+    files = inspect_indexed_dataset(tmp_path / "d")
+    assert document_end_mismatch(files, EOD) is None
+    # Tokenized under a tokenizer type whose end of document is another token (HFAutoTokenizer's EOS
+    # for a config that reads the same tokenizer with HFTokenizer): every boundary would be missed.
+    message = document_end_mismatch(files, 2)
+    assert message is not None and "end with token 0" in message and "end-of-document token is 2" in message
+    with caplog.at_level("WARNING"):
+        build(tmp_path / "d", eod=2)
+    assert "re-tokenize it with the config's tokenizer_type" in caplog.text
+    # Without end tokens, documents end in varied tokens: nothing to say.
+    with IndexedDatasetWriter(tmp_path / "plain", np.uint16) as w:
+        for d in range(40):
+            w.add_document([5 + d, 100 + d])
+        w.finalize()
+    assert document_end_mismatch(inspect_indexed_dataset(tmp_path / "plain"), EOD) is None

@@ -96,10 +96,10 @@ class _Part:
 
 
 class _Builder:
-    def __init__(self, *, seq_length: int, seed: int, vocab_size: Optional[int], cache_dir: Optional[str]):
+    def __init__(self, *, seq_length: int, seed: int, vocab_size: Optional[int], eod: Optional[int], cache_dir: Optional[str]):
         if seq_length is None or seq_length < 1:
             raise ValueError(f"seq_length must be a positive integer, got {seq_length}")
-        self.seq_length, self.seed, self.vocab_size, self.cache_dir = seq_length, seed, vocab_size, cache_dir
+        self.seq_length, self.seed, self.vocab_size, self.eod, self.cache_dir = seq_length, seed, vocab_size, eod, cache_dir
         self._opened: dict[str, OpenedDataset] = {}  # train/valid/test of one data_path share one reader
 
     def dataset(self, part: _Part, *, may_build: bool) -> GPTDataset:
@@ -113,7 +113,8 @@ class _Builder:
     def _dataset(self, part: _Part, *, may_build: bool) -> GPTDataset:
         data = self._opened.get(part.prefix)
         if data is None:
-            data = open_indexed_dataset(part.prefix, vocab_size=self.vocab_size, cache_dir=self.cache_dir, write_cache=may_build)
+            data = open_indexed_dataset(part.prefix, vocab_size=self.vocab_size, eod=self.eod, cache_dir=self.cache_dir,
+                                        write_cache=may_build)
             self._opened[part.prefix] = data
         start, end = part.doc_range
         identity = {
@@ -167,6 +168,7 @@ def build_train_valid_test_datasets(
     valid_samples: int,
     test_samples: int,
     vocab_size: Optional[int] = None,
+    eod: Optional[int] = None,
     rank: int = 0,
     barrier: Optional[Callable[[], None]] = None,
     cache_dir: Optional[str] = None,
@@ -174,13 +176,14 @@ def build_train_valid_test_datasets(
     """(train, valid, test) datasets; an entry is None when that split has no data or 0 samples.
 
     Every item is {"text": int64 array of seq_length + 1}. `vocab_size` (the model's, padded)
-    makes opening fail when the data holds a larger token id. Rank 0 builds the index caches;
+    makes opening fail when the data holds a larger token id; `eod` (the tokenizer's) logs a warning when
+    the documents all end in another token. Rank 0 builds the index caches;
     with `barrier` (e.g. torch.distributed.barrier) the other ranks wait for it and then only
     read them. Without a barrier every rank builds what is missing (writes are atomic, so
     concurrent builders do not corrupt each other).
     """
     wanted = [_check_count(f"{n}_samples", v) for n, v in zip(SPLIT_NAMES, (train_samples, valid_samples, test_samples))]
-    builder = _Builder(seq_length=seq_length, seed=seed, vocab_size=vocab_size, cache_dir=cache_dir)
+    builder = _Builder(seq_length=seq_length, seed=seed, vocab_size=vocab_size, eod=eod, cache_dir=cache_dir)
     path_lists = (train_data_paths, valid_data_paths, test_data_paths)
     if data_path is not None and any(p for p in path_lists):
         raise ValueError("give either data_path (with split) or train/valid/test_data_paths, not both")

@@ -14,6 +14,8 @@ import warnings
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
+
 from megatron.atomic_io import atomic_write_json, read_json_or_none
 from megatron.data.indexed_format import (
     IndexedDatasetError,
@@ -67,6 +69,35 @@ def check_vocab(files: IndexedFiles, stats: dict, vocab_size: Optional[int]) -> 
     )
 
 
+def document_end_mismatch(files: IndexedFiles, eod: Optional[int], sample: int = 64) -> Optional[str]:
+    """A warning when the documents all end in one token that is not `eod`, else None.
+
+    That is what data tokenized with --append-eod under another tokenizer type looks like (e.g.
+    HFAutoTokenizer, whose end of document is the tokenizer's EOS, for a config reading the same
+    tokenizer JSON with HFTokenizer): document masks and the loss mask would then miss every
+    boundary. Data without end tokens ends in varied tokens and passes.
+    """
+    n = files.num_sequences
+    if eod is None or n < 8:
+        return None
+    picks = np.unique(np.linspace(0, n - 1, min(sample, n)).astype(np.int64))
+    lengths = files.sequence_lengths[picks].astype(np.int64)
+    picks, lengths = picks[lengths > 0], lengths[lengths > 0]
+    if len(picks) < 8:
+        return None
+    tokens = files.tokens()
+    itemsize = np.dtype(files.dtype).itemsize
+    last = tokens[files.sequence_pointers[picks] // itemsize + lengths - 1]
+    ends = np.unique(last)
+    if len(ends) != 1 or int(ends[0]) == eod:
+        return None
+    return (f"{files.prefix}: all {len(picks)} documents sampled end with token {int(ends[0])}, but the tokenizer's "
+            f"end-of-document token is {eod}. If the data was written with --append-eod, it was tokenized with another "
+            f"tokenizer type (HFAutoTokenizer ends documents with the tokenizer's EOS, HFTokenizer with <|endoftext|> or "
+            f"the like), and document masks and eod_mask_loss will not see its boundaries: re-tokenize it with the "
+            f"config's tokenizer_type and vocab_file.")
+
+
 @dataclass
 class OpenedDataset:
     files: IndexedFiles
@@ -75,12 +106,16 @@ class OpenedDataset:
 
 
 def open_indexed_dataset(
-    prefix: str, *, vocab_size: Optional[int] = None, cache_dir: Optional[str] = None, write_cache: bool = True
+    prefix: str, *, vocab_size: Optional[int] = None, eod: Optional[int] = None, cache_dir: Optional[str] = None,
+    write_cache: bool = True,
 ) -> OpenedDataset:
-    """Check PREFIX.bin/.idx (and its token ids against `vocab_size`) and open it for reading."""
+    """Check PREFIX.bin/.idx (its token ids against `vocab_size`, its document ends against `eod`) and open it."""
     files = inspect_indexed_dataset(prefix)
     stats = token_stats(files, cache_dir=cache_dir, write_cache=write_cache)
     check_vocab(files, stats, vocab_size)
+    mismatch = document_end_mismatch(files, eod)
+    if mismatch is not None:
+        log.warning(mismatch)
     with warnings.catch_warnings():
         # megatron-core warns at import about optional GPU libraries that reading data never uses.
         warnings.filterwarnings("ignore", message=".*(Transformer Engine|Apex).*")
@@ -99,4 +134,4 @@ def cache_prefix(prefix: str, cache_dir: Optional[str]) -> str:
     return os.path.join(cache_dir, f"{os.path.basename(prefix)}_{tag}")
 
 
-__all__ = ["OpenedDataset", "open_indexed_dataset", "token_stats", "check_vocab", "cache_prefix"]
+__all__ = ["OpenedDataset", "open_indexed_dataset", "token_stats", "check_vocab", "document_end_mismatch", "cache_prefix"]

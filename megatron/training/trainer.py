@@ -112,6 +112,12 @@ class Trainer:
             self.state = TrainState(**client.get("train_state", {}))
         self._print(f"loaded checkpoint from {c.load} at iteration {self.state.iteration}")
 
+    def _eod(self) -> Optional[int]:
+        try:
+            return self.tokenizer.eod
+        except ValueError:  # a vocabulary without an end-of-document token
+            return None
+
     def _build_data(self) -> None:
         from megatron.data.gpt_dataset import build_train_valid_test_datasets
         from megatron.data.loader import build_data_loader
@@ -130,7 +136,8 @@ class Trainer:
             test_data_weights=d.test_data_weights, weight_by_num_documents=d.weight_by_num_documents,
             weighted_sampler_alpha=d.weighted_sampler_alpha, seq_length=a.model.seq_length, seed=t.seed,
             train_samples=train_samples, valid_samples=valid_samples, test_samples=test_samples,
-            vocab_size=self.vocab_size, rank=self.env.rank, barrier=barrier, cache_dir=d.data_cache_path,
+            vocab_size=self.vocab_size, eod=self._eod() if self.env.rank == 0 else None,  # checked (and said) once
+            rank=self.env.rank, barrier=barrier, cache_dir=d.data_cache_path,
         )
 
         def loader(ds, consumed):
