@@ -160,11 +160,8 @@ def test_separator_tool_reproduces_the_pythia_preset():
 
 
 def test_separator_tool_extended_list_matches_upstream_gpt_neox_ids(neox):
-    sys.path.insert(0, str(REPO / "tools" / "sepllm"))
-    try:
-        from get_separator_ids import separator_ids
-    finally:
-        sys.path.pop(0)
+    from megatron.sepllm.separators import separator_ids
+
     ids = [i for _, i in separator_ids(neox, extended=True)]
     assert ids[:9] == SEPARATOR_PRESETS["pythia"]
     # upstream SepLLM's extended GPT-NeoX list: ' .', ' ,', ' ?', ' !', ' ;', ' :', ' \n', '  ', '   '
@@ -184,3 +181,15 @@ def test_folder_without_tokenizer_files_points_to_hftokenizer(tmp_path):
     # Before: transformers' message about converting a slow tokenizer with sentencepiece or tiktoken.
     with pytest.raises(ValueError, match="cannot load a tokenizer.*holds none of tokenizer.json.*tokenizer_type HFTokenizer"):
         build_tokenizer("HFAutoTokenizer", str(tmp_path))
+
+
+def test_separator_ids_of_another_tokenizer_are_named(neox):
+    from megatron.sepllm.separators import separator_mismatch
+
+    assert separator_mismatch(neox, SEPARATOR_PRESETS["pythia"]) is None
+    assert separator_mismatch(neox, [187]) is None  # only newlines: a choice, not a mistake
+    # Llama-3's ids read with GPT-NeoX-20B's tokenizer: SepLLM would keep other tokens, without an error.
+    message = separator_mismatch(neox, SEPARATOR_PRESETS["llama3"])
+    assert message is not None and "mostly not separators" in message
+    assert f"separator_token_ids: {SEPARATOR_PRESETS['pythia']}" in message and "preset 'pythia'" in message
+    assert "13=" in message  # each id with what it decodes to

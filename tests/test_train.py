@@ -207,3 +207,16 @@ def test_keep_last_n_prunes_only_complete_older_checkpoints(tmp_path):
     assert complete_steps(tmp_path) == ["global_step2", "global_step4", "global_step6", "global_step10"]
     _prune(tmp_path, 2, keep="global_step4")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["global_step1", "global_step10", "global_step4", "global_step6"]
+
+
+def test_separator_ids_of_another_tokenizer_are_warned_about(tmp_path, corpus):
+    # 'A', 'B', 'C' under the character tokenizer: not separators, as another tokenizer's ids would not be.
+    cfg = make_config(tmp_path, corpus, train_iters=1, separator_token_ids=[65, 66, 67])
+    proc = run(tmp_path, cfg, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    assert "warning: separator_token_ids are mostly not separators under this tokenizer (65='A'" in out
+    assert f"`separator_token_ids: {CHAR_SEPARATORS}`" in out
+    # The run's own separators draw no warning.
+    quiet = run(tmp_path, make_config(tmp_path, corpus, "quiet.yml", train_iters=1), check=False)
+    assert quiet.returncode == 0 and "mostly not separators" not in quiet.stdout + quiet.stderr

@@ -91,6 +91,8 @@ class Trainer:
         if unconvertible:
             self._print("note: generate.py, eval.py and tools/convert_neox_to_hf.py take models through transformers, "
                         "and cannot take this one: " + "; ".join(unconvertible))
+        for problem in self._separator_problems():
+            self._print("warning: " + problem)
         self._load()
         self.start_iteration = self.state.iteration
         self._build_data()
@@ -111,6 +113,18 @@ class Trainer:
         if not c.finetune:
             self.state = TrainState(**client.get("train_state", {}))
         self._print(f"loaded checkpoint from {c.load} at iteration {self.state.iteration}")
+
+    def _separator_problems(self) -> list[str]:
+        """Separator ids that name other tokens under this run's tokenizer (see megatron.sepllm.separators)."""
+        from megatron.sepllm.mask import SEPLLM, attention_mode, resolve_token_ids
+        from megatron.sepllm.separators import separator_mismatch
+
+        s = self.args.sepllm
+        used = [("separator_token_ids", s.separator_token_ids)] if attention_mode(s) == SEPLLM else []
+        if s.USE_BiPE:
+            used.append(("BiPE_seps", s.BiPE_seps))
+        found = (separator_mismatch(self.tokenizer, resolve_token_ids(ids), name) for name, ids in used)
+        return [message for message in found if message is not None]
 
     def _eod(self) -> Optional[int]:
         try:

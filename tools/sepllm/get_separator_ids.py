@@ -19,27 +19,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from megatron.data.tokenizers import TOKENIZER_TYPES, build_tokenizer  # noqa: E402
-from megatron.data.tokenizers.base import Tokenizer  # noqa: E402
-from megatron.neox_arguments.sepllm import SEPARATOR_PRESETS  # noqa: E402
-
-BASE_SEPARATORS = (".", ",", "?", "!", ";", ":", " ", "\t", "\n")
-EXTENDED_SEPARATORS = (" .", " ,", " ?", " !", " ;", " :", " \n", "  ", "   ")
-
-
-def separator_ids(tokenizer: Tokenizer, extended: bool = False) -> list[tuple[str, int | None]]:
-    """(separator string, its single-token id or None) in upstream order, without repeated ids."""
-    out, seen = [], set()
-    for s in BASE_SEPARATORS + (EXTENDED_SEPARATORS if extended else ()):
-        i = tokenizer.single_token_id(s)
-        if i is not None and i in seen:
-            continue
-        seen.add(i)
-        out.append((s, i))
-    return out
-
-
-def matching_presets(ids: list[int]) -> list[str]:
-    return [name for name, preset in SEPARATOR_PRESETS.items() if preset == ids]
+from megatron.sepllm.separators import matching_presets, separator_ids  # noqa: E402
 
 
 def main(argv=None) -> int:

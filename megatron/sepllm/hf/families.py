@@ -12,11 +12,10 @@ import torch
 
 from megatron.neox_arguments.sepllm import SEPARATOR_PRESETS
 from megatron.sepllm.cache.rotary import RotarySpec
+from megatron.sepllm.separators import SEPARATOR_STRINGS
 
 SUPPORTED_FAMILIES = ("llama", "qwen2", "mistral", "gpt_neox")
 
-# The separator strings of the paper, in SEPARATOR_PRESETS order.
-SEPARATOR_STRINGS = (".", ",", "?", "!", ";", ":", " ", "\t", "\n")
 
 
 def model_family(model) -> str:
