@@ -230,3 +230,30 @@ def test_bad_settings_get_clear_errors():
     apply_sepllm(model, separator_token_ids=SEPS)
     with pytest.raises(ValueError, match="inputs_embeds"):
         model(inputs_embeds=torch.zeros(1, 3, 32))
+
+
+def _char_tokenizer():
+    """A transformers tokenizer over single characters; '.' ',' ' ' '\\n' are ids 3-6."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = ".,  \nabcdefghijklmnopqrstuvwxyzABCDEFGHI"
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{c: i + 3 for i, c in enumerate(dict.fromkeys(chars))}}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Split(Regex("[\\s\\S]"), behavior="isolated")
+    return PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+
+
+def test_separator_ids_of_another_tokenizer_warn():
+    tok = _char_tokenizer()
+    assert [tok.decode([i]) for i in (3, 4, 5, 6)] == [".", ",", " ", "\n"]
+    model = tiny_llama()
+    with pytest.warns(UserWarning, match="mostly not separators under this tokenizer \\(10='d', 11='e', 12='f'\\)"):
+        apply_sepllm(model, tokenizer=tok, separator_token_ids=[10, 11, 12])
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        apply_sepllm(model, tokenizer=tok, separator_token_ids=[3, 4, 5, 6])  # its own: no warning
+        apply_sepllm(model, tokenizer=tok, mode="streamingllm", separator_token_ids=[10, 11])  # separators unused
+    assert apply_sepllm(model, tokenizer=tok).separator_ids == [3, 4, 5, 6]  # found from the tokenizer

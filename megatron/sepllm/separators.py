@@ -15,14 +15,26 @@ SEPARATOR_STRINGS = (".", ",", "?", "!", ";", ":", " ", "\t", "\n")  # the paper
 EXTENDED_SEPARATOR_STRINGS = (" .", " ,", " ?", " !", " ;", " :", " \n", "  ", "   ")
 
 
+def _single_token_id(tokenizer, text: str) -> Optional[int]:
+    if hasattr(tokenizer, "single_token_id"):  # megatron.data.tokenizers
+        return tokenizer.single_token_id(text)
+    ids = tokenizer.encode(text, add_special_tokens=False)  # a transformers tokenizer
+    # A character outside the vocabulary encodes to the unknown token, which is no separator.
+    return int(ids[0]) if len(ids) == 1 and ids[0] != getattr(tokenizer, "unk_token_id", None) else None
+
+
+def _decode(tokenizer, token_id: int) -> str:
+    return tokenizer.detokenize([token_id]) if hasattr(tokenizer, "detokenize") else tokenizer.decode([token_id])
+
+
 def separator_ids(tokenizer, extended: bool = False) -> list[tuple[str, Optional[int]]]:
     """(separator string, its single-token id or None) in upstream order, without repeated ids.
 
-    `tokenizer`: one of megatron.data.tokenizers (its `single_token_id`).
+    `tokenizer`: one of megatron.data.tokenizers, or a transformers tokenizer.
     """
     out, seen = [], set()
     for s in SEPARATOR_STRINGS + (EXTENDED_SEPARATOR_STRINGS if extended else ()):
-        i = tokenizer.single_token_id(s)
+        i = _single_token_id(tokenizer, s)
         if i is not None and i in seen:
             continue
         seen.add(i)
@@ -42,7 +54,7 @@ def separator_mismatch(tokenizer, ids: Sequence[int], setting: str = "separator_
     known = {i for _, i in separator_ids(tokenizer, extended=True) if i is not None}
     if 2 * sum(i in known for i in ids) >= len(ids):
         return None
-    decoded = ", ".join(f"{i}={tokenizer.detokenize([i])!r}" for i in ids[:9])
+    decoded = ", ".join(f"{i}={_decode(tokenizer, i)!r}" for i in ids[:9])
     own = [i for _, i in separator_ids(tokenizer) if i is not None]
     presets = matching_presets(own)
     suggestion = f"`{setting}: {own}`" + (f" (preset {presets[0]!r})" if presets else "")

@@ -1,6 +1,7 @@
 """apply_sepllm: turn SepLLM on for a loaded transformers causal LM."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -9,6 +10,7 @@ from megatron.sepllm.hf import families
 from megatron.sepllm.hf.config import build_sepllm_args
 from megatron.sepllm.hf.runtime import ATTN_NAME, BASES, SepLLMRuntime
 from megatron.sepllm.mask import SEPLLM, attention_mode, resolve_token_ids
+from megatron.sepllm.separators import separator_mismatch
 
 
 def apply_sepllm(
@@ -57,7 +59,12 @@ def _separator_ids(model, family: str, args: SepLLMArgs, given: set[str], tokeni
     vocab = families.vocab_size(model)
     explicit = "separator_token_ids" in given and args.separator_token_ids not in (None, [-1], [])
     if explicit:
-        return families.check_separator_ids(resolve_token_ids(args.separator_token_ids), vocab)
+        ids = families.check_separator_ids(resolve_token_ids(args.separator_token_ids), vocab)
+        # Another tokenizer's ids would make SepLLM keep other tokens, silently.
+        mismatch = separator_mismatch(tokenizer, ids) if tokenizer is not None and attention_mode(args) == SEPLLM else None
+        if mismatch is not None:
+            warnings.warn(mismatch, stacklevel=3)
+        return ids
     if tokenizer is not None:
         return families.check_separator_ids(families.separator_ids_from_tokenizer(tokenizer), vocab, "separator ids from the tokenizer")
     preset = families.preset_separator_ids(model)

@@ -12,7 +12,7 @@ import torch
 
 from megatron.neox_arguments.sepllm import SEPARATOR_PRESETS
 from megatron.sepllm.cache.rotary import RotarySpec
-from megatron.sepllm.separators import SEPARATOR_STRINGS
+from megatron.sepllm.separators import SEPARATOR_STRINGS, separator_ids
 
 SUPPORTED_FAMILIES = ("llama", "qwen2", "mistral", "gpt_neox")
 
@@ -60,11 +60,7 @@ def rotary_spec(model) -> RotarySpec:
 
 def separator_ids_from_tokenizer(tokenizer) -> list[int]:
     """Ids of the separators that the tokenizer encodes as a single token."""
-    ids = []
-    for s in SEPARATOR_STRINGS:
-        enc = tokenizer.encode(s, add_special_tokens=False)
-        if len(enc) == 1 and enc[0] not in ids:
-            ids.append(int(enc[0]))
+    ids = [i for _, i in separator_ids(tokenizer) if i is not None]
     if not ids:
         raise ValueError(f"tokenizer {type(tokenizer).__name__} encodes none of the separators {SEPARATOR_STRINGS!r} as one token; pass separator_token_ids")
     return ids
