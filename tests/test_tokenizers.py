@@ -193,3 +193,14 @@ def test_separator_ids_of_another_tokenizer_are_named(neox):
     assert message is not None and "mostly not separators" in message
     assert f"separator_token_ids: {SEPARATOR_PRESETS['pythia']}" in message and "preset 'pythia'" in message
     assert "13=" in message  # each id with what it decodes to
+
+
+def test_text_outside_the_vocabulary_has_no_single_token_id(tmp_path):
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+
+    tk = Tokenizer(models.WordLevel({"<unk>": 0, "<|endoftext|>": 1, ".": 2, "a": 3}, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Split(Regex("[\\s\\S]"), behavior="isolated")
+    tk.save(str(tmp_path / "tok.json"))
+    tok = build_tokenizer("HFTokenizer", str(tmp_path / "tok.json"))
+    assert tok.single_token_id(".") == 2
+    assert tok.tokenize("?") == [0] and tok.single_token_id("?") is None  # '?' encodes to <unk>

@@ -62,14 +62,13 @@ def checkpoint_folder(path: str | os.PathLike, iteration: Optional[int] = None) 
     else:
         steps = complete_steps(path)
         saves = sorted(p.name for p in path.iterdir() if p.is_dir() and (p / LATEST).exists())
-        interrupted = sorted(p.name for p in path.iterdir() if p.is_dir() and iteration_of(p.name) is not None
-                             and not (p / MANIFEST).exists())
         hint = ""
         if steps:
             hint = f"; pass one of its checkpoints ({', '.join(steps[-3:])}) or the iteration"
         elif saves:
             hint = f"; it holds save directories ({', '.join(saves[:3])}): pass one of them, e.g. {path / saves[0]}"
-        elif interrupted:
+        elif interrupted := sorted(p.name for p in path.iterdir() if p.is_dir() and iteration_of(p.name) is not None):
+            # no complete step (steps is empty), so every step folder is a save that did not finish
             hint = (f"; its step folders ({', '.join(interrupted[-3:])}) are saves that did not finish (no {MANIFEST}), "
                     "which cannot be loaded")
         raise CheckpointError(f"{path} is neither a checkpoint folder nor a save directory with `latest`{hint}")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+from megatron.data.tokenizers.base import Tokenizer
+from megatron.data.tokenizers.hf_auto import HFAutoTokenizer
 from megatron.neox_arguments.sepllm import SEPARATOR_PRESETS
 
 SEPARATOR_STRINGS = (".", ",", "?", "!", ";", ":", " ", "\t", "\n")  # the paper's, in SEPARATOR_PRESETS order
@@ -15,16 +17,9 @@ SEPARATOR_STRINGS = (".", ",", "?", "!", ";", ":", " ", "\t", "\n")  # the paper
 EXTENDED_SEPARATOR_STRINGS = (" .", " ,", " ?", " !", " ;", " :", " \n", "  ", "   ")
 
 
-def _single_token_id(tokenizer, text: str) -> Optional[int]:
-    if hasattr(tokenizer, "single_token_id"):  # megatron.data.tokenizers
-        return tokenizer.single_token_id(text)
-    ids = tokenizer.encode(text, add_special_tokens=False)  # a transformers tokenizer
-    # A character outside the vocabulary encodes to the unknown token, which is no separator.
-    return int(ids[0]) if len(ids) == 1 and ids[0] != getattr(tokenizer, "unk_token_id", None) else None
-
-
-def _decode(tokenizer, token_id: int) -> str:
-    return tokenizer.detokenize([token_id]) if hasattr(tokenizer, "detokenize") else tokenizer.decode([token_id])
+def _ours(tokenizer) -> Tokenizer:
+    """One of megatron.data.tokenizers; a transformers tokenizer is wrapped (HFAutoTokenizer)."""
+    return tokenizer if isinstance(tokenizer, Tokenizer) else HFAutoTokenizer.of(tokenizer)
 
 
 def separator_ids(tokenizer, extended: bool = False) -> list[tuple[str, Optional[int]]]:
@@ -32,9 +27,10 @@ def separator_ids(tokenizer, extended: bool = False) -> list[tuple[str, Optional
 
     `tokenizer`: one of megatron.data.tokenizers, or a transformers tokenizer.
     """
+    tokenizer = _ours(tokenizer)
     out, seen = [], set()
     for s in SEPARATOR_STRINGS + (EXTENDED_SEPARATOR_STRINGS if extended else ()):
-        i = _single_token_id(tokenizer, s)
+        i = tokenizer.single_token_id(s)
         if i is not None and i in seen:
             continue
         seen.add(i)
@@ -51,10 +47,11 @@ def separator_mismatch(tokenizer, ids: Sequence[int], setting: str = "separator_
     ids = [int(i) for i in ids]
     if not ids:
         return None
+    tokenizer = _ours(tokenizer)
     known = {i for _, i in separator_ids(tokenizer, extended=True) if i is not None}
     if 2 * sum(i in known for i in ids) >= len(ids):
         return None
-    decoded = ", ".join(f"{i}={_decode(tokenizer, i)!r}" for i in ids[:9])
+    decoded = ", ".join(f"{i}={tokenizer.detokenize([i])!r}" for i in ids[:9])
     own = [i for _, i in separator_ids(tokenizer) if i is not None]
     presets = matching_presets(own)
     suggestion = f"`{setting}: {own}`" + (f" (preset {presets[0]!r})" if presets else "")

@@ -44,12 +44,20 @@ class Tokenizer(ABC):
         ...
 
     def single_token_id(self, text: str) -> Optional[int]:
-        """The one id that encodes `text` on its own (no special tokens), or None."""
+        """The one id that encodes `text` on its own (no special tokens), or None.
+
+        Text outside the vocabulary that encodes to the unknown token is None too: that id
+        spells no particular text.
+        """
         ids = self._tokenize_plain(text)
-        return int(ids[0]) if len(ids) == 1 else None
+        return int(ids[0]) if len(ids) == 1 and ids[0] != self._unknown_id() else None
 
     def _tokenize_plain(self, text: str) -> list[int]:
         return self.tokenize(text)
+
+    def _unknown_id(self) -> Optional[int]:
+        """The id of the unknown token, if the vocabulary has one."""
+        return None
 
     def set_num_threads(self, num_threads: Optional[int]) -> None:
         """Threads for `tokenize_batch`; None keeps the library's default (all cores)."""

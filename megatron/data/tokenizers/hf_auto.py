@@ -22,6 +22,13 @@ class HFAutoTokenizer(Tokenizer):
 
     name = "HFAutoTokenizer"
 
+    @classmethod
+    def of(cls, tokenizer) -> "HFAutoTokenizer":
+        """Ours over a transformers tokenizer already loaded (its settings are left as they are)."""
+        self = cls.__new__(cls)
+        self._tok = tokenizer
+        return self
+
     def __init__(self, vocab_file: str):
         from transformers import AutoTokenizer
 
@@ -67,6 +74,9 @@ class HFAutoTokenizer(Tokenizer):
 
     def _tokenize_plain(self, text: str) -> list[int]:
         return self._tok(text, add_special_tokens=False)["input_ids"]
+
+    def _unknown_id(self) -> Optional[int]:
+        return self._tok.unk_token_id
 
     def set_num_threads(self, num_threads: Optional[int]) -> None:
         # Fast tokenizers batch-encode on the Rust library's process-wide pool.

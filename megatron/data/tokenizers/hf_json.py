@@ -52,6 +52,10 @@ class _RustTokenizer(Tokenizer):
     def _tokenize_plain(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids
 
+    def _unknown_id(self) -> Optional[int]:
+        unk = getattr(self._tok.model, "unk_token", None)
+        return self._tok.token_to_id(unk) if unk else None
+
     def set_num_threads(self, num_threads: Optional[int]) -> None:
         # The library's thread pool is process-wide and reads this when first used.
         if num_threads is not None:

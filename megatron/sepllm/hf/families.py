@@ -17,7 +17,6 @@ from megatron.sepllm.separators import SEPARATOR_STRINGS, separator_ids
 SUPPORTED_FAMILIES = ("llama", "qwen2", "mistral", "gpt_neox")
 
 
-
 def model_family(model) -> str:
     """The model's family (config.model_type); a clear error for families SepLLM does not support."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
