@@ -9,7 +9,8 @@
     python benchmarks/sep_attention.py --sweep --kinds fwd dq --rows 32768:128:16:16:1:256:pg19
 
 Full attention: every SDPA backend (cuDNN, FlashAttention-2, memory-efficient) pinned in turn,
-the fastest kept. SepLLM time = kernel forward + backward + the per-batch cost (separator
+and FlashAttention-4 (`flash_attn.cute`, on [B, L, H, D] tensors, its native layout) where it is
+installed (benchmarks/device/install_fa4.sh), the fastest kept. SepLLM time = kernel forward + backward + the per-batch cost (separator
 detection, plan and kernel layout) divided by --layers, since one batch's layout serves all
 layers. Times are medians of eager calls (Python launch cost included: at 2k tokens a standalone
 call is bound by it, inside a model it overlaps other layers' GPU work) and of CUDA-graph replays
@@ -211,6 +212,14 @@ def full_attention(q, k, v, dout) -> tuple[str, float]:
         if q.is_cuda else [("math", SDPBackend.MATH)]
     )
     best = ("none", float("inf"), None)
+    fa4 = _fa4_step(q, k, v, dout)
+    if fa4 is not None:
+        try:
+            ms = timer(fa4)
+            print(f"  full fa4: {ms:.3f} ms", flush=True)
+            best = ("fa4", ms, fa4)
+        except Exception as exc:  # noqa: BLE001 - a failing optional baseline is reported, not fatal
+            print(f"  fa4: unavailable ({str(exc).splitlines()[0][:150]})", flush=True)
     for name, backend in backends:
         def step(backend=backend):
             with sdpa_kernel([backend]):
@@ -225,6 +234,33 @@ def full_attention(q, k, v, dout) -> tuple[str, float]:
         if ms < best[1]:
             best = (name, ms, step)
     return best
+
+
+def _fa4_step(q, k, v, dout):
+    """Causal forward + backward through FlashAttention-4, or None where it is not installed."""
+    if not q.is_cuda or torch.cuda.get_device_capability(q.device)[0] < 9:
+        return None
+    try:
+        from flash_attn.cute import flash_attn_func
+    except ImportError:
+        return None
+    qs, ks, vs = (t.detach().transpose(1, 2).contiguous().requires_grad_() for t in (q, k, v))
+    ds = dout.transpose(1, 2).contiguous()
+
+    def step():
+        out = flash_attn_func(qs, ks, vs, causal=True)
+        out = out[0] if isinstance(out, tuple) else out
+        torch.autograd.grad(out, (qs, ks, vs), ds)
+    return step
+
+
+def _fa4_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("flash-attn-4")
+    except PackageNotFoundError:
+        return "not installed"
 
 
 def bench_row(row: Row, layers: int, device, seed: int = 0) -> dict:
@@ -395,7 +431,7 @@ def main(argv=None) -> None:
         return
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
-        print(f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
+        print(f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}, flash-attn-4 {_fa4_version()}", flush=True)
     if args.sweep:
         if args.out:
             args.out.mkdir(parents=True, exist_ok=True)
