@@ -97,7 +97,7 @@ def generate_one(model, tokenizer, prompt: Optional[str], config) -> dict:
 
 
 def prompts_for(gen) -> Iterator[Optional[str]]:
-    kind = gen.text_gen_type or ("input-file" if gen.sample_input_file else "unconditional")
+    kind = gen.kind
     if kind == "unconditional":
         for _ in range(int(gen.num_samples)):
             yield None

@@ -62,6 +62,14 @@ def test_dash_and_underscore_spell_the_same_key(tmp_path):
     assert dashed.model.num_layers == 2 and dashed.lr.lr_decay_style == "cosine"
     message = error_of([write(tmp_path, "b.yml", SHAPE + "num-layers: 3\n")])
     assert "`num_layers` is also set on line 1" in message
+    nested = NeoXArgs.from_files([write(tmp_path, "c.yml", SHAPE + "zero-optimization: {stage: 1, overlap-comm: true}\n")])
+    assert nested.optimizer.zero_optimization == {"stage": 1, "overlap_comm": True}
+
+
+def test_yaml_merge_keys_merge_and_explicit_keys_override_them(tmp_path):
+    text = SHAPE + "zero_optimization:\n  <<: {stage: 2, overlap_comm: true}\n  stage: 1\n"
+    args = NeoXArgs.from_files([write(tmp_path, "a.yml", text)])
+    assert args.optimizer.zero_optimization["stage"] == 1 and args.optimizer.zero_optimization["overlap_comm"] is True
 
 
 def test_later_files_win_and_mappings_are_replaced_whole(tmp_path):

@@ -78,6 +78,11 @@ def test_demo_is_ready_to_train_once_its_data_is_prepared(tmp_path, monkeypatch)
     for suffix in (".bin", ".idx"):
         (demo / f"demo_text_document{suffix}").write_bytes(b"")
     load("demo.yml").validate_for("train")
+    # a padded_vocab_size below the tokenizer's 50277 tokens is refused here, before any rank starts
+    small = NeoXArgs.from_files([str(REPO / "configs" / "demo.yml")], overrides={"padded_vocab_size": 1000})
+    with pytest.raises(ConfigError, match="`padded_vocab_size: 1000` is smaller than the tokenizer's 50277 tokens"):
+        small.validate_for("train")
+    NeoXArgs.from_files([str(REPO / "configs" / "demo.yml")], overrides={"padded_vocab_size": 50304}).validate_for("train")
 
 
 @pytest.mark.parametrize("names", [["demo.yml"], ["pythia/160M.yml", "sepllm/n64HMT.yml", "local_setup.yml"], ["llama/7B.yml"]])

@@ -150,9 +150,31 @@ def test_launcher_conflicts():
 
 
 def test_generation_mode_is_derived():
-    assert load().generation.text_gen_type == "unconditional"
-    assert load(sample_input_file="p.txt").generation.text_gen_type == "input-file"
+    assert load().generation.kind == "unconditional"
+    assert load(sample_input_file="p.txt").generation.kind == "input-file"
+    assert load(sample_input_file="p.txt", text_gen_type="unconditional").generation.kind == "unconditional"
     assert "needs sample_input_file" in error(text_gen_type="input-file")
+
+
+def test_resolved_config_does_not_pin_the_generation_mode(tmp_path):
+    # a training run's resolved config.yml, reused for generation with a prompt file on top
+    resolved = tmp_path / "config.yml"
+    resolved.write_text(load().to_yaml())
+    prompts = tmp_path / "gen.yml"
+    prompts.write_text("sample_input_file: p.txt\n")
+    assert NeoXArgs.from_files([str(resolved), str(prompts)]).generation.kind == "input-file"
+
+
+def test_quoted_precision_switches_are_refused():
+    # DeepSpeed's pydantic reads "no" as false, Python's truthiness as true: neither may decide
+    assert "`enabled` must be true or false (unquoted), got 'no'" in error(bf16={"enabled": "no"})
+    assert "`enabled` must be true or false (unquoted), got 'false'" in error(fp16={"enabled": "false"})
+    assert load(bf16={"enabled": False}).precision.precision == "fp32"
+
+
+def test_optimizer_mapping_keys_are_checked():
+    assert "unknown key 'parms'; did you mean `params`?" in error(optimizer={"type": "Adam", "parms": {"lr": 6e-4}})
+    assert "weight_decay is a top-level key" in error(optimizer={"type": "Adam", "params": {"lr": 6e-4}, "weight-decay": 0.1})
 
 
 def test_validate_for_training_names_what_is_missing(tmp_path):

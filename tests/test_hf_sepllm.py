@@ -72,6 +72,16 @@ def test_every_upstream_trainingfree_yaml_loads():
         assert "separator_token_ids" in given and args.Layer_num == 32
 
 
+def test_settings_are_typed_as_in_training_configs():
+    # a quoted flag, from YAML or from lm-eval's sepllm_X=no, must not read as a truthy string
+    for key, value, expected in (("USE_ORIGINAL_FULL_ATTEN", "no", "true or false"), ("streamingLLM", "False", "true or false"),
+                                 ("separator_token_ids", 13, "a list of integers"), ("prefill_local_window_size", "64", "an integer")):
+        with pytest.raises(ValueError, match=f"SepLLM setting {key} must be {expected}"):
+            build_sepllm_args({key: value})
+    args, _ = build_sepllm_args({"prefill_local_window_size": 64.0, "USE_ORIGINAL_FULL_ATTEN": False})
+    assert args.prefill_local_window_size == 64 and isinstance(args.prefill_local_window_size, int)
+
+
 @pytest.mark.parametrize("family", sorted(MODELS))
 @pytest.mark.parametrize("mode", ["sepllm", "streamingllm", "fixllm"])
 def test_mask_mode_equals_forward_with_reference_mask(family, mode):

@@ -193,6 +193,10 @@ def test_separator_ids_of_another_tokenizer_are_named(neox):
     assert message is not None and "mostly not separators" in message
     assert f"separator_token_ids: {SEPARATOR_PRESETS['pythia']}" in message and "preset 'pythia'" in message
     assert "13=" in message  # each id with what it decodes to
+    # -1 entries stand for no token (the validation allows them); ids past the vocabulary are named as such
+    assert separator_mismatch(neox, [-1, -1, 187]) is None
+    assert separator_mismatch(neox, [-1]) is None
+    assert "(not in the vocabulary)" in separator_mismatch(neox, [-1, 2**40, 50000, 13])
 
 
 def test_text_outside_the_vocabulary_has_no_single_token_id(tmp_path):

@@ -209,6 +209,23 @@ def test_keep_last_n_prunes_only_complete_older_checkpoints(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["global_step1", "global_step10", "global_step4", "global_step6"]
 
 
+def test_resume_under_another_precision_says_so_before_reading_the_optimizer(tmp_path):
+    from megatron.checkpointing.checkpoint import CheckpointError, load_checkpoint
+
+    folder = tmp_path / "global_step2"
+    folder.mkdir()
+    (folder / "manifest.json").write_text(json.dumps({"files": {}}))
+    (folder / "config.yml").write_text("precision: fp32\n")
+    (tmp_path / "latest").write_text("global_step2")
+    # the engine is never reached: the check comes first
+    with pytest.raises(CheckpointError, match="saved with precision fp32 and this run uses bfloat16.*no_load_optim: true"):
+        load_checkpoint(None, str(tmp_path), rank=0, precision="bfloat16")
+    with pytest.raises(AttributeError):  # same precision, or no optimizer state: it goes on to the engine
+        load_checkpoint(None, str(tmp_path), rank=0, precision="fp32")
+    with pytest.raises(AttributeError):
+        load_checkpoint(None, str(tmp_path), rank=0, precision="bfloat16", load_optimizer=False)
+
+
 def test_separator_ids_of_another_tokenizer_are_warned_about(tmp_path, corpus):
     # 'A', 'B', 'C' under the character tokenizer: not separators, as another tokenizer's ids would not be.
     cfg = make_config(tmp_path, corpus, train_iters=1, separator_token_ids=[65, 66, 67])

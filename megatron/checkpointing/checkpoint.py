@@ -24,6 +24,7 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
+import yaml
 
 from megatron.atomic_io import atomic_write_bytes, atomic_write_text, fsync_dir, fsync_tree
 from megatron.parallel.distributed import barrier
@@ -182,14 +183,35 @@ def verify_checkpoint(folder: Path) -> dict:
     return manifest
 
 
+def _saved_precision(folder: Path) -> Optional[str]:
+    """The precision the checkpoint's run resolved (its config.yml), or None where it cannot be read."""
+    try:
+        saved = yaml.safe_load((folder / "config.yml").read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return saved.get("precision") if isinstance(saved, dict) else None
+
+
 def load_checkpoint(engine, load_dir: str, *, rank: int, iteration: Optional[int] = None,
-                    load_optimizer: bool = True, load_rng: bool = True, finetune: bool = False) -> Optional[dict]:
-    """Collective. Returns the client state saved with the checkpoint, or None when `load_dir` holds none."""
+                    load_optimizer: bool = True, load_rng: bool = True, finetune: bool = False,
+                    precision: Optional[str] = None) -> Optional[dict]:
+    """Collective. Returns the client state saved with the checkpoint, or None when `load_dir` holds none.
+
+    `precision` (this run's) is checked against the checkpoint's when its optimizer state is loaded:
+    DeepSpeed's fp16/bf16 optimizer wrappers save states the others cannot read.
+    """
     tag = resolve_tag(load_dir, iteration)
     if tag is None:
         return None
     folder = Path(load_dir) / tag
     manifest = verify_checkpoint(folder)
+    saved_precision = _saved_precision(folder)
+    if load_optimizer and not finetune and precision and saved_precision and saved_precision != precision:
+        raise CheckpointError(
+            f"checkpoint {folder} was saved with precision {saved_precision} and this run uses {precision}: its "
+            f"optimizer state does not carry over between precisions. Keep precision: {saved_precision}, or start a "
+            f"new optimizer from its weights with no_load_optim: true (or finetune: true, which also resets the step)"
+        )
     # no_load_optim keeps the LR schedule and step counters (DeepSpeed rebuilds ZeRO's fp32 master
     # weights from the loaded module); finetune takes the weights alone.
     try:

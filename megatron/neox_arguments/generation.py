@@ -24,3 +24,8 @@ class GenerationArgs:
     recompute: bool = arg(False, "Recompute all attention at every step instead of using the KV cache.")
     eval_results_prefix: str = arg("", "Prefix of the evaluation results file.")
     eval_tasks: Optional[list[str]] = arg(None, "Evaluation tasks for eval.py.")
+
+    @property
+    def kind(self) -> str:
+        """text_gen_type, or what it means when null."""
+        return self.text_gen_type or ("input-file" if self.sample_input_file else "unconditional")

@@ -41,6 +41,15 @@ from megatron.atomic_io import atomic_write_text
 from megatron.neox_arguments.yaml_io import dump_yaml, load_config_file
 
 
+def _underscored(value: Any) -> Any:
+    """`value` with `-` read as `_` in the keys of every nested mapping (DeepSpeed's keys have no `-`)."""
+    if isinstance(value, dict):
+        return {(k.replace("-", "_") if isinstance(k, str) else k): _underscored(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_underscored(v) for v in value]
+    return value
+
+
 @dataclass
 class NeoXArgs:
     """All settings of a run, one typed dataclass per group (see groups.GROUPS)."""
@@ -112,6 +121,8 @@ class NeoXArgs:
             except TypeMismatch as exc:
                 f.problem(f"{where}: `{key}` must be {exc.expected}, got {describe_value(value)}")
                 continue
+            if isinstance(value, dict):  # the DeepSpeed-style mappings: `-` and `_` are one key inside them too
+                value = _underscored(value)
             if spec.choices is not None and value is not None:
                 value = _canonical_choice(value, spec.choices)
                 if value not in spec.choices:

@@ -24,6 +24,8 @@ def check_ready(args: "NeoXArgs", task: str) -> list[str]:
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
     problems = _tokenizer_files(args)
+    if not problems:
+        problems += _padded_vocab(args)
     c = args.checkpoint
     if task == "train":
         t = args.training
@@ -49,7 +51,7 @@ def check_ready(args: "NeoXArgs", task: str) -> list[str]:
         problems += [f"{task}.py runs the model through transformers, which cannot take it: {p}"
                      for p in conversion_problems(args)]
         g = args.generation
-        if task == "generate" and g.text_gen_type == "input-file" and g.sample_input_file:
+        if task == "generate" and g.kind == "input-file" and g.sample_input_file:
             if os.path.isdir(g.sample_input_file):
                 problems.append(f"`sample_input_file: {g.sample_input_file}` is a folder; give the file of prompts")
             elif not os.path.isfile(g.sample_input_file):
@@ -140,6 +142,26 @@ def _tokenizer_files(args: "NeoXArgs") -> list[str]:
         elif not os.path.isfile(tok.merge_file):
             problems.append(f"`merge_file: {tok.merge_file}` does not exist")
     return problems
+
+
+def _padded_vocab(args: "NeoXArgs") -> list[str]:
+    """A given padded_vocab_size must hold the tokenizer's vocabulary (found here, not after the ranks started)."""
+    size, mp = args.model.padded_vocab_size, args.parallel.model_parallel_size
+    if size is None:
+        return []
+    if size % mp:
+        return [f"`padded_vocab_size: {size}` must be divisible by model_parallel_size {mp}"]
+    from megatron.data.tokenizers import build_tokenizer
+
+    tok = args.tokenizer
+    try:
+        vocab = build_tokenizer(tok.tokenizer_type, tok.vocab_file, tok.merge_file).vocab_size
+    except Exception:  # noqa: BLE001 - a tokenizer that does not load is reported where it is built
+        return []
+    if size < vocab:
+        return [f"`padded_vocab_size: {size}` is smaller than the tokenizer's {vocab} tokens; set it to at least {vocab}, "
+                f"or remove it (the vocabulary is then padded to a multiple of make_vocab_size_divisible_by)"]
+    return []
 
 
 def _data_files(args: "NeoXArgs") -> list[str]:

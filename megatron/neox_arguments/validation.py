@@ -1,11 +1,12 @@
 """Cross-key checks and derived values of a loaded config (everything but SepLLM, which has its own module).
 
 Each check adds a problem naming the keys to change; `resolve_and_validate` fills in the
-values GPT-NeoX derives (precision, default optimizer and ZeRO settings, text_gen_type).
+values GPT-NeoX derives (precision, default optimizer and ZeRO settings).
 """
 from __future__ import annotations
 
 import copy
+import difflib
 from typing import TYPE_CHECKING, Any
 
 from megatron.neox_arguments.errors import ConfigError
@@ -178,6 +179,12 @@ def _optimizer(args: "NeoXArgs", f: Findings) -> None:
         f.problem(f"{f.key('optimizer', opt)}: optimizer type {kind!r} is not supported yet; use one of {', '.join(OPTIMIZER_TYPES)}")
     elif kind.lower() not in OPTIMIZER_TYPES:
         f.problem(f"{f.key('optimizer', opt)}: unknown optimizer type {kind!r}; use one of {', '.join(OPTIMIZER_TYPES)}")
+    for key in sorted(set(opt) - {"type", "params"}, key=str):
+        close = difflib.get_close_matches(str(key), ["type", "params"], n=1, cutoff=0.6)
+        hint = f"did you mean `{close[0]}`?" if close else "it takes `type` and `params` only"
+        if str(key).replace("-", "_") == "weight_decay":
+            hint = "weight_decay is a top-level key (applied per parameter group)"
+        f.problem(f"{f.key('optimizer', opt)}: unknown key {key!r}; {hint}")
     params = opt.setdefault("params", {})
     if not isinstance(params, dict):
         f.problem(f"{f.key('optimizer', opt)}: `params` must be a mapping like {{lr: 0.0006, betas: [0.9, 0.95], eps: 1.0e-8}}")
@@ -255,6 +262,10 @@ def _precision(args: "NeoXArgs", f: Findings) -> None:
 
     for name in ("fp16", "bf16"):
         section = getattr(p, name)
+        if isinstance(section, dict) and "enabled" in section and not isinstance(section["enabled"], bool):
+            # DeepSpeed's pydantic reads "no" as false, truthiness as true: refuse the ambiguity
+            f.problem(f"{f.key(name, section)}: `enabled` must be true or false (unquoted), got {section['enabled']!r}")
+            return
         for problem in deepspeed_section_problems(name, section) if isinstance(section, dict) else []:
             f.problem(f"{f.key(name, show_value=False)}: {problem}")
     fp16_on = _enabled(p.fp16)
@@ -371,9 +382,9 @@ def _logging_and_launcher(args: "NeoXArgs", f: Findings) -> None:
 
 def _generation(args: "NeoXArgs", f: Findings) -> None:
     g = args.generation
-    if g.text_gen_type is None:
-        g.text_gen_type = "input-file" if g.sample_input_file else "unconditional"
-    elif g.text_gen_type == "input-file" and not g.sample_input_file:
+    # text_gen_type stays null when not given (GenerationArgs.kind derives it), so that a run's resolved
+    # config.yml, reused for generation with a sample_input_file added, reads the prompts.
+    if g.text_gen_type == "input-file" and not g.sample_input_file:
         f.problem(f"{f.key('text_gen_type', g.text_gen_type)} needs sample_input_file (the file of prompts)")
     if g.temperature < 0:
         f.problem(f"{f.key('temperature', g.temperature)} must be >= 0 (0 is greedy)")

@@ -25,11 +25,13 @@ _FLOAT_FIRST_CHARS = list("-+0123456789.")
 
 
 class ConfigLoader(yaml.SafeLoader):
-    """SafeLoader that reads `1e-5` as a float and rejects duplicate keys."""
+    """SafeLoader that reads `1e-5` as a float and rejects duplicate keys (merge keys, `<<:`, work as in YAML)."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: merged below, overridable by design
+                continue
             key = self.construct_object(key_node, deep=deep)
             if isinstance(key, str):
                 key = key.replace("-", "_")

@@ -38,20 +38,27 @@ def separator_ids(tokenizer, extended: bool = False) -> list[tuple[str, Optional
     return out
 
 
+def _spelled(tokenizer, token_id: int) -> str:
+    try:
+        return repr(tokenizer.detokenize([token_id]))
+    except (OverflowError, ValueError, IndexError, KeyError, TypeError):  # an id beyond the vocabulary
+        return "(not in the vocabulary)"
+
+
 def matching_presets(ids: Sequence[int]) -> list[str]:
     return [name for name, preset in SEPARATOR_PRESETS.items() if preset == list(ids)]
 
 
 def separator_mismatch(tokenizer, ids: Sequence[int], setting: str = "separator_token_ids") -> Optional[str]:
     """A warning when fewer than half of `ids` are separators under `tokenizer`, else None."""
-    ids = [int(i) for i in ids]
+    ids = [int(i) for i in ids if int(i) >= 0]  # -1 entries stand for no token
     if not ids:
         return None
     tokenizer = _ours(tokenizer)
     known = {i for _, i in separator_ids(tokenizer, extended=True) if i is not None}
     if 2 * sum(i in known for i in ids) >= len(ids):
         return None
-    decoded = ", ".join(f"{i}={tokenizer.detokenize([i])!r}" for i in ids[:9])
+    decoded = ", ".join(f"{i}={_spelled(tokenizer, i)}" for i in ids[:9])
     own = [i for _, i in separator_ids(tokenizer) if i is not None]
     presets = matching_presets(own)
     suggestion = f"`{setting}: {own}`" + (f" (preset {presets[0]!r})" if presets else "")

@@ -106,6 +106,7 @@ class Trainer:
         client = load_checkpoint(
             self.engine, c.load, rank=self.env.rank, iteration=c.iteration,
             load_optimizer=not c.no_load_optim, load_rng=not c.no_load_rng, finetune=c.finetune,
+            precision=self.args.precision.precision,
         )
         if client is None:
             self._print(f"no checkpoint found in {c.load}; starting from scratch")
