@@ -142,6 +142,11 @@ def test_launcher_conflicts():
     assert "comes from the lr_* keys" in error(deepspeed_extra_args={"scheduler": {"type": "WarmupLR"}})
     assert "did you mean `train_micro_batch_size_per_gpu`?" in error(deepspeed_extra_args={"train_micro_batch_size": 4})
     assert load(deepspeed_extra_args={"flops_profiler": {"enabled": False}}).launcher.deepspeed_extra_args
+    # keys inside its sections too: the flops profiler drops a misspelt one without a word
+    assert "`flops_profiler.profile_stepp` is not a key DeepSpeed reads; did you mean `profile_step`?" in error(
+        deepspeed_extra_args={"flops_profiler": {"enabled": True, "profile_stepp": 1}})
+    assert "`wandb.projct` is not a key DeepSpeed reads; did you mean `project`?" in error(
+        deepspeed_extra_args={"wandb": {"enabled": False, "projct": "x"}})
     assert "must be 'parameters', 'uniform' or 'type:REGEX'" in error(pipe_partition_method="unifrom")
     assert "is not a regular expression" in error(pipe_partition_method="type:transformer(")
     assert load(pipe_partition_method="Uniform").parallel.pipe_partition_method == "Uniform"

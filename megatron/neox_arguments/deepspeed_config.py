@@ -4,7 +4,7 @@ The optimizer and the learning-rate schedule are not in it: the trainer builds b
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 from megatron.neox_arguments.optimizer import ZERO_DEFAULTS
 
@@ -100,6 +100,50 @@ def deepspeed_section_problems(name: str, section: dict[str, Any]) -> list[str]:
             problems.append(f"key `{where}`: {err['msg']} (got {err.get('input')!r}){hint}")
         return problems
     return []
+
+
+# deepspeed_extra_args sections whose keys DeepSpeed knows: (module, config model) or the flops profiler's
+# constants (its config is not a pydantic model, and it drops unknown keys without a word).
+_EXTRA_SECTION_MODELS = {
+    "comms_logger": ("deepspeed.comm.config", "CommsLoggerConfig"),
+    "tensorboard": ("deepspeed.monitor.config", "TensorBoardConfig"),
+    "wandb": ("deepspeed.monitor.config", "WandbConfig"),
+    "csv_monitor": ("deepspeed.monitor.config", "CSVConfig"),
+    "comet": ("deepspeed.monitor.config", "CometConfig"),
+}
+
+
+def _extra_section_keys(name: str) -> Optional[list[str]]:
+    import importlib
+
+    if name == "flops_profiler":
+        constants = importlib.import_module("deepspeed.profiling.constants")
+        return sorted(v for k, v in vars(constants).items()
+                      if k.startswith("FLOPS_PROFILER_") and not k.endswith("_DEFAULT") and isinstance(v, str) and v.isidentifier())
+    if name not in _EXTRA_SECTION_MODELS:
+        return None
+    module, model = _EXTRA_SECTION_MODELS[name]
+    fields = getattr(importlib.import_module(module), model).model_fields
+    return sorted({*fields, *(f.alias for f in fields.values() if f.alias)})
+
+
+def extra_section_problems(name: str, section: Any) -> list[str]:
+    """Keys of a deepspeed_extra_args section that DeepSpeed does not read (a typo there is dropped silently
+    by the flops profiler, or fails inside deepspeed.initialize for the monitors)."""
+    if not isinstance(section, dict):
+        return []
+    keys = _extra_section_keys(name)
+    if keys is None:
+        return []
+    import difflib
+
+    problems = []
+    for key in section:
+        close = difflib.get_close_matches(str(key), keys, n=1, cutoff=0.6)
+        if key not in keys:
+            hint = f"did you mean `{close[0]}`?" if close else f"its keys are {', '.join(keys)}"
+            problems.append(f"`{name}.{key}` is not a key DeepSpeed reads; {hint}")
+    return problems
 
 
 def build_deepspeed_config(args: "NeoXArgs", dp_world_size: int) -> dict[str, Any]:

@@ -366,7 +366,7 @@ def _logging_and_launcher(args: "NeoXArgs", f: Findings) -> None:
     if la.deepspeed_extra_args:
         import difflib
 
-        from megatron.neox_arguments.deepspeed_config import DEEPSPEED_KEYS
+        from megatron.neox_arguments.deepspeed_config import DEEPSPEED_KEYS, extra_section_problems
         from megatron.neox_arguments.groups import FIELDS
 
         where = f.key('deepspeed_extra_args', show_value=False)
@@ -378,6 +378,9 @@ def _logging_and_launcher(args: "NeoXArgs", f: Findings) -> None:
             # DeepSpeed drops keys it does not know without a word
             elif close := difflib.get_close_matches(key, [*DEEPSPEED_KEYS, *_EXTRA_REFUSED], n=1, cutoff=0.8):
                 f.problem(f"{where} sets `{key}`; did you mean `{close[0]}`?")
+            else:
+                for problem in extra_section_problems(key, la.deepspeed_extra_args[key]):
+                    f.problem(f"{where}: {problem}")
 
 
 def _generation(args: "NeoXArgs", f: Findings) -> None:

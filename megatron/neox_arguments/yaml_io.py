@@ -69,6 +69,8 @@ def load_config_file(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str,
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"config file {str(path)!r} is a folder; pass the YAML files in it, e.g. {str(path / 'NAME.yml')!r}")
+    if path.exists() and not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} is not a regular file; pass a YAML file")
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist (paths are relative to {os.getcwd()})")
     try:
