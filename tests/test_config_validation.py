@@ -200,6 +200,22 @@ def test_validate_for_training_names_what_is_missing(tmp_path):
         ready.validate_for("generate")
 
 
+def test_finetune_into_the_folder_it_loads_from_is_refused(tmp_path):
+    vocab = tmp_path / "tok.json"
+    vocab.write_text("{}")
+    for suffix in (".bin", ".idx"):
+        (tmp_path / f"d{suffix}").write_bytes(b"")
+    ck = tmp_path / "ck"
+    (ck / "global_step6").mkdir(parents=True)
+    (ck / "global_step6" / "manifest.json").write_text("{}")
+    common = dict(tokenizer_type="HFTokenizer", vocab_file=str(vocab), train_iters=3, train_micro_batch_size_per_gpu=1,
+                  data_path=str(tmp_path / "d"), load=str(ck), checkpoint_factor=3)
+    with pytest.raises(ConfigError, match="would replace the checkpoints it starts from \\(global_step6\\)"):
+        load(**common, save=str(ck), finetune=True).validate_for("train")
+    load(**common, save=str(ck)).validate_for("train")  # resuming it is fine
+    load(**common, save=str(tmp_path / "new"), finetune=True).validate_for("train")
+
+
 def test_distributed_env_reads_the_launcher_variables():
     assert distributed_env(environ={}) == distributed_env(environ={"RANK": "0", "WORLD_SIZE": "1"})
     env = distributed_env(environ={"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "4", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "1234"})

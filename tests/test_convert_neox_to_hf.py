@@ -195,6 +195,10 @@ def test_refusals(tmp_path, vocab_file):
     with pytest.raises(FileExistsError, match="not empty"):
         convert.main(["--input_dir", str(folder), "--output_dir", str(tmp_path / "busy"), "--skip_tokenizer"])
     assert (tmp_path / "busy" / "x").read_text() == "keep me"
+    # the step folder a save folder resolves to is the input too: --overwrite must not replace it
+    with pytest.raises(ValueError, match="holds the input"):
+        convert.main(["--input_dir", str(tmp_path / "save"), "--output_dir", str(folder), "--overwrite", "--skip_tokenizer"])
+    assert (folder / "manifest.json").exists()
     bipe = write_config(tmp_path / "bipe.yml", args.tokenizer.vocab_file, tmp_path / "save", **NEOX, **sepllm(4), USE_BiPE=True)
     with pytest.raises(ValueError, match="USE_BiPE"):
         convert.main(["--input_dir", str(folder), "--output_dir", str(tmp_path / "o"), "--config_file", str(bipe)])

@@ -223,3 +223,19 @@ def test_config_before_script_is_explained(capsys, monkeypatch):
     assert deepy.main(["configs/demo.yml", "train.py"]) == 2
     err = capsys.readouterr().err
     assert "the script comes first" in err and "python deepy.py train.py CONFIG.yml" in err and "train.py.yml" not in err
+
+
+def test_a_taken_rendezvous_port_is_named_before_launching():
+    import socket
+
+    from megatron.parallel.distributed import free_port
+
+    port = free_port()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))
+        sock.listen()
+        for cuda in (False, True):
+            with pytest.raises(ConfigError, match=f"master_port {port} is taken on this machine"):
+                plan(cuda=cuda, master_port=port)
+        plan(cuda=True, master_port=port, master_addr="10.0.0.1")  # the port is the first node's, not this one's
+    plan(cuda=False, master_port=port)

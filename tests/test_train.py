@@ -226,6 +226,42 @@ def test_resume_under_another_precision_says_so_before_reading_the_optimizer(tmp
         load_checkpoint(None, str(tmp_path), rank=0, precision="bfloat16", load_optimizer=False)
 
 
+def test_rewriting_a_step_an_earlier_pass_saved_keeps_latest_loadable(tmp_path):
+    # resumed with `iteration: 3` into its own folder, a run reaches step 6 again; a crash while it
+    # rewrites global_step6 must leave `latest` naming a complete checkpoint
+    from megatron.checkpointing.checkpoint import resolve_tag, save_checkpoint, verify_checkpoint
+
+    for step in (3, 6):
+        folder = tmp_path / f"global_step{step}"
+        folder.mkdir()
+        (folder / "model.pt").write_bytes(b"x" * step)
+        (folder / "manifest.json").write_text(json.dumps({"files": {"model.pt": step}}))
+    (tmp_path / "latest").write_text("global_step6")
+
+    class Crashes:
+        def save_checkpoint(self, *args, **kwargs):
+            raise KeyboardInterrupt("killed mid-save")
+
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(Crashes(), str(tmp_path), 6, client_state={}, config_yaml="", rank=0)
+    assert resolve_tag(str(tmp_path)) == "global_step3"
+    verify_checkpoint(tmp_path / "global_step3")
+    assert not (tmp_path / "global_step6" / "manifest.json").exists()  # what is left there is an unfinished save
+
+
+def test_a_save_that_cannot_write_names_the_folder_and_what_latest_still_names(tmp_path):
+    from megatron.checkpointing.checkpoint import CheckpointError, save_checkpoint
+
+    (tmp_path / "latest").write_text("global_step3")
+
+    class DiskFull:  # what torch.save says when the folder could not be made (read-only or full disk)
+        def save_checkpoint(self, save, tag, **kwargs):
+            raise RuntimeError(f"Parent directory {save}/{tag} does not exist.")
+
+    with pytest.raises(CheckpointError, match="cannot write checkpoint .*global_step6.*writable.*`latest` still names global_step3"):
+        save_checkpoint(DiskFull(), str(tmp_path), 6, client_state={}, config_yaml="", rank=0)
+
+
 def test_separator_ids_of_another_tokenizer_are_warned_about(tmp_path, corpus):
     # 'A', 'B', 'C' under the character tokenizer: not separators, as another tokenizer's ids would not be.
     cfg = make_config(tmp_path, corpus, train_iters=1, separator_token_ids=[65, 66, 67])

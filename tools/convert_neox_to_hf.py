@@ -13,6 +13,7 @@ save directory itself (its `latest` checkpoint, or --iteration N).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -40,8 +41,14 @@ def main(argv: list[str]) -> Path:
 
     export.check_output_dir(args.output_dir, args.overwrite, source=args.input_dir)
     folder = export.checkpoint_folder(args.input_dir, args.iteration)
+    # the save folder's global_stepN folder that --input_dir resolved to must not be replaced either
+    export.check_output_dir(args.output_dir, args.overwrite, source=folder)
     config = export.checkpoint_args(folder, args.config_file)
-    tokenizer = None if args.skip_tokenizer else export.hf_tokenizer(config.tokenizer)
+    try:
+        tokenizer = None if args.skip_tokenizer else export.hf_tokenizer(config.tokenizer)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{exc} (relative paths in the run's config start at {os.getcwd()}); run from the "
+                                "training folder, give --config_file with the tokenizer's path, or pass --skip_tokenizer") from exc
     state = export.read_model_state_dict(folder, config.model.num_layers)
     model = export.to_hf_model(config, state, args.architecture, export.PRECISIONS[args.precision], tokenizer=tokenizer)
     out = export.save_hf_directory(model, tokenizer, args.output_dir, overwrite=args.overwrite)

@@ -67,20 +67,47 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+_WRITE_FAILURE = re.compile(r"directory .* does not exist|cannot be opened|No space left|Read-only file system|"
+                            r"Permission denied|unexpected pos", re.IGNORECASE)
+# what torch.load says of a file whose bytes are damaged (same size, other contents)
+_READ_FAILURE = re.compile(r"PytorchStreamReader|zip archive|central directory|invalid header|unexpected EOF", re.IGNORECASE)
+
+
 def save_checkpoint(engine, save_dir: str, iteration: int, *, client_state: dict, config_yaml: str,
                     rank: int, keep_last_n: Optional[int] = None) -> Path:
     """Collective: every rank calls it. Returns the checkpoint folder."""
     save = Path(save_dir)
     tag = tag_for(iteration)
     folder = save / tag
-    if latest_tag(save) == tag:
-        raise CheckpointError(f"{folder} is the checkpoint `latest` names; refusing to overwrite it in place")
     if rank == 0:
         save.mkdir(parents=True, exist_ok=True)
-        if folder.exists():  # leftover of a save that was killed
+        if (folder / MANIFEST).exists() or latest_tag(save) == tag:
+            # This run resumed from an earlier step of this folder (`iteration: N`) and has reached a step
+            # that an earlier pass saved. Point `latest` at the newest complete step below it before the
+            # folder is rewritten, so that a crash meanwhile leaves a `latest` that loads.
+            earlier = [t for t in complete_steps(save) if iteration_of(t) < iteration]
+            if earlier:
+                atomic_write_text(save / LATEST, earlier[-1])
+            elif (save / LATEST).exists():
+                (save / LATEST).unlink()
+            fsync_dir(save)
+            print(f"replacing {folder}, saved by an earlier pass over these steps (this run resumed from an earlier "
+                  f"step)", flush=True)
+        if folder.exists():  # the above, or the leftover of a save that was killed
             shutil.rmtree(folder)
     barrier()
-    engine.save_checkpoint(str(save), tag=tag, client_state=client_state, save_latest=False)
+    try:
+        if rank == 0:
+            folder.mkdir(parents=True, exist_ok=True)
+        engine.save_checkpoint(str(save), tag=tag, client_state=client_state, save_latest=False)
+    except (OSError, RuntimeError) as exc:
+        # torch.save reports a read-only or full disk as "Parent directory ... does not exist"
+        if isinstance(exc, RuntimeError) and not _WRITE_FAILURE.search(str(exc)):
+            raise
+        raise CheckpointError(
+            f"cannot write checkpoint {folder} ({' '.join(str(exc).split())[:200]}); check that {save} is writable and "
+            f"has free space. `latest` still names {latest_tag(save) or 'no checkpoint'}"
+        ) from exc
     import io
 
     buf = io.BytesIO()
@@ -225,6 +252,11 @@ def load_checkpoint(engine, load_dir: str, *, rank: int, iteration: Optional[int
             f"with `iteration: N`"
         ) from exc
     except RuntimeError as exc:
+        if _READ_FAILURE.search(str(exc)):
+            raise CheckpointError(
+                f"checkpoint {folder} is damaged: a file of it cannot be read ({' '.join(str(exc).split())[:200]}). "
+                f"Load an earlier checkpoint with `iteration: N`"
+            ) from exc
         if "state_dict" not in str(exc):
             raise
         # torch lists every mismatching tensor; the first lines say enough.

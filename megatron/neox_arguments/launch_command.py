@@ -74,6 +74,7 @@ def plan_launch(
             # Without it every rank starts one thread per core and the ranks fight over the cores.
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nprocs))
         runner += ["--num_gpus", str(nprocs), "--master_port", str(la.master_port)]
+        local = True
     else:
         hostfile = la.hostfile or environ.get("DLTS_HOSTFILE")
         if hostfile:
@@ -93,6 +94,8 @@ def plan_launch(
         master_addr = la.master_addr or environ.get("MASTER_ADDR")
         if master_addr:
             runner += ["--master_addr", master_addr]
+        local = not (hostfile or la.include or la.exclude or la.num_nodes not in (-1, 1)
+                     or (master_addr and master_addr not in ("localhost", "127.0.0.1")))
         runner += ["--master_port", str(la.master_port)]
         if la.launcher != "pdsh":
             runner += ["--launcher", la.launcher]
@@ -115,8 +118,25 @@ def plan_launch(
                 runner += ["--launcher_args", shlex.join(srun_args)]
             else:
                 notices.append(f"comment/account only apply with launcher: slurm (launcher is {la.launcher}); ignored")
+    if local and _port_taken(la.master_port):
+        raise ConfigError(f"master_port {la.master_port} is taken on this machine (another run's rendezvous?); set "
+                          f"master_port to a free port in the config")
     runner += ["--no_local_rank", user_script, *config_paths]
     return LaunchPlan(runner_args=runner, env=env, notices=notices)
+
+
+def _port_taken(port: int) -> bool:
+    """Whether a one-host launch's rendezvous port is already bound here (the ranks would die on EADDRINUSE)."""
+    import socket
+
+    with socket.socket() as sock:
+        # as torch's rendezvous store does: connections of a finished run (TIME_WAIT) do not block it
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("", port))
+        except OSError:
+            return True
+    return False
 
 
 def expected_world_size(args: NeoXArgs, *, cuda_available: bool, device_count: int, environ: Mapping[str, str]) -> int | None:

@@ -43,6 +43,7 @@ def check_ready(args: "NeoXArgs", task: str) -> list[str]:
         for key, folder in (("save", c.save), ("log_dir", args.logging.log_dir), ("tensorboard_dir", args.logging.tensorboard_dir)):
             problems += _output_folder(key, folder)
         problems += _other_runs_checkpoints(c.save, c.load)
+        problems += _finetune_into_its_source(c.save, c.load, c.finetune)
     else:
         if c.load is None:
             problems.append(f"{task} needs `load`, the checkpoint directory to read the model from")
@@ -125,6 +126,23 @@ def _other_runs_checkpoints(save, load) -> list[str]:
         return []
     return [f"`save: {save}` holds another run's checkpoints ({held}) and this run does not load from it: set "
             f"`load: {save}` to continue that run, or choose another `save` folder"]
+
+
+def _finetune_into_its_source(save, load, finetune: bool) -> list[str]:
+    """finetune starts a new run at step 0: saving into the folder it loads from would replace the
+    checkpoints it started from as it reaches their steps."""
+    if not (finetune and save and load and os.path.realpath(load) == os.path.realpath(save)):
+        return []
+    from pathlib import Path
+
+    from megatron.checkpointing.checkpoint import complete_steps
+
+    steps = complete_steps(Path(save))
+    if not steps:
+        return []
+    held = ", ".join(steps[:4]) + (" ..." if len(steps) > 4 else "")
+    return [f"`finetune: true` starts a new run at step 0 from `load: {load}`, and `save` is the same folder: it would "
+            f"replace the checkpoints it starts from ({held}) as it reaches their steps; choose another `save` folder"]
 
 
 def _tokenizer_files(args: "NeoXArgs") -> list[str]:
