@@ -63,4 +63,5 @@ if __name__ == "__main__":
     try:
         main(sys.argv[1:])
     except (CheckpointError, ValueError, OSError) as exc:  # bad input: a message, not a traceback
-        sys.exit(f"convert_neox_to_hf: {exc}")
+        # the checkpoint messages name the config key; this tool takes the step as a flag
+        sys.exit(f"convert_neox_to_hf: {exc}".replace("`iteration: N`", "--iteration N"))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import glob
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 if TYPE_CHECKING:
     from megatron.neox_arguments.neox_args import NeoXArgs
@@ -62,7 +62,7 @@ def check_ready(args: "NeoXArgs", task: str) -> list[str]:
         if task == "generate" and g.sample_output_file:
             problems += _output_file("sample_output_file", g.sample_output_file)
         if task == "eval":
-            problems += _output_file("eval_results_prefix", eval_results_path(g.eval_results_prefix))
+            problems += _output_file("eval_results_prefix", eval_results_path(g.eval_results_prefix), g.eval_results_prefix)
     return problems
 
 
@@ -97,14 +97,16 @@ def _output_folder(key: str, folder) -> list[str]:
     return []
 
 
-def _output_file(key: str, path: str) -> list[str]:
+def _output_file(key: str, path: str, value: Optional[str] = None) -> list[str]:
+    """Problems writing `path`, the file that `key: value` names (value: the path itself when not given)."""
+    named = f"`{key}: {path}`" if value is None else f"`{key}: {value}` (the file {path})"
     if os.path.isdir(path):
-        return [f"`{key}: {path}` is a folder; give a file name"]
+        return [f"{named} is a folder; give a file name"]
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
-        return [f"`{key}: {path}`: its folder {parent} does not exist"]
+        return [f"{named}: its folder {parent} does not exist"]
     if not os.access(parent, os.W_OK | os.X_OK):
-        return [f"`{key}: {path}`: no write permission in {parent}"]
+        return [f"{named}: no write permission in {parent}"]
     return []
 
 
