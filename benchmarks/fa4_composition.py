@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.metadata
 import math
 import sys
 from pathlib import Path
@@ -37,7 +36,7 @@ import triton  # noqa: E402
 import triton.testing  # noqa: E402
 import triton.language as tl  # noqa: E402
 
-from sep_attention import Row, make_ids  # noqa: E402
+from sep_attention import Row, _fa4_version, make_ids  # noqa: E402
 
 BLOCK = 128  # FlashAttention-4's SM90 tile at head dim 64-128 (forward 128 x 128; backward 64 x 128)
 DEFAULT_ROWS = ["2048:64:12:12:8:64:pg19", "8192:128:16:16:2:256:pg19", "32768:128:16:16:1:256:pg19",
@@ -258,11 +257,10 @@ def main(argv=None):
         raise SystemExit("fa4_composition.py needs a Hopper (SM90) or newer GPU")
     try:
         importlib.import_module("flash_attn.cute")
-        fa4 = importlib.metadata.version("flash-attn-4")
     except ImportError as exc:
         raise SystemExit(f"flash_attn.cute is not importable ({exc}): see benchmarks/device/install_fa4.sh") from exc
     print(f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}, "
-          f"flash-attn-4 {fa4}", flush=True)
+          f"flash-attn-4 {_fa4_version()}", flush=True)
     results = [run_row(Row.parse(t)) for t in args.rows]
     text = table(results)
     print(text)

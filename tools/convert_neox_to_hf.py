@@ -39,9 +39,8 @@ def main(argv: list[str]) -> Path:
     args = parse_args(argv)
     from megatron.checkpointing import export
 
-    export.check_output_dir(args.output_dir, args.overwrite, source=args.input_dir)
     folder = export.checkpoint_folder(args.input_dir, args.iteration)
-    # the save folder's global_stepN folder that --input_dir resolved to must not be replaced either
+    # the step folder --input_dir resolves to (itself, or one inside it) is what replacing would delete
     export.check_output_dir(args.output_dir, args.overwrite, source=folder)
     config = export.checkpoint_args(folder, args.config_file)
     try:

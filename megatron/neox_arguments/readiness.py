@@ -42,8 +42,7 @@ def check_ready(args: "NeoXArgs", task: str) -> list[str]:
             problems.append("`finetune: true` needs `load` (the checkpoint to start from)")
         for key, folder in (("save", c.save), ("log_dir", args.logging.log_dir), ("tensorboard_dir", args.logging.tensorboard_dir)):
             problems += _output_folder(key, folder)
-        problems += _other_runs_checkpoints(c.save, c.load)
-        problems += _finetune_into_its_source(c.save, c.load, c.finetune)
+        problems += _save_folder_conflicts(c.save, c.load, c.finetune)
     else:
         if c.load is None:
             problems.append(f"{task} needs `load`, the checkpoint directory to read the model from")
@@ -110,41 +109,29 @@ def _output_file(key: str, path: str, value: Optional[str] = None) -> list[str]:
     return []
 
 
-def _other_runs_checkpoints(save, load) -> list[str]:
-    """A run that saves into a folder of another run's checkpoints without resuming from it would
-    replace that run's steps as it reaches them, and move its `latest` back."""
-    if not save or (load and os.path.realpath(load) == os.path.realpath(save)):
+def _save_folder_conflicts(save, load, finetune: bool) -> list[str]:
+    """A run whose `save` folder holds checkpoints it does not continue would replace them as it reaches
+    their steps (and move `latest` back): another run's, or, with finetune (a new run from step 0), the
+    ones it starts from."""
+    if not save:
+        return []
+    same = bool(load) and os.path.realpath(load) == os.path.realpath(save)
+    if same and not finetune:
         return []
     from pathlib import Path
 
     from megatron.checkpointing.checkpoint import complete_steps, latest_tag
 
     latest, steps = latest_tag(Path(save)), complete_steps(Path(save))
-    if latest is not None:
-        held = f"latest {latest[:40]}"
-    elif steps:
-        held = ", ".join(steps[:4]) + (" ..." if len(steps) > 4 else "")
-    else:
+    listed = ", ".join(steps[:4]) + (" ..." if len(steps) > 4 else "")
+    if same:
+        return [f"`finetune: true` starts a new run at step 0 from `load: {load}`, and `save` is the same folder: it would "
+                f"replace the checkpoints it starts from ({listed}) as it reaches their steps; choose another `save` folder"] if steps else []
+    held = f"latest {latest[:40]}" if latest is not None else listed
+    if not held:
         return []
     return [f"`save: {save}` holds another run's checkpoints ({held}) and this run does not load from it: set "
             f"`load: {save}` to continue that run, or choose another `save` folder"]
-
-
-def _finetune_into_its_source(save, load, finetune: bool) -> list[str]:
-    """finetune starts a new run at step 0: saving into the folder it loads from would replace the
-    checkpoints it started from as it reaches their steps."""
-    if not (finetune and save and load and os.path.realpath(load) == os.path.realpath(save)):
-        return []
-    from pathlib import Path
-
-    from megatron.checkpointing.checkpoint import complete_steps
-
-    steps = complete_steps(Path(save))
-    if not steps:
-        return []
-    held = ", ".join(steps[:4]) + (" ..." if len(steps) > 4 else "")
-    return [f"`finetune: true` starts a new run at step 0 from `load: {load}`, and `save` is the same folder: it would "
-            f"replace the checkpoints it starts from ({held}) as it reaches their steps; choose another `save` folder"]
 
 
 def _tokenizer_files(args: "NeoXArgs") -> list[str]:

@@ -7,13 +7,13 @@ upstream flags: "sepllm", "streamingllm", "fixllm" (with `fixed_interval=k`) or 
 from __future__ import annotations
 
 import dataclasses
-import typing
 from pathlib import Path
 from typing import Any, Optional
 
 import yaml
 
 from megatron.neox_arguments.coercion import TypeMismatch, coerce, describe_value
+from megatron.neox_arguments.groups import FIELDS
 from megatron.neox_arguments.sepllm import SepLLMArgs
 from megatron.sepllm.mask import FIXLLM, FULL, SEPLLM, STREAMING, attention_mode
 
@@ -96,11 +96,10 @@ def build_sepllm_args(config: Optional[str | Path | SepLLMArgs | dict] = None, *
 def _typed(values: dict[str, Any]) -> dict[str, Any]:
     """The values converted to their fields' types as NeoXArgs loading does: a quoted 'False' or an
     lm-eval `sepllm_X=no` is an error naming the setting, never a truthy string."""
-    hints = typing.get_type_hints(SepLLMArgs)
     out = {}
     for key, value in values.items():
         try:
-            out[key] = coerce(value, hints[key])
+            out[key] = coerce(value, FIELDS[key].hint)
         except TypeMismatch as exc:
             raise ValueError(f"SepLLM setting {key} must be {exc.expected}, got {describe_value(value)}") from None
     return out
