@@ -31,12 +31,51 @@ from megatron.neox_arguments.launch_command import (  # noqa: E402
 )
 
 
+_DEEPY_OPTIONS = ("-d", "--conf_dir", "-h", "--help")
+
+
 def parse_cli(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    """deepy's own arguments; `script_args` holds the options after the config files, which go to the script."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False,
+                                     epilog="Options after the config files go to the script, as in GPT-NeoX: "
+                                            "python deepy.py eval.py CONFIG.yml --eval_tasks lambada_openai")
     parser.add_argument("user_script", help="script every rank runs: train.py, eval.py, generate.py or your own")
     parser.add_argument("conf_file", nargs="+", help="config files, merged in order (later files win)")
     parser.add_argument("-d", "--conf_dir", default=None, help="directory prefixed to every config path")
-    return parser.parse_args(argv)
+    own, seen_script, i = argv, False, 0
+    while i < len(argv):
+        token = argv[i]
+        if token.split("=")[0] in ("-d", "--conf_dir"):
+            i += 1 if "=" in token else 2
+            continue
+        if token.startswith("-") and seen_script and token not in _DEEPY_OPTIONS:
+            own = argv[:i]
+            break
+        seen_script = seen_script or not token.startswith("-")
+        i += 1
+    cli = parser.parse_args(own)
+    cli.script_args = argv[len(own):]
+    return cli
+
+
+def check_script_args(user_script: str, configs: list[str], script_args: list[str]) -> str | None:
+    """Why the script would refuse `script_args`, before any rank starts; None when it takes them."""
+    name = os.path.basename(user_script)
+    if not script_args or name not in ("train.py", "generate.py", "eval.py"):
+        return None
+    if name != "eval.py":
+        return (f"{name} takes config files only, not {shlex.join(script_args)}; set such settings as keys in a config "
+                f"file")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_eval_cli", user_script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # eval.py imports its heavy parts inside main()
+    try:
+        module.parse_cli([*configs, *script_args])
+    except SystemExit:  # argparse printed what is wrong
+        return f"eval.py does not take {shlex.join(script_args)} (see python eval.py --help)"
+    return None
 
 
 def config_paths(names: list[str], conf_dir: str | None) -> list[str]:
@@ -64,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     if not os.path.isfile(cli.user_script):
         print(f"deepy.py: script {cli.user_script!r} not found (paths are relative to {os.getcwd()})", file=sys.stderr)
         return 2
+    problem = check_script_args(cli.user_script, configs, cli.script_args)
+    if problem:
+        print(f"deepy.py: {problem}", file=sys.stderr)
+        return 2
     import torch
 
     try:
@@ -72,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         if task is not None:
             args.validate_for(task)
         cuda = torch.cuda.is_available()
-        plan = plan_launch(args, cli.user_script, configs, cuda_available=cuda, environ=os.environ, repo_root=REPO_ROOT)
+        plan = plan_launch(args, cli.user_script, configs, cuda_available=cuda, environ=os.environ, repo_root=REPO_ROOT,
+                           script_args=cli.script_args)
         world = expected_world_size(args, cuda_available=cuda, device_count=torch.cuda.device_count() if cuda else 0, environ=os.environ)
         if task == "train" and world is not None:
             args.training.batch_sizes(args.parallel.data_parallel_size(world))

@@ -1,7 +1,7 @@
 """Evaluate a trained checkpoint on lm-evaluation-harness tasks, as GPT-NeoX's eval.py.
 
     python eval.py CONFIGS... --eval_tasks lambada_openai piqa [--limit N] [--num_fewshot K]
-    python deepy.py eval.py CONFIGS...          # tasks from the config key `eval_tasks`
+    python deepy.py eval.py CONFIGS... [--eval_tasks ...]   # without it, the config key `eval_tasks`
 
 `load` (and `iteration`) name the checkpoint; it runs as an in-memory transformers model
 (megatron.checkpointing.export) under lm-eval's HFLM, so a SepLLM model is scored under its SepLLM

@@ -22,12 +22,14 @@ def main(argv: list[str]) -> None:
         sys.exit(f"config error: {e}")
     prepare_accelerator_env()
     from megatron.checkpointing.checkpoint import CheckpointError
+    from megatron.parallel.distributed import end_process
     from megatron.training.trainer import pretrain
 
     try:
         pretrain(args)
     except CheckpointError as e:  # a damaged or mismatched checkpoint: the message says which and why
         sys.exit(f"checkpoint error: {e}")
+    end_process(0)
 
 
 def check_launch(args) -> None:

@@ -598,6 +598,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 if __name__ == "__main__":
     main()
-    from megatron.parallel.distributed import shutdown_distributed
+    from megatron.parallel.distributed import end_process
 
-    shutdown_distributed()
+    end_process(0)

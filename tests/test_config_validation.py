@@ -71,12 +71,15 @@ def test_optimizer_and_zero_defaults_are_filled_in():
     assert "optimizer type 'OneBitAdam' is not supported yet" in error(optimizer={"type": "OneBitAdam", "params": {"lr": 1e-3}})
     assert "params.lr must be a positive number" in error(optimizer={"type": "Adam", "params": {"lr": -1}})
     assert "stage must be 0, 1, 2 or 3" in error(zero_optimization={"stage": 4})
-    # GPT-NeoX's ZeRO-Offload optimizers are refused here, not when the trainer builds them on the GPU
-    assert "offloading the optimizer (offload_optimizer, cpu_offload) is not supported yet" in error(
-        zero_optimization={"stage": 2, "offload_optimizer": {"device": "cpu"}})
-    assert "offloading the optimizer" in error(zero_optimization={"stage": 2, "cpu_offload": True})
+    # ZeRO-Offload: the offload setting picks DeepSpeed's CPU Adam; GPT-NeoX's cpu_adam type points there
+    assert load(zero_optimization={"stage": 2, "offload_optimizer": {"device": "cpu"}}).optimizer.offload_device == "cpu"
+    assert "write offload_optimizer: {device: cpu}" in error(zero_optimization={"stage": 2, "cpu_offload": True})
+    assert "needs ZeRO stage 1, 2 or 3" in error(zero_optimization={"stage": 0, "offload_optimizer": {"device": "cpu"}})
+    assert "to nvme is not supported" in error(zero_optimization={"stage": 2, "offload_optimizer": {"device": "nvme"}})
+    assert "optimizer type must be Adam or AdamW, not SGD" in error(
+        optimizer={"type": "SGD", "params": {"lr": 0.1}}, zero_optimization={"stage": 2, "offload_optimizer": {"device": "cpu"}})
+    assert "GPT-NeoX's ZeRO-Offload optimizer; write type: Adam" in error(optimizer={"type": "cpu_adam", "params": {"lr": 0.1}})
     assert load(zero_optimization={"stage": 3, "offload_param": {"device": "cpu"}}).optimizer.zero_stage == 3
-    assert "optimizer type 'cpu_adam' is not supported yet" in error(optimizer={"type": "cpu_adam", "params": {"lr": 1e-3}})
     assert "params.weight_decay 0.01 is not the one applied" in error(optimizer={"type": "Adam", "params": {"weight_decay": 0.01}})
     assert "SGD takes no parameter 'betas'; its params are lr, momentum" in error(
         optimizer={"type": "SGD", "params": {"lr": 1e-3, "betas": [0.9, 0.95]}})

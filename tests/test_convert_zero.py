@@ -23,7 +23,7 @@ STAGES = (0, 1, 2, 3)
 
 
 def _worker(out: Path) -> None:
-    from megatron.parallel.distributed import init_distributed, shutdown_distributed
+    from megatron.parallel.distributed import end_process, init_distributed
 
     env = init_distributed()
     import deepspeed
@@ -52,7 +52,7 @@ def _worker(out: Path) -> None:
         save_checkpoint(engine, str(out / f"zero{stage}"), 2, client_state={}, config_yaml=args.to_yaml(), rank=env.rank)
         if env.rank == 0:
             torch.save(logits, out / f"logits{stage}.pt")
-    shutdown_distributed()
+    end_process(0)
 
 
 @pytest.fixture(scope="module")

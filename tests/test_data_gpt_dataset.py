@@ -238,7 +238,7 @@ def test_read_only_data_folder_asks_for_a_cache_dir(tmp_path, monkeypatch):
         real_commit(tmp, target)
 
     monkeypatch.setattr(atomic_io, "commit", commit)
-    with pytest.raises(PermissionError, match="pass cache_dir"):
+    with pytest.raises(PermissionError, match="set `data_cache_path` to a writable folder"):
         build(tmp_path / "ro" / "d")
     assert len(build(tmp_path / "ro" / "d", cache_dir=str(tmp_path / "cache"))[0]) >= 50
     assert not list((tmp_path / "ro").glob("*indexmap*")) and list((tmp_path / "cache").glob("*indexmap*.json"))

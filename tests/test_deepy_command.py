@@ -14,9 +14,10 @@ SHAPE = {"num_layers": 2, "hidden_size": 64, "num_attention_heads": 2, "seq_leng
 CONFIGS = ["configs/a.yml", "configs/b.yml"]
 
 
-def plan(cuda: bool = True, environ=None, **launcher):
+def plan(cuda: bool = True, environ=None, script_args=(), **launcher):
     args = NeoXArgs.from_dict({**SHAPE, **launcher})
-    return plan_launch(args, "train.py", CONFIGS, cuda_available=cuda, environ=environ or {}, repo_root="/repo")
+    return plan_launch(args, "train.py", CONFIGS, cuda_available=cuda, environ=environ or {}, repo_root="/repo",
+                       script_args=script_args)
 
 
 def runner_parses(runner_args):
@@ -239,3 +240,21 @@ def test_a_taken_rendezvous_port_is_named_before_launching():
                 plan(cuda=cuda, master_port=port)
         plan(cuda=True, master_port=port, master_addr="10.0.0.1")  # the port is the first node's, not this one's
     plan(cuda=False, master_port=port)
+
+
+def test_options_after_the_configs_go_to_the_script(tmp_path, capsys):
+    sys.path.insert(0, str(REPO))
+    import deepy
+
+    cli = deepy.parse_cli(["eval.py", "-d", "configs", "a.yml", "b", "--eval_tasks", "x", "y", "--include_path", "/t"])
+    assert (cli.conf_dir, cli.conf_file) == ("configs", ["a.yml", "b"])
+    assert cli.script_args == ["--eval_tasks", "x", "y", "--include_path", "/t"]
+    cli = deepy.parse_cli(["--conf_dir=configs", "train.py", "a.yml"])
+    assert (cli.conf_dir, cli.user_script, cli.script_args) == ("configs", "train.py", [])
+    eval_py = str(REPO / "eval.py")
+    assert deepy.check_script_args(eval_py, ["a.yml"], ["--include_path", "/t", "--limit", "3"]) is None
+    assert "eval.py does not take --limt 3" in deepy.check_script_args(eval_py, ["a.yml"], ["--limt", "3"])
+    assert "train.py takes config files only, not --lr 3" in deepy.check_script_args("train.py", ["a.yml"], ["--lr", "3"])
+    assert deepy.check_script_args("mine.py", ["a.yml"], ["--anything"]) is None  # the user's script decides
+    p = plan(cuda=False, script_args=["--eval_tasks", "x"])
+    assert p.runner_args[-3:] == [*CONFIGS[-1:], "--eval_tasks", "x"]

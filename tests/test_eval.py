@@ -96,3 +96,29 @@ def test_tiny_local_task_scores_our_model(run, monkeypatch):
     assert 0 < summary["sepllm"]["attn_map_ratio"] < 1
     written = json.loads((folder / "run_eval_results.json").read_text())
     assert written["results"]["tiny_sepllm"]["acc,none"] == pytest.approx(expected)
+
+
+def test_deepy_passes_eval_options_to_eval_py(run, tmp_path):
+    """`python deepy.py eval.py CONFIG --eval_tasks ... --include_path ...`, as GPT-NeoX users run it."""
+    pytest.importorskip("lm_eval", reason="lm-eval is not installed (pip install -r requirements/requirements-eval.txt)")
+    import os
+    import subprocess
+    from pathlib import Path
+
+    from megatron.parallel.distributed import free_port
+
+    folder, _, config = run
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "docs.jsonl").write_text("".join(json.dumps(d) + "\n" for d in DOCS))
+    (tasks / "tiny.yaml").write_text(yaml.safe_dump({**TASK, "dataset_kwargs": {"data_files": {"test": str(tasks / "docs.jsonl")}}}))
+    settings = yaml.safe_load(Path(config).read_text())
+    mine = tmp_path / "cfg.yml"
+    mine.write_text(yaml.safe_dump({**settings, "eval_results_prefix": str(tmp_path / "deepy"), "master_port": free_port()}))
+    root = Path(eval_script.__file__).resolve().parent
+    proc = subprocess.run([sys.executable, str(root / "deepy.py"), str(root / "eval.py"), str(mine), "--eval_tasks",
+                           "tiny_sepllm", "--include_path", str(tasks), "--limit", "2"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    written = json.loads((tmp_path / "deepy_eval_results.json").read_text())
+    assert "tiny_sepllm" in written["results"] and written["results"]["tiny_sepllm"]["acc,none"] in (0.0, 0.5, 1.0)

@@ -267,3 +267,60 @@ def test_separator_ids_of_another_tokenizer_warn():
         apply_sepllm(model, tokenizer=tok, separator_token_ids=[3, 4, 5, 6])  # its own: no warning
         apply_sepllm(model, tokenizer=tok, mode="streamingllm", separator_token_ids=[10, 11])  # separators unused
     assert apply_sepllm(model, tokenizer=tok).separator_ids == [3, 4, 5, 6]  # found from the tokenizer
+
+
+def test_beam_search_masks_each_beam_by_its_own_tokens():
+    """transformers reorders the cache's rows between beam steps: the mask-mode history follows them."""
+    model = tiny_llama(seed=4)
+    apply_sepllm(model, separator_token_ids=SEPS, prefill_local_window_size=4, generate_local_window_size=4,
+                 init_tok_max_idx=0)
+    ids = _ids(1, 12, seed=3)
+    out = model.generate(ids, num_beams=4, num_return_sequences=4, max_new_tokens=16, do_sample=False, length_penalty=0.0,
+                         eos_token_id=None, pad_token_id=0, output_scores=True, return_dict_in_generate=True)
+    for k in range(4):
+        seq = out.sequences[k:k + 1]
+        with torch.no_grad():
+            logp = model(seq).logits.log_softmax(-1)  # one prefill forward: decoding windows equal prefill ones here
+        rescored = logp[0, 11:-1].gather(-1, seq[0, 12:, None]).sum()
+        assert float(out.sequences_scores[k]) == pytest.approx(float(rescored), abs=1e-3)
+
+
+def test_positional_mask_and_cache_are_seen():
+    model = tiny_llama(seed=5)
+    apply_sepllm(model, separator_token_ids=SEPS, prefill_local_window_size=8)
+    ids = _ids(2, 24, seed=6)
+    mask = torch.ones_like(ids)
+    mask[1, :10] = 0  # row 1 left-padded
+    with torch.no_grad():
+        by_name = model(ids, attention_mask=mask).logits
+        positional = model(ids, mask).logits
+        assert torch.equal(positional[:, 10:], by_name[:, 10:])
+        cached = model(ids, attention_mask=mask, past_key_values=SepCache(2, 4, 8, 20)).logits
+        assert torch.equal(model(ids, mask, None, SepCache(2, 4, 8, 20)).logits[:, 10:], cached[:, 10:])
+        assert not torch.allclose(model(ids).logits[1, 10:], by_name[1, 10:], atol=1e-3)  # the padding matters
+
+
+def test_models_with_a_sliding_window_keep_it():
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(0)
+    cfg = MistralConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, max_position_embeddings=1024, sliding_window=8, attn_implementation="sdpa")
+    model = MistralForCausalLM(cfg).eval()
+    ids = _ids(1, 30, seed=1)
+    with torch.no_grad():
+        plain = model(ids).logits
+        apply_sepllm(model, mode="vanilla")
+        assert torch.allclose(model(ids).logits, plain, atol=1e-5)  # "run the model without any modification"
+        remove_sepllm(model)
+        apply_sepllm(model, separator_token_ids=SEPS, prefill_local_window_size=4, init_tok_max_idx=0)
+        ours = model(ids).logits
+        with pytest.raises(ValueError, match="sliding window of 8 tokens, which SepCache does not model"):
+            model(ids, past_key_values=SepCache(2, 4, 8, 20))
+    # SepLLM's mask and the model's window together, against a masked forward of the unmodified model
+    remove_sepllm(model)
+    keep = torch.tensor(reference_keep_mask(ids.tolist(), mode="sepllm", window=4, init_tok_max_idx=0, separator_ids=SEPS))
+    i, j = torch.arange(30)[:, None], torch.arange(30)[None, :]
+    with torch.no_grad():
+        want = model(ids, attention_mask=(keep & (i - j < 8))[:, None]).logits
+    assert torch.allclose(ours, want, atol=1e-4)

@@ -160,7 +160,9 @@ def test_damaged_latest_manifest_and_weights_are_named(saved, tmp_path):
         verify_checkpoint(step)
     (step / "manifest.json").write_text(manifest)
     weights = step / "mp_rank_00_model_states.pt"
-    weights.write_bytes(b"\0" * weights.stat().st_size)  # same size: only reading it shows the damage
+    weights.write_bytes(b"\0" * weights.stat().st_size)  # same size: the manifest's checksum shows the damage
+    with pytest.raises(CheckpointError, match="the bytes of mp_rank_00_model_states.pt changed after the save"):
+        verify_checkpoint(step)
     with pytest.raises(CheckpointError, match="mp_rank_00_model_states.pt cannot be read .* it is damaged"):
         read_torch_file(weights)
 

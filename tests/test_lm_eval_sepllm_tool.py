@@ -55,3 +55,37 @@ def test_unknown_task_is_a_message_not_a_traceback(tmp_path):
     assert done.returncode != 0
     assert "Traceback" not in done.stderr, done.stderr[-2000:]
     assert "lm_eval_sepllm: unknown lm-eval task(s) ['no_such_task']" in done.stderr
+
+
+def test_sepcache_follows_the_settings_attention_rule(sepllm_hf_dir):
+    assert tool.check_sep_args({"sepcache": "4:0:60:64", "sepllm_mode": "streamingllm"}) == (4, 0, 60, 64)
+    with pytest.raises(ValueError, match="local_size must equal"):  # the StreamingLLM budget, not SepLLM's
+        tool.check_sep_args({"sepcache": "4:0:50:64", "sepllm_mode": "streamingllm"})
+    with pytest.raises(ValueError, match="sep_size"):
+        tool.check_sep_args({"sepcache": "4:0:60:64"})  # SepLLM (the default) needs separators
+    with pytest.raises(ValueError, match="ask for the full attention rule.*drop sepcache"):
+        tool.check_sep_args({"sepcache": "4:8:16:64", "sepllm_mode": "vanilla"})
+    import shutil
+
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    plain = sepllm_hf_dir.parent / "plain_llama"
+    tok = AutoTokenizer.from_pretrained(sepllm_hf_dir)
+    tok.save_pretrained(plain)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2)).save_pretrained(plain)
+    lm, runtime = tool.build_lm({"pretrained": str(plain)}, {"sepcache": "2:0:30:32", "sepllm_mode": "streamingllm"}, 1, None,
+                                {"separator_token_ids": [1, 2]})
+    shutil.rmtree(plain, ignore_errors=True)
+    seen = []
+    original = lm.model.generate
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs.get("past_key_values"))
+        return original(*args, **kwargs)
+
+    lm.model.generate = recording
+    import torch
+
+    lm._model_generate(torch.tensor([[1, 2, 3, 4]]), 8, ["\n\n"], do_sample=False)
+    assert runtime.mode == "streaming" and "policy=streamingllm" in repr(seen[0])

@@ -127,6 +127,29 @@ def test_bilevel_position_ids_match_a_loop():
                 segment, offset = segment + 1, 0
 
 
+def test_bilevel_positions_restart_with_each_document():
+    # reset_position_ids: token positions restart after each end of document, and BiPE's two counts with them
+    from megatron.data.batch import get_batch
+
+    ids = torch.randint(10, 20, (2, 40), generator=torch.Generator().manual_seed(1))
+    ids[:, ::3] = SEP
+    ids[0, 17] = ids[1, 5] = ids[1, 30] = 0  # end-of-document tokens
+    batch = get_batch(torch.cat([ids, ids[:, :1]], 1), eod_id=0, reset_position_ids=True, reset_attention_mask=True,
+                      eod_mask_loss=False)
+    model = GPTModel(_args(), _sep(USE_BiPE=True), VOCAB)
+    ctx = model.context_builder.build(batch["input_ids"], position_ids=batch["position_ids"], doc_ids=batch["doc_ids"])
+    for b in range(2):
+        starts = [0] + [t + 1 for t in range(39) if int(ids[b, t]) == 0]
+        for s, e in zip(starts, starts[1:] + [40]):
+            intra, inter = bilevel_position_ids(ids[b:b + 1, s:e], [SEP])  # each document on its own
+            assert torch.equal(ctx.position_ids[b, s:e], intra[0])
+            cos = rotary_cos_sin(inter, model.dims.rotary_dims, 10000)[0]  # [1, 1, e - s, rotary dims]
+            torch.testing.assert_close(ctx.rope[0][b:b + 1, :, s:e], cos, rtol=0, atol=0)
+    # without reset the counts run across the row, as before
+    plain = model.context_builder.build(ids)
+    assert torch.equal(plain.position_ids, bilevel_position_ids(ids, [SEP])[0])
+
+
 @pytest.mark.parametrize("pos_emb", ["rotary", "alibi"])
 def test_bipe_without_separators_is_a_learned_absolute_position_model(pos_emb):
     # No separator: one segment, so rotary rotates nothing and ALiBi penalises nothing; only the

@@ -461,12 +461,30 @@ def test_unreachable_master_fails_fast_with_a_clear_error():
         wait_for_master("127.0.0.1", server.getsockname()[1], rank=1, timeout_s=5.0)
 
 
+def test_a_finished_process_ends_with_its_code_and_keeps_what_it_printed():
+    """end_process skips interpreter finalization (os._exit), so buffered output must be flushed first;
+    stdout is a pipe here, so print() buffers it."""
+    script = (
+        "import logging, sys\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "from megatron.parallel.distributed import end_process\n"
+        "logging.basicConfig(stream=sys.stderr)\n"
+        "print('trained', end='')\n"
+        "logging.getLogger('x').warning('logged')\n"
+        "import atexit; atexit.register(lambda: print('finalized'))\n"
+        "end_process(3)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert proc.stdout == "trained" and "logged" in proc.stderr  # flushed, and no finalization ran
+
 # ------------------------------------------------------------------------------ worker
 
 
 def _worker(out: str, configs: list[str]) -> None:
     sys.path.insert(0, str(ROOT))
-    from megatron.parallel.distributed import init_distributed, prepare_accelerator_env, shutdown_distributed
+    from megatron.parallel.distributed import end_process, init_distributed, prepare_accelerator_env
 
     prepare_accelerator_env()
     from megatron.neox_arguments import NeoXArgs
@@ -485,7 +503,7 @@ def _worker(out: str, configs: list[str]) -> None:
         del trainer
     if env.is_main:
         Path(out).write_text(json.dumps(results))
-    shutdown_distributed()
+    end_process(0)
 
 
 if __name__ == "__main__":

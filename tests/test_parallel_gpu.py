@@ -76,7 +76,7 @@ def test_compiled_bf16_blocks_step_like_eager_over_two_gpus_with_zero(tmp_path):
 def _zero_worker(out: str, configs: list[str]) -> None:
     """One training step per config on every rank; rank 0 saves each parameter's change."""
     sys.path.insert(0, str(ROOT))
-    from megatron.parallel.distributed import init_distributed, prepare_accelerator_env, shutdown_distributed
+    from megatron.parallel.distributed import end_process, init_distributed, prepare_accelerator_env
 
     prepare_accelerator_env()
     from megatron.neox_arguments import NeoXArgs
@@ -96,7 +96,7 @@ def _zero_worker(out: str, configs: list[str]) -> None:
         del trainer
     if env.is_main:
         torch.save(results, out)
-    shutdown_distributed()
+    end_process(0)
 
 
 if __name__ == "__main__":

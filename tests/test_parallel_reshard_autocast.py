@@ -9,6 +9,7 @@ rank, one process resumes (with and without).
 """
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -122,6 +123,7 @@ def test_stage0_state_that_does_not_fit_the_model_is_not_carried(runs, tmp_path)
     from megatron.checkpointing.export import checkpoint_args
     from megatron.model import GPTModel
     from megatron.parallel.layout import Layout
+    from megatron.checkpointing.integrity import file_records
     from megatron.parallel.reshard import ReshardError, read_model, read_torch_optimizer, reshard, torch_param_groups
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
@@ -134,6 +136,10 @@ def test_stage0_state_that_does_not_fit_the_model_is_not_carried(runs, tmp_path)
         states = torch.load(path, weights_only=False)
         change(states["optimizer"])
         torch.save(states, path)
+        # a state that does not fit, written as if saved so (the manifest's checksum would refuse a changed file)
+        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest["files"][path.name] = file_records(folder, [path.name])[path.name]
+        (folder / "manifest.json").write_text(json.dumps(manifest))
         return folder
 
     def swap_first_two(sd):  # the embedding (512 x 64) and the first QKV matrix

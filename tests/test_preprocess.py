@@ -282,3 +282,63 @@ def test_sigterm_removes_the_temporary_outputs(tmp_path):
     assert proc.returncode == 130, output
     assert "interrupted: no output written" in output
     assert list(out.iterdir()) == []
+
+
+def test_several_keys_land_together_or_not_at_all(tmp_path, tok, monkeypatch):
+    from megatron.data import indexed_format
+
+    src = tmp_path / "two.jsonl"
+    src.write_text("".join(json.dumps({"text": f"short {i}", "meta": f"longer meta {i}. " * 20}) + "\n" for i in range(50)))
+    original, calls = indexed_format.IndexedDatasetWriter.prepare, []
+
+    def full_disk_on_the_second(self):
+        calls.append(self.bin_path)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device", str(self.bin_path))
+        original(self)
+
+    monkeypatch.setattr(indexed_format.IndexedDatasetWriter, "prepare", full_disk_on_the_second)
+    with pytest.raises(OSError, match="No space left"):
+        preprocess(inputs=str(src), output_prefix=str(tmp_path / "x"), tokenizer=tok, keys=["text", "meta"], progress=False)
+    assert sorted(os.listdir(tmp_path)) == ["two.jsonl"]  # not the first key's pair alone
+
+
+def test_reader_edge_cases(tmp_path, tok):
+    import zstandard
+
+    # an escaped lone surrogate is a bad record (no tokenizer can encode it); an escaped pair is text
+    (tmp_path / "s.jsonl").write_text('{"text": "ok"}\n{"text": "bad \\ud800 x"}\n{"text": "pair \\ud83d\\ude00"}\n')
+    with pytest.raises(BadRecord, match=r"s\.jsonl:2: key 'text' holds an unpaired surrogate escape \(\\ud800"):
+        preprocess(inputs=str(tmp_path / "s.jsonl"), output_prefix=str(tmp_path / "s"), tokenizer=tok, progress=False)
+    s = preprocess(inputs=str(tmp_path / "s.jsonl"), output_prefix=str(tmp_path / "s"), tokenizer=tok,
+                   skip_bad_lines=True, progress=False, log=lambda m: None)
+    assert (s.documents, s.bad_skipped) == (2, 1)
+    assert [tok.detokenize(d) for d in _documents(tmp_path / "s_text_document")] == ["ok", "pair \U0001F600"]
+    # CRLF paragraphs: no stray carriage return, and the file's last line end belongs to no paragraph
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "crlf.txt").write_bytes(b"one\r\ntwo\r\n\r\nthree\r\n")
+    (tmp_path / "in" / "sub.txt").mkdir()  # a folder named like an input is not one
+    preprocess(inputs=str(tmp_path / "in"), output_prefix=str(tmp_path / "p"), tokenizer=tok, txt_mode="paragraph",
+               progress=False)
+    assert [tok.detokenize(d) for d in _documents(tmp_path / "p_text_document")] == ["one\r\ntwo", "three"]
+    # a long-window frame (zstd --long=31) is valid input
+    text = (FIX / "tiny.jsonl").read_bytes()
+    params = zstandard.ZstdCompressionParameters.from_level(3, window_log=31, enable_ldm=True)
+    stream = zstandard.ZstdCompressor(compression_params=params).compressobj()  # no content size: the window stays 2 GiB
+    (tmp_path / "long.jsonl.zst").write_bytes(stream.compress(text) + stream.flush())
+    s = preprocess(inputs=str(tmp_path / "long.jsonl.zst"), output_prefix=str(tmp_path / "z"), tokenizer=tok, progress=False)
+    assert [tok.detokenize(d) for d in _documents(tmp_path / "z_text_document")] == NONEMPTY
+
+
+def test_cli_names_an_output_it_cannot_write(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        if os.access(ro, os.W_OK):
+            pytest.skip("running as a user that writes into read-only folders (root)")
+        out = _cli("--input", str(FIX / "tiny.jsonl"), "--output-prefix", str(ro / "x"),
+                   "--tokenizer-type", "HFTokenizer", "--vocab-file", NEOX_JSON)
+        assert out.returncode == 1 and "error: Permission denied: " in out.stderr and "Traceback" not in out.stderr
+    finally:
+        ro.chmod(0o700)

@@ -124,7 +124,17 @@ def test_cache_is_reset_between_texts_unless_concatenated(tiny_model_dir):
     assert len(apart.nlls) == 98
     assert apart.nlls[49:] == pytest.approx(alone_b.nlls, rel=1e-5, abs=1e-6)
     joined = evaluate_stream(model, [a, b], settings, concat=True)
-    assert len(joined.nlls) == 99 and joined.nlls[50:] != pytest.approx(alone_b.nlls[1:], rel=1e-3)
+    # upstream's count: each text predicts its own tokens after the first; b is read with a's cache
+    assert len(joined.nlls) == 98 and joined.nlls[:49] == pytest.approx(apart.nlls[:49], rel=1e-5, abs=1e-6)
+    assert joined.nlls[49:] != pytest.approx(alone_b.nlls, rel=1e-3)
+    # the same as feeding a[:-1] + b[:-1] as one stream and scoring only the within-text predictions
+    from megatron.inference.streaming import stream_text
+
+    cache = settings.new_cache()
+    fed = torch.cat([a[:-1], b[:-1]])
+    scored = [float(x) for step in stream_text(model, fed, cache, 5, labels=torch.cat([a[1:], b[1:]])) for x in step.nll]
+    assert joined.nlls == pytest.approx(scored, rel=1e-5, abs=1e-6)
+    assert len(evaluate_stream(model, [a[:1], b], settings, concat=True).nlls) == 49  # a one-token text adds nothing
 
 
 def test_streams_our_own_checkpoint(tmp_path):

@@ -67,9 +67,13 @@ def test_bad_input_is_a_message_not_a_traceback(tmp_path):
 
 
 def test_no_tokens_is_an_error_not_a_perfect_perplexity(runs, tmp_path):
-    with pytest.raises(ValueError, match="--num_eval_tokens must be >= 1"):
+    with pytest.raises(ValueError, match="--num_eval_tokens must be >= 1 \\(or 'all' to stream every text\\)"):
         stream.main(["--model_name_or_path", str(tmp_path / "absent.gguf"), "--num_eval_tokens", "0",
                      "--data_path", str(tmp_path), "--output_dir", str(tmp_path / "out")])
+    with pytest.raises(ValueError, match="--num_samples must be >= 1"):
+        stream.main(["--model_name_or_path", str(tmp_path / "absent.gguf"), "--num_samples", "0",
+                     "--data_path", str(tmp_path), "--output_dir", str(tmp_path / "out")])
+    assert stream.parse_args(["--model_name_or_path", "m", "--num_eval_tokens", "all"]).num_eval_tokens is None
     (tmp_path / "books").mkdir()
     (tmp_path / "books" / "empty.txt").write_text("")
     with pytest.raises(ValueError, match="no token was predicted"):

@@ -130,6 +130,20 @@ def test_hf_auto_tokenizer_from_a_local_folder(tmp_path, neox):
     assert [list(x) for x in tok.tokenize_batch(TEXTS)] == [neox.tokenize(t) for t in TEXTS]
     with pytest.raises(ValueError, match="cannot load a tokenizer"):
         build_tokenizer("HFAutoTokenizer", str(tmp_path))
+    # a tokenizer file given where a folder belongs: named, not taken for a Hub repository id
+    (tmp_path / "tok" / "vocab.json").write_text('{"a": 0}')  # GPT-2 style: transformers parsed it as a model config
+    for name in ("tokenizer.json", "vocab.json"):
+        with pytest.raises(ValueError, match=f"from the file .*{name}.*tokenizer_type HFTokenizer"):
+            build_tokenizer("HFAutoTokenizer", str(tmp_path / "tok" / name))
+    # and the configuration check before launch takes the folder
+    from megatron.neox_arguments import NeoXArgs
+    from megatron.neox_arguments.readiness import _tokenizer_files
+
+    shape = {"num_layers": 1, "hidden_size": 8, "num_attention_heads": 1, "seq_length": 8, "max_position_embeddings": 8}
+    args = NeoXArgs.from_dict({**shape, "tokenizer_type": "HFAutoTokenizer", "vocab_file": str(tmp_path / "tok")})
+    assert _tokenizer_files(args) == []
+    args.tokenizer.vocab_file = str(tmp_path / "missing")
+    assert "does not exist" in _tokenizer_files(args)[0]
 
 
 def test_hf_auto_tokenizer_from_the_smollm2_gguf(smollm2_gguf):

@@ -1,5 +1,6 @@
 """End-to-end training on CPU: loss falls, determinism, attention modes, data parallelism, exact resume, crash safety."""
 import json
+import re
 import os
 import subprocess
 import sys
@@ -273,3 +274,73 @@ def test_separator_ids_of_another_tokenizer_are_warned_about(tmp_path, corpus):
     # The run's own separators draw no warning.
     quiet = run(tmp_path, make_config(tmp_path, corpus, "quiet.yml", train_iters=1), check=False)
     assert quiet.returncode == 0 and "mostly not separators" not in quiet.stdout + quiet.stderr
+
+
+def test_resume_with_a_longer_eval_interval_sizes_the_validation_set_for_it(tmp_path, corpus):
+    # The first run evaluated every step; the resumed one rarely, with a fresh dataset cache: sized by its
+    # own settings alone, its validation set would hold fewer samples than the first run consumed.
+    ck = tmp_path / "ck"
+    first = make_config(tmp_path, corpus, "a.yml", train_iters=6, eval_interval=1, eval_iters=3, save=str(ck),
+                        load=str(ck), data_cache_path=str(tmp_path / "cache_a"))
+    run(tmp_path, first)
+    second = make_config(tmp_path, corpus, "b.yml", train_iters=8, eval_interval=8, eval_iters=3, save=str(ck),
+                         load=str(ck), data_cache_path=str(tmp_path / "cache_b"))
+    resumed = run(tmp_path, second)
+    assert resumed["start"] == 6 and len(resumed["losses"]) == 2
+
+
+@pytest.mark.parametrize("stage", [1, 3])
+def test_zero_offload_steps_the_cpu_adam_like_the_device_one_and_resumes_exactly(tmp_path, corpus, stage):
+    """offload_optimizer: {device: cpu} keeps the optimizer state in host memory, stepped by DeepSpeed's CPU Adam."""
+    ck = tmp_path / "ck"
+    zero = {"stage": stage, "offload_optimizer": {"device": "cpu"}}
+    plain = run(tmp_path, make_config(tmp_path, corpus, "plain.yml", train_iters=6, zero_optimization={"stage": stage}), nproc=2)
+    common = dict(train_iters=6, zero_optimization=zero, save=str(ck), load=str(ck), checkpoint_factor=3)
+    first = run(tmp_path, make_config(tmp_path, corpus, "a.yml", **{**common, "exit_interval": 3}), nproc=2)
+    assert first["offload"] and first["optimizer"] == "DeepSpeedCPUAdam" and not plain["offload"]
+    assert first["losses"] == pytest.approx(plain["losses"][:3], rel=1e-5)  # the same Adam, on the host
+    resumed = run(tmp_path, make_config(tmp_path, corpus, "b.yml", **common), nproc=2)
+    assert resumed["start"] == 3
+    whole = run(tmp_path, make_config(tmp_path, corpus, "c.yml", **{**common, "save": str(tmp_path / "w"), "load": None}), nproc=2)
+    assert resumed["losses"] == whole["losses"][3:]  # exact resume, optimizer state included
+    assert whole["losses"] == pytest.approx(plain["losses"], rel=1e-4)
+
+
+def test_a_finished_run_reports_the_test_split(tmp_path, corpus):
+    done = run(tmp_path, make_config(tmp_path, corpus, train_iters=3, split="80,10,10", eval_iters=2), check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert re.search(r"\[test\] iter 3 \| loss [\d.]+ \| ppl [\d.]+", done.stdout), done.stdout[-2000:]
+    stopped = run(tmp_path, make_config(tmp_path, corpus, "b.yml", train_iters=6, exit_interval=3, split="80,10,10",
+                                        save=str(tmp_path / "ck")), check=False)
+    assert stopped.returncode == 0 and "[test]" not in stopped.stdout  # not finished: no test yet
+
+
+def test_zero3_trains_from_a_checkpoint_saved_without_zero3(tmp_path, corpus):
+    """ZeRO-3 reads only its own partitioned files; a stage 0-2 (or converted, or resharded) checkpoint loads into
+    the module before DeepSpeed partitions it."""
+    ck = tmp_path / "ck"
+    run(tmp_path, make_config(tmp_path, corpus, "a.yml", train_iters=3, zero_optimization={"stage": 1}, save=str(ck)))
+    common = dict(train_iters=5, load=str(ck), no_load_optim=True, save=str(tmp_path / "out"))
+    stage1 = run(tmp_path, make_config(tmp_path, corpus, "b.yml", zero_optimization={"stage": 1}, **common))
+    stage3 = run(tmp_path, make_config(tmp_path, corpus, "c.yml", zero_optimization={"stage": 3},
+                                       **{**common, "save": str(tmp_path / "out3")}))
+    assert stage1["start"] == stage3["start"] == 3
+    assert stage3["losses"] == pytest.approx(stage1["losses"], rel=1e-5)  # same weights, step, schedule, data
+    refused = run(tmp_path, make_config(tmp_path, corpus, "d.yml", zero_optimization={"stage": 3},
+                                        **{**common, "no_load_optim": False}), check=False)
+    assert refused.returncode != 0 and "optimizer state in a format ZeRO-3 cannot read" in refused.stderr
+
+
+def test_a_checkpoint_of_another_model_parallel_layout_is_refused(tmp_path):
+    from megatron.checkpointing.checkpoint import _layout_problem
+
+    folder = tmp_path / "global_step4"
+    folder.mkdir()
+    for r in range(2):
+        (folder / f"mp_rank_{r:02d}_model_states.pt").write_bytes(b"")
+    assert _layout_problem(folder, 2, 1) is None
+    assert "saved with 2 model-parallel rank(s) and this run has model_parallel_size 1" in _layout_problem(folder, 1, 1)
+    assert "tools/reshard_checkpoint.py" in _layout_problem(folder, 1, 1)
+    (folder / "layer_00-model_00-model_states.pt").write_bytes(b"")
+    assert _layout_problem(folder, 1, 2) is None
+    assert "as pipeline stages" in _layout_problem(folder, 2, 1)

@@ -87,15 +87,31 @@ def parse_sepcache(text: str) -> tuple[int, int, int, int]:
         raise ValueError(f"sepcache sizes must be integers, got {text!r}") from None
 
 
+def cache_policy(mode: str) -> str:
+    """The SepCache policy that serves an attention rule (mask.attention_mode's names)."""
+    from megatron.sepllm.cache.budget import SEPLLM as SEPLLM_POLICY, STREAMINGLLM
+    from megatron.sepllm.mask import SEPLLM, STREAMING
+
+    policies = {SEPLLM: SEPLLM_POLICY, STREAMING: STREAMINGLLM}
+    if mode not in policies:
+        raise ValueError(f"sepcache= keeps initial, separator and recent tokens (SepLLM) or initial and recent ones "
+                         f"(StreamingLLM), but the settings ask for the {mode} attention rule, which neither serves: "
+                         f"drop sepcache, or set sepllm_mode=sepllm or sepllm_mode=streamingllm")
+    return policies[mode]
+
+
 def check_sep_args(sep_args: dict, overrides: Optional[dict] = None) -> Optional[tuple[int, int, int, int]]:
     """Validate the SepCache sizes, the YAML and the overrides before any model loads; returns the sizes."""
     from megatron.sepllm.hf import SepCache, build_sepllm_args
+    from megatron.sepllm.mask import SEPLLM, attention_mode
 
     sizes = parse_sepcache(sep_args["sepcache"]) if "sepcache" in sep_args else None
-    if sizes is not None:
-        SepCache(*sizes)
+    mode = SEPLLM
     if "sepllm_config" in sep_args or "sepllm_mode" in sep_args or overrides:
-        build_sepllm_args(sep_args.get("sepllm_config"), mode=sep_args.get("sepllm_mode"), **(overrides or {}))
+        args, _ = build_sepllm_args(sep_args.get("sepllm_config"), mode=sep_args.get("sepllm_mode"), **(overrides or {}))
+        mode = attention_mode(args)
+    if sizes is not None:
+        SepCache(*sizes, policy=cache_policy(mode))
     return sizes
 
 
@@ -111,8 +127,8 @@ def build_lm(hf_args: dict, sep_args: dict, batch_size, device, overrides: Optio
         """HFLM whose generation uses a fresh SepCache per call when `sepcache` is given."""
 
         def _model_generate(self, context, max_length, stop, **generation_kwargs):
-            if sizes is not None:
-                generation_kwargs["past_key_values"] = SepCache(*sizes)
+            if sizes is not None:  # the cache keeps what the runtime's attention rule keeps
+                generation_kwargs["past_key_values"] = SepCache(*sizes, policy=cache_policy(runtime.mode))
             return super()._model_generate(context, max_length, stop, **generation_kwargs)
 
     import torch

@@ -74,6 +74,11 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         print("no output written", file=sys.stderr)
         return 1
+    except OSError as e:  # a folder without write permission, a full or read-only disk
+        where = f": {e.filename}" if e.filename else ""
+        print(f"error: {e.strerror or e}{where}", file=sys.stderr)
+        print("no output written", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted: no output written", file=sys.stderr)
         return 130

@@ -48,9 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("the parallel sizes must be >= 1")
     layout = Layout(tp=cli.model_parallel_size, pp=pipeline_stages(cli.pipe_parallel_size), dp=cli.data_parallel_size)
     source = Path(cli.source)
-    if cli.iteration is not None:
-        source = source / f"global_step{cli.iteration}"
     try:
+        if cli.iteration is not None:  # a save directory's step; a step folder given with another step is named
+            from megatron.checkpointing.export import checkpoint_folder
+
+            source = checkpoint_folder(source, cli.iteration)
         folder, notices = reshard(source, Path(cli.output), layout, config_files=cli.config_file)
     except (ReshardError, CheckpointError, ConfigError) as exc:
         print(f"reshard_checkpoint: {exc}", file=sys.stderr)

@@ -41,6 +41,15 @@ def str2bool(v: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean (True/False), got {v!r}")
 
 
+def _count_or_all(v: str):
+    if v.lower() == "all":
+        return None
+    try:
+        return int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of tokens or 'all', got {v!r}") from None
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_name_or_path", required=True, help="transformers model directory or .gguf file")
@@ -49,7 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data_path", nargs="+", default=None, help="files or directories (default for pg19: ../shared/data/pg19-test)")
     p.add_argument("--jsonl_key", default="text", help="field holding the text in .jsonl files")
     p.add_argument("--num_samples", type=int, default=None, help="at most this many texts")
-    p.add_argument("--num_eval_tokens", type=int, default=20 * 1024, help="stop after this many predicted tokens")
+    p.add_argument("--num_eval_tokens", type=_count_or_all, default=20 * 1024,
+                   help="stop after this many predicted tokens ('all': stream every text)")
     p.add_argument("--enable_kv_cache_manager", type=str2bool, default=True, help="False: full-attention baseline")
     p.add_argument("--enable_SepLLM", type=str2bool, default=True)
     p.add_argument("--enable_StreamingLLM", type=str2bool, default=False)
@@ -108,7 +118,9 @@ def main(argv=None) -> dict:
     settings = settings_from_args(args)
     # Inputs are checked before the model loads and the stream runs, not after.
     if args.num_eval_tokens is not None and args.num_eval_tokens < 1:
-        raise ValueError(f"--num_eval_tokens must be >= 1 (leave it out to stream every text), got {args.num_eval_tokens}")
+        raise ValueError(f"--num_eval_tokens must be >= 1 (or 'all' to stream every text), got {args.num_eval_tokens}")
+    if args.num_samples is not None and args.num_samples < 1:
+        raise ValueError(f"--num_samples must be >= 1 (leave it out to read every text), got {args.num_samples}")
     paths = args.data_path or default_data(args.dataset_name)
     missing = [p for p in paths if not Path(p).exists()]
     if missing:

@@ -6,11 +6,11 @@ Layout of `save/`:
         mp_rank_00_model_states.pt, *optim_states.pt   DeepSpeed's files (any ZeRO stage)
         rng_state_rank{r}.pt    python/numpy/torch RNG states of every rank
         config.yml              the resolved config of the run
-        manifest.json           written last: every file of the checkpoint with its size
+        manifest.json           written last: every file of the checkpoint with its size and CRC32
 
 `latest` moves only after every rank's files are written and fsynced and the manifest is in
 place, so a process killed during a save leaves the previous checkpoint as `latest`. Loading
-checks the manifest first and refuses a checkpoint with a missing or truncated file.
+checks the manifest first and refuses a checkpoint with a missing, truncated or altered file.
 """
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ import torch
 import yaml
 
 from megatron.atomic_io import atomic_write_bytes, atomic_write_text, fsync_dir, fsync_tree
-from megatron.parallel.distributed import barrier
+from megatron.checkpointing.integrity import checksum_problem, expected_size, file_records
+from megatron.parallel.distributed import all_gather_objects, barrier
 
 MANIFEST = "manifest.json"
 LATEST = "latest"
@@ -113,11 +114,13 @@ def save_checkpoint(engine, save_dir: str, iteration: int, *, client_state: dict
     buf = io.BytesIO()
     torch.save(_rng_state(), buf)
     atomic_write_bytes(folder / f"rng_state_rank{rank}.pt", buf.getvalue())
-    barrier()
     if rank == 0:
         atomic_write_text(folder / "config.yml", config_yaml)
+    barrier()
+    listing = [str(p.relative_to(folder)) for p in sorted(folder.rglob("*")) if p.is_file()] if rank == 0 else None
+    files = file_records(folder, all_gather_objects(listing)[0])
+    if rank == 0:
         fsync_tree(folder)
-        files = {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}
         manifest = {"iteration": iteration, "world_size": torch.distributed.get_world_size(), "files": files}
         atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=1))
         atomic_write_text(save / LATEST, tag)
@@ -182,7 +185,10 @@ def resolve_tag(load_dir: str, iteration: Optional[int] = None) -> Optional[str]
 
 
 def verify_checkpoint(folder: Path) -> dict:
-    """Check that every file of a checkpoint is present and complete; return its manifest."""
+    """Check that every file of a checkpoint is present, complete and unchanged; return its manifest.
+
+    Collective where a process group exists (the ranks share the checksum reading).
+    """
     manifest_path = folder / MANIFEST
     if not folder.is_dir():
         raise CheckpointError(f"checkpoint folder {folder} does not exist; check `load` and `iteration`")
@@ -194,12 +200,13 @@ def verify_checkpoint(folder: Path) -> dict:
     try:
         manifest = json.loads(manifest_path.read_text())
         files = dict(manifest["files"])
+        sizes = {name: expected_size(record) for name, record in files.items()}
     except (ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(
             f"checkpoint {folder} is damaged: {MANIFEST} is not a valid manifest ({exc}). Load an earlier "
             f"checkpoint with `iteration: N`"
         ) from exc
-    for name, size in files.items():
+    for name, size in sizes.items():
         path = folder / name
         if not path.exists():
             raise CheckpointError(f"checkpoint {folder} is damaged: file {name} is missing")
@@ -207,6 +214,9 @@ def verify_checkpoint(folder: Path) -> dict:
             raise CheckpointError(
                 f"checkpoint {folder} is damaged: file {name} has {path.stat().st_size} bytes, expected {size}"
             )
+    problem = checksum_problem(folder, files)  # reached by every rank: the checks above see the same files
+    if problem:
+        raise CheckpointError(problem)
     return manifest
 
 
@@ -219,19 +229,99 @@ def _saved_precision(folder: Path) -> Optional[str]:
     return saved.get("precision") if isinstance(saved, dict) else None
 
 
+_MP_FILE = re.compile(r"(?:^|_)mp_rank_(\d+)_model_states\.pt$")
+_PIPE_FILE = re.compile(r"^layer_\d+-model_\d+-model_states\.pt$")
+_ZERO3_FILE = re.compile(r"^zero_pp_rank_\d+_mp_rank_\d+_model_states\.pt$")
+
+
+def saved_format(folder: Path) -> dict:
+    """How a checkpoint folder's files are laid out: model-parallel ranks (tensor x pipeline), whether
+    they are pipeline stages, and whether the module is in ZeRO-3's partitioned files."""
+    names = [p.name for p in folder.iterdir()]
+    return {"mp": len({m.group(1) for n in names if (m := _MP_FILE.search(n))}),
+            "pipelined": any(_PIPE_FILE.match(n) for n in names), "zero3": any(_ZERO3_FILE.match(n) for n in names)}
+
+
+def _layout_problem(folder: Path, tp: int, pp: int) -> Optional[str]:
+    found = saved_format(folder)
+    if not found["mp"] or (found["mp"] == tp * pp and found["pipelined"] == (pp > 1)):
+        return None
+    saved = f"{found['mp']} model-parallel rank(s){', as pipeline stages' if found['pipelined'] else ''}"
+    return (f"checkpoint {folder} was saved with {saved} and this run has model_parallel_size {tp} x pipe_parallel_size "
+            f"{max(pp, 1)}: DeepSpeed would load it into the wrong slices. Reshard it first: python "
+            f"tools/reshard_checkpoint.py {folder} NEW_SAVE --model_parallel_size {tp} --pipe_parallel_size {max(pp, 1)}, "
+            f"then load NEW_SAVE")
+
+
+def _model_mismatch(folder: Path, exc: Exception) -> CheckpointError:
+    detail = " ".join(str(exc).split())[:400]  # torch lists every mismatching tensor; the first lines say enough
+    return CheckpointError(
+        f"checkpoint {folder} does not match the configured model ({detail}...). Use the model settings it was "
+        f"saved with (its {folder / 'config.yml'}), or a `load` directory that holds this model's checkpoints"
+    )
+
+
+def preload_module(module: torch.nn.Module, load_dir: str, *, iteration: Optional[int] = None) -> Optional[dict]:
+    """For a ZeRO-3 run, before DeepSpeed partitions `module`: load a checkpoint saved without ZeRO-3
+    (a converted model, a resharded one, a stage 0-2 run), whose files a ZeRO-3 engine cannot read.
+    Returns its model-states dict (client state, schedule, step), or None where DeepSpeed loads it
+    itself (a ZeRO-3 checkpoint) or there is nothing to load. Collective: every rank reads it."""
+    tag = resolve_tag(load_dir, iteration)
+    if tag is None:
+        return None
+    folder = Path(load_dir) / tag
+    if folder.is_dir() and (saved_format(folder)["zero3"] or not (folder / "mp_rank_00_model_states.pt").exists()):
+        return None  # DeepSpeed reads it; load_checkpoint verifies it then (one checksum pass, not two)
+    verify_checkpoint(folder)
+    state = read_torch_file(folder / "mp_rank_00_model_states.pt")
+    try:
+        module.load_state_dict(state["module"], strict=True)
+    except RuntimeError as exc:
+        raise _model_mismatch(folder, exc) from exc
+    state["folder"] = folder
+    return state
+
+
+def load_preloaded(engine, state: dict, *, rank: int, load_optimizer: bool, load_rng: bool, finetune: bool) -> dict:
+    """The rest of a `preload_module` load, after DeepSpeed built the ZeRO-3 engine: step, schedule, RNG."""
+    folder = state["folder"]
+    has_optimizer = state.get("optimizer") is not None or any(folder.glob("*optim_states.pt"))
+    if has_optimizer and load_optimizer and not finetune:
+        raise CheckpointError(
+            f"checkpoint {folder} holds an optimizer state in a format ZeRO-3 cannot read (it was saved by a stage 0-2 "
+            f"run); start a new optimizer from its weights with no_load_optim: true, or keep the ZeRO stage it was "
+            f"saved with"
+        )
+    if finetune:
+        return {}
+    if state.get("lr_scheduler") is not None and engine.lr_scheduler is not None:
+        engine.lr_scheduler.load_state_dict(state["lr_scheduler"])
+    engine.global_steps = int(state.get("global_steps", 0))
+    engine.global_samples = int(state.get("global_samples", engine.global_steps * engine.train_batch_size()))
+    engine.skipped_steps = int(state.get("skipped_steps", 0))
+    rng_file = folder / f"rng_state_rank{rank}.pt"
+    if load_rng and rng_file.exists():
+        _set_rng_state(read_torch_file(rng_file))
+    return {k: state[k] for k in ("train_state",) if k in state}
+
+
 def load_checkpoint(engine, load_dir: str, *, rank: int, iteration: Optional[int] = None,
                     load_optimizer: bool = True, load_rng: bool = True, finetune: bool = False,
-                    precision: Optional[str] = None) -> Optional[dict]:
+                    precision: Optional[str] = None, layout: Optional[tuple[int, int]] = None) -> Optional[dict]:
     """Collective. Returns the client state saved with the checkpoint, or None when `load_dir` holds none.
 
     `precision` (this run's) is checked against the checkpoint's when its optimizer state is loaded:
     DeepSpeed's fp16/bf16 optimizer wrappers save states the others cannot read.
+    `layout` (this run's tensor and pipeline sizes) is checked against the checkpoint's files.
     """
     tag = resolve_tag(load_dir, iteration)
     if tag is None:
         return None
     folder = Path(load_dir) / tag
     manifest = verify_checkpoint(folder)
+    problem = _layout_problem(folder, *layout) if layout is not None else None
+    if problem:
+        raise CheckpointError(problem)
     saved_precision = _saved_precision(folder)
     if load_optimizer and not finetune and precision and saved_precision and saved_precision != precision:
         raise CheckpointError(
@@ -259,12 +349,7 @@ def load_checkpoint(engine, load_dir: str, *, rank: int, iteration: Optional[int
             ) from exc
         if "state_dict" not in str(exc):
             raise
-        # torch lists every mismatching tensor; the first lines say enough.
-        detail = " ".join(str(exc).split())[:400]
-        raise CheckpointError(
-            f"checkpoint {folder} does not match the configured model ({detail}...). Use the model settings it was "
-            f"saved with (its {folder / 'config.yml'}), or a `load` directory that holds this model's checkpoints"
-        ) from exc
+        raise _model_mismatch(folder, exc) from exc
     if path is None:
         raise CheckpointError(f"DeepSpeed could not load checkpoint {folder}")
     rng_file = folder / f"rng_state_rank{rank}.pt"

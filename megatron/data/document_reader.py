@@ -17,8 +17,9 @@ JSONL_SUFFIXES = (".jsonl", ".json")
 ZST_SUFFIXES = (".jsonl.zst", ".json.zst")
 TXT_SUFFIXES = (".txt",)
 TXT_MODES = ("file", "paragraph")
-# A paragraph break: one or more lines holding nothing but whitespace.
-_PARAGRAPH_BREAK = re.compile(rb"\n(?:[ \t\r\f\v]*\n)+")
+# A paragraph break: one or more lines holding nothing but whitespace (\r\n line ends too).
+_PARAGRAPH_BREAK = re.compile(rb"\r?\n(?:[ \t\r\f\v]*\n)+")
+_FINAL_LINE_END = re.compile(rb"\r?\n\Z")
 
 
 class BadRecord(ValueError):
@@ -55,7 +56,7 @@ def expand_inputs(spec: str | Sequence[str]) -> list[str]:
         if not item:
             continue
         if os.path.isdir(item):
-            found = sorted(os.path.join(item, n) for n in os.listdir(item) if _supported(n))
+            found = sorted(p for p in (os.path.join(item, n) for n in os.listdir(item) if _supported(n)) if os.path.isfile(p))
             if not found:
                 raise ValueError(f"{item}: folder holds no .jsonl, .jsonl.zst or .txt files")
             files += found
@@ -132,7 +133,8 @@ def _zstd_lines(raw, progress, chunk_size: int = 1 << 20) -> Iterator[bytes]:
     """Lines of a .zst file of one or more frames; a truncated or damaged stream raises _CorruptStream."""
     import zstandard
 
-    dctx = zstandard.ZstdDecompressor()
+    # zstd --long=31 frames need a 2 GiB window; the library's default limit (128 MiB) calls them corrupt
+    dctx = zstandard.ZstdDecompressor(max_window_size=1 << 31)
     dobj, in_frame, pending = dctx.decompressobj(), False, bytearray()  # bytearray: cheap appends for long lines
     while True:
         chunk = raw.read(chunk_size)
@@ -185,8 +187,22 @@ def _parse_json_line(line: bytes, keys, path, line_no, on_bad) -> Optional[Recor
         if not isinstance(obj[k], str):
             on_bad(BadRecord(path, line_no, f"key {k!r} holds {type(obj[k]).__name__}, expected a string"))
             return None
+        # JSON allows escaped lone surrogates; no tokenizer can encode them
+        at = _unpaired_surrogate(obj[k]) if b"\\ud" in line or b"\\uD" in line else None
+        if at is not None:
+            on_bad(BadRecord(path, line_no, f"key {k!r} holds an unpaired surrogate escape (\\u{ord(obj[k][at]):04x} at "
+                                            f"character {at}), which is not Unicode text"))
+            return None
         texts.append(obj[k])
     return Record(texts, path, line_no)
+
+
+def _unpaired_surrogate(text: str) -> Optional[int]:
+    try:
+        text.encode("utf-8")
+        return None
+    except UnicodeEncodeError as e:
+        return e.start
 
 
 def _read_txt(path, mode, on_bad, progress) -> Iterator[Record]:
@@ -203,7 +219,8 @@ def _read_txt(path, mode, on_bad, progress) -> Iterator[Record]:
         yield from _paragraph(data[pos:m.start()], path, line, on_bad)
         line += data.count(b"\n", pos, m.end())
         pos = m.end()
-    yield from _paragraph(data[pos:], path, line, on_bad)
+    # the file's final line end belongs to no paragraph, as the breaks between paragraphs belong to none
+    yield from _paragraph(_FINAL_LINE_END.sub(b"", data[pos:]), path, line, on_bad)
 
 
 def _paragraph(block: bytes, path, line, on_bad) -> Iterator[Record]:

@@ -107,7 +107,7 @@ class _Builder:
             return self._dataset(part, may_build=may_build)
         except PermissionError as e:
             raise PermissionError(
-                f"cannot write the index caches of {part.prefix} ({e}): pass cache_dir, a writable folder that every rank sees"
+                f"cannot write the index caches of {part.prefix} ({e}): set `data_cache_path` to a writable folder that every rank sees"
             ) from e
 
     def _dataset(self, part: _Part, *, may_build: bool) -> GPTDataset:

@@ -92,10 +92,10 @@ def document_end_mismatch(files: IndexedFiles, eod: Optional[int], sample: int =
     if len(ends) != 1 or int(ends[0]) == eod:
         return None
     return (f"{files.prefix}: all {len(picks)} documents sampled end with token {int(ends[0])}, but the tokenizer's "
-            f"end-of-document token is {eod}. If the data was written with --append-eod, it was tokenized with another "
-            f"tokenizer type (HFAutoTokenizer ends documents with the tokenizer's EOS, HFTokenizer with <|endoftext|> or "
-            f"the like), and document masks and eod_mask_loss will not see its boundaries: re-tokenize it with the "
-            f"config's tokenizer_type and vocab_file.")
+            f"end-of-document token is {eod}, so document masks and eod_mask_loss will not see its boundaries. Either "
+            f"it was written without --append-eod (rerun tools/preprocess_data.py with it if they should), or with "
+            f"another tokenizer type (HFAutoTokenizer ends documents with the tokenizer's EOS, HFTokenizer with "
+            f"<|endoftext|> or the like): re-tokenize it with the config's tokenizer_type and vocab_file.")
 
 
 @dataclass

@@ -26,7 +26,7 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
-from megatron.atomic_io import commit, fsync_dir, remove_quietly, temp_path_for
+from megatron.atomic_io import fsync_dir, fsync_file, remove_quietly, temp_path_for
 
 MAGIC = b"MMIDIDX\x00\x00"
 VERSION = 1
@@ -126,6 +126,14 @@ class IndexedDatasetWriter:
             self.add_document(doc)
 
     def finalize(self) -> None:
+        self.prepare()
+        self.commit()
+
+    def prepare(self) -> None:
+        """Write the index and make both temporary files durable: what can fail for lack of space fails here.
+
+        Several writers that must land together (one per JSON key) prepare all, then commit all.
+        """
         self._bin.close()
         lengths = np.frombuffer(self._lengths, dtype=np.int64)
         if lengths.size and lengths.max() > np.iinfo(np.int32).max:
@@ -141,11 +149,17 @@ class IndexedDatasetWriter:
             np.cumsum(lengths[:-1] * self.dtype.itemsize, out=pointers[1:])
             f.write(pointers.tobytes())
             f.write(np.arange(lengths.size + 1, dtype=np.int64).tobytes())
+        fsync_file(self._tmp_bin)
+        fsync_file(self._tmp_idx)
+
+    def commit(self) -> None:
+        """Rename the prepared files into place (renames only: nothing is written)."""
         # Old .idx first: between the two renames a stale index must not pair with the new .bin.
         remove_quietly(self.idx_path)
         fsync_dir(Path(self.idx_path).parent)
-        commit(self._tmp_bin, self.bin_path)
-        commit(self._tmp_idx, self.idx_path)
+        os.replace(self._tmp_bin, self.bin_path)
+        os.replace(self._tmp_idx, self.idx_path)
+        fsync_dir(Path(self.idx_path).parent)
         self._done = True
 
     def abort(self) -> None:

@@ -182,8 +182,10 @@ def preprocess(
                 f"no documents to write for key(s) {', '.join(map(repr, empty))}: every record was empty or skipped "
                 f"({summary.empty_skipped + empty_tokenized} empty, {summary.bad_skipped} bad); check --input and --jsonl-keys"
             )
+        for w in writers:  # every key's files written and synced before any of them is renamed into place
+            w.prepare()
         for w in writers:
-            w.finalize()
+            w.commit()
     finally:
         stop.set()
         pool.shutdown(wait=True, cancel_futures=True)

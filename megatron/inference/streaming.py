@@ -90,13 +90,17 @@ class StepResult:
 
 
 @torch.no_grad()
-def stream_text(model, ids: torch.Tensor, cache, chunk_size: int, max_tokens: Optional[int] = None) -> Iterator[StepResult]:
+def stream_text(model, ids: torch.Tensor, cache, chunk_size: int, max_tokens: Optional[int] = None,
+                labels: Optional[torch.Tensor] = None) -> Iterator[StepResult]:
     """Feed one text (1-D token ids) through `model` with `cache`; yields the NLL of each predicted token.
 
-    The last token is never fed (it has no label), as upstream does.
+    The last token is never fed (it has no label), as upstream does. With `labels` (one per id) every
+    id is fed and predicts its label (a stream of several texts, see `evaluate_stream`).
     """
-    ids = ids.view(1, -1).to(model.device)
-    n_pred = ids.shape[1] - 1
+    if labels is None:
+        ids, labels = ids.view(-1)[:-1], ids.view(-1)[1:]
+    ids, labels = ids.view(1, -1).to(model.device), labels.view(-1).to(model.device)
+    n_pred = ids.shape[1]
     if max_tokens is not None:
         n_pred = min(n_pred, max_tokens)
     done = 0
@@ -108,7 +112,7 @@ def stream_text(model, ids: torch.Tensor, cache, chunk_size: int, max_tokens: Op
             logits = graphed(inp)[0].float()
         else:
             logits = model(inp, past_key_values=cache, use_cache=True).logits[0].float()
-        nll = F.cross_entropy(logits, ids[0, done + 1:done + k + 1], reduction="none")
+        nll = F.cross_entropy(logits, labels[done:done + k], reduction="none")
         done += k
         yield StepResult(nll, done)
 
@@ -139,11 +143,15 @@ def evaluate_stream(model, texts: Iterable[torch.Tensor], settings: StreamingSet
                     concat: bool = False, on_step: Optional[Callable[[StepResult, float, int], None]] = None,
                     memory_marks: Iterable[int] = (10_000, 100_000, 500_000, 1_000_000)) -> StreamReport:
     """Stream `texts` (token id tensors) until num_eval_tokens predictions; a new cache per text
-    unless `concat` (then the texts form one stream, as upstream's evaluation does). On CUDA the
-    peak memory is also recorded when the stream passes each of `memory_marks` tokens. About once a
+    unless `concat`. With `concat` the cache carries over from text to text, as in upstream's
+    evaluation: each text's tokens but its last are fed, and each predicts the next token of its own
+    text (a text's first token is fed, never predicted from the previous text). On CUDA the peak
+    memory is also recorded when the stream passes each of `memory_marks` tokens. About once a
     second `on_step(last step, seconds so far, most cache entries held)` reports progress."""
+    streams: Iterable[tuple[torch.Tensor, Optional[torch.Tensor]]] = ((t, None) for t in texts)
     if concat:
-        texts = [torch.cat([t.view(-1) for t in texts])]
+        kept = [t.view(-1) for t in texts if t.numel() > 1]
+        streams = [(torch.cat([t[:-1] for t in kept]), torch.cat([t[1:] for t in kept]))] if kept else []
     nlls: list[float] = []
     pending: list[torch.Tensor] = []
     max_entries = 0
@@ -156,12 +164,12 @@ def evaluate_stream(model, texts: Iterable[torch.Tensor], settings: StreamingSet
     done_before = 0  # predictions of the texts finished earlier
     start = time.perf_counter()
     last_flush = start
-    for ids in texts:
+    for ids, labels in streams:
         if num_eval_tokens is not None and len(nlls) + sum(p.numel() for p in pending) >= num_eval_tokens:
             break
         cache = settings.new_cache()
         left = None if num_eval_tokens is None else num_eval_tokens - len(nlls) - sum(p.numel() for p in pending)
-        for step in stream_text(model, ids, cache, settings.chunk_size, left):
+        for step in stream_text(model, ids, cache, settings.chunk_size, left, labels=labels):
             pending.append(step.nll)
             while marks and done_before + step.tokens_done >= marks[0]:
                 peak_at[marks.pop(0)] = torch.cuda.max_memory_allocated()  # host-side allocator statistic: no sync

@@ -122,8 +122,8 @@ class ContextBuilder:
                 position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
             # BiPE: absolute embeddings count inside a segment, rotary/ALiBi count segments.
             relative_positions = position_ids
-            if self.bipe_seps is not None:
-                position_ids, relative_positions = bilevel_position_ids(input_ids, self.bipe_seps)
+            if self.bipe_seps is not None:  # restarting where the token positions restart (reset_position_ids)
+                position_ids, relative_positions = bilevel_position_ids(input_ids, self.bipe_seps, position_ids == 0)
             rope = None
             if self.pos_emb == "rotary":
                 rope = rotary_cos_sin(relative_positions, self.rotary_dims, self.rotary_base)

@@ -20,6 +20,7 @@ class DataArgs:
     test_data_weights: Optional[list[float]] = arg(None, "Sampling weight of each test dataset; None weighs them equally.")
     split: str = arg("969, 30, 1", "Train, validation and test proportions of data_path, e.g. '949,50,1'.")
     data_impl: str = arg("infer", "Indexed-dataset format: infer, mmap or cached (only mmap is read; not acted on).", choices=("infer", "mmap", "cached"))
+    mmap_warmup: bool = arg(False, "Read the data files once before training (not acted on: they are memory-mapped and read on demand).")
     num_workers: int = arg(2, "DataLoader worker processes per rank.")
     reset_position_ids: bool = arg(False, "Restart position ids after each end-of-document token.")
     reset_attention_mask: bool = arg(False, "Stop attention across end-of-document tokens.")

@@ -5,8 +5,8 @@ master_port, launcher, deepspeed_slurm, comment, ...) become DeepSpeed runner fl
 GPT-NeoX. Without CUDA the ranks run on the CPU: DeepSpeed's own launcher handles that (it
 starts `--num_gpus` local processes whatever the device count), so deepy only sets
 DS_ACCELERATOR=cpu and leaves the backend choice (gloo) to resolve_backend in each rank.
-Every rank receives the config paths as its only arguments (--no_local_rank: the rank is in
-LOCAL_RANK).
+Every rank receives the config paths, then the script's own options given after them (eval.py's
+--eval_tasks ...), and no --local_rank (--no_local_rank: the rank is in LOCAL_RANK).
 """
 from __future__ import annotations
 
@@ -52,8 +52,9 @@ def plan_launch(
     cuda_available: bool,
     environ: Mapping[str, str],
     repo_root: str,
+    script_args: Sequence[str] = (),
 ) -> LaunchPlan:
-    """The launch of `user_script CONFIG...` on every rank the launcher settings of `args` describe."""
+    """The launch of `user_script CONFIG... SCRIPT_ARGS...` on every rank the launcher settings of `args` describe."""
     la = args.launcher
     notices: list[str] = []
     env = {"PYTHONPATH": os.pathsep.join(p for p in (repo_root, environ.get("PYTHONPATH", "")) if p)}
@@ -121,7 +122,7 @@ def plan_launch(
     if local and _port_taken(la.master_port):
         raise ConfigError(f"master_port {la.master_port} is taken on this machine (another run's rendezvous?); set "
                           f"master_port to a free port in the config")
-    runner += ["--no_local_rank", user_script, *config_paths]
+    runner += ["--no_local_rank", user_script, *config_paths, *script_args]
     return LaunchPlan(runner_args=runner, env=env, notices=notices)
 
 

@@ -18,6 +18,7 @@ NOT_ACTED_ON: dict[str, str] = {
     "layernorm_fusion": _FUSED,
     "synchronize_each_layer": "a CUDA-sync debugging aid",
     "data_impl": "the mmap indexed format is always read",
+    "mmap_warmup": "the data files are memory-mapped and read on demand, without a warm-up pass",
     "no_save_optim": "checkpoints always hold the optimizer state (needed to resume exactly)",
     "no_save_rng": "checkpoints always hold every rank's RNG state (needed to resume exactly)",
     "use_checkpoint_lr_scheduler": "the schedule always comes from this config's lr_* keys; the iteration comes from the checkpoint",
@@ -56,6 +57,9 @@ UNSUPPORTED_KEYS: dict[str, tuple[Any, str]] = {
     "apply_query_key_layer_scaling": (False, "query-key layer scaling is not implemented"),
     "scheduler": (None, "the learning-rate schedule comes from the lr_* keys, not a DeepSpeed scheduler"),
     "amp": (None, "Apex AMP is not used; set precision instead"),
+    "dataset_impl": ("gpt2", "only GPT-style language-modelling data is implemented (no pairwise or reward datasets)"),
+    "pack_impl": ("packed", "documents are always packed into samples (GPT-NeoX's packed)"),
+    "allow_chopped": (True, "documents are always chopped across samples (GPT-NeoX's packed)"),
 }
 
 # Values of existing fields that GPT-NeoX accepts but we do not implement yet.

@@ -66,6 +66,14 @@ class OptimizerArgs:
         return int(self.resolved_zero.get("stage", ZERO_DEFAULTS["stage"]))
 
     @property
+    def offload_device(self) -> str:
+        """Where ZeRO keeps the optimizer state: 'none', 'cpu' or 'nvme' (offload_optimizer.device)."""
+        offload = self.resolved_zero.get("offload_optimizer")
+        if isinstance(offload, dict):
+            return str(offload.get("device", "none")).lower()
+        return "cpu" if offload or self.resolved_zero.get("cpu_offload") else "none"
+
+    @property
     def zero_reduce_scatter(self) -> bool:
         return bool(self.resolved_zero.get("reduce_scatter", ZERO_DEFAULTS["reduce_scatter"]))
 

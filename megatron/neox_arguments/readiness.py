@@ -17,6 +17,7 @@ TASKS = ("train", "generate", "eval")
 # Tokenizers whose vocab_file is a name (an encoding) or that need no file.
 _NO_VOCAB_FILE = ("CharLevelTokenizer",)
 _VOCAB_IS_NAME = ("TiktokenTokenizer",)
+_VOCAB_MAY_BE_FOLDER = ("HFAutoTokenizer",)  # a transformers tokenizer folder, or a .gguf file
 
 
 def check_ready(args: "NeoXArgs", task: str) -> list[str]:
@@ -141,6 +142,10 @@ def _tokenizer_files(args: "NeoXArgs") -> list[str]:
     problems = []
     if tok.vocab_file is None:
         problems.append(f"tokenizer_type {tok.tokenizer_type} needs `vocab_file`")
+    elif tok.tokenizer_type in _VOCAB_MAY_BE_FOLDER:
+        if not os.path.exists(tok.vocab_file):
+            problems.append(f"`vocab_file: {tok.vocab_file}` does not exist (relative paths start at {os.getcwd()}); "
+                            f"{tok.tokenizer_type} takes a transformers tokenizer folder or a .gguf file")
     elif tok.tokenizer_type not in _VOCAB_IS_NAME and not os.path.isfile(tok.vocab_file):
         problems.append(f"`vocab_file: {tok.vocab_file}` does not exist (relative paths start at {os.getcwd()})")
     if tok.tokenizer_type == "GPT2BPETokenizer":

@@ -19,8 +19,10 @@ from megatron.neox_arguments.training import COMPILE_MODES, CUDA_GRAPH_COMPILE_M
 if TYPE_CHECKING:
     from megatron.neox_arguments.neox_args import NeoXArgs
 
-# GPT-NeoX types not built here; cpu_adam and cpu_torch_adam are its ZeRO-Offload optimizers.
-_NOT_YET_OPTIMIZERS = ("onebitadam", "sm3", "madgrad_wd", "lion", "cpu_adam", "cpu_torch_adam")
+# GPT-NeoX types not built here.
+_NOT_YET_OPTIMIZERS = ("onebitadam", "sm3", "madgrad_wd", "lion")
+# GPT-NeoX's ZeRO-Offload optimizers: here the offload setting itself picks DeepSpeed's CPU Adam.
+_OFFLOAD_OPTIMIZERS = ("cpu_adam", "cpu_torch_adam")
 
 
 def resolve_and_validate(args: "NeoXArgs", f: Findings) -> None:
@@ -175,6 +177,9 @@ def _optimizer(args: "NeoXArgs", f: Findings) -> None:
     kind = opt.get("type")
     if not isinstance(kind, str):
         f.problem(f"{f.key('optimizer', opt)} needs a `type` string, e.g. {{type: Adam, params: {{lr: 0.0006}}}}")
+    elif kind.lower() in _OFFLOAD_OPTIMIZERS:
+        f.problem(f"{f.key('optimizer', opt)}: {kind} is GPT-NeoX's ZeRO-Offload optimizer; write type: Adam and "
+                  "zero_optimization: {stage: 2, offload_optimizer: {device: cpu}} (the offload steps DeepSpeed's CPU Adam)")
     elif kind.lower() in _NOT_YET_OPTIMIZERS:
         f.problem(f"{f.key('optimizer', opt)}: optimizer type {kind!r} is not supported yet; use one of {', '.join(OPTIMIZER_TYPES)}")
     elif kind.lower() not in OPTIMIZER_TYPES:
@@ -228,12 +233,29 @@ def _optimizer(args: "NeoXArgs", f: Findings) -> None:
 
     for problem in deepspeed_section_problems("zero_optimization", o.zero_optimization):
         f.problem(f"{f.key('zero_optimization', show_value=False)}: {problem}")
-    offload = o.zero_optimization.get("offload_optimizer")
-    device = offload.get("device", "none") if isinstance(offload, dict) else ("cpu" if offload else "none")
-    if o.zero_optimization.get("cpu_offload") or str(device).lower() != "none":
-        f.problem(f"{f.key('zero_optimization', show_value=False)}: offloading the optimizer (offload_optimizer, "
-                  "cpu_offload) is not supported yet: DeepSpeed steps an offloaded optimizer with its CPU Adam, which "
-                  "this trainer does not build; remove it (offload_param with stage 3 works)")
+    zkey = f.key("zero_optimization", show_value=False)
+    if o.zero_optimization.get("cpu_offload"):
+        f.problem(f"{zkey}: cpu_offload is DeepSpeed's old spelling; write offload_optimizer: {{device: cpu}}")
+    device = o.offload_device
+    if device == "nvme":
+        f.problem(f"{zkey}: offload_optimizer to nvme is not supported (it needs DeepSpeed's async I/O op and libaio); "
+                  "use device: cpu")
+    elif device not in ("none", "cpu"):
+        f.problem(f"{zkey}: offload_optimizer.device must be none, cpu or nvme, got {device!r}")
+    elif device == "cpu":
+        if stage == 0:
+            f.problem(f"{zkey}: offload_optimizer needs ZeRO stage 1, 2 or 3 (stage is 0)")
+        if o.type not in ("adam", "adamw"):
+            f.problem(f"{zkey}: offload_optimizer steps DeepSpeed's CPU Adam, so optimizer type must be Adam or AdamW, "
+                      f"not {o.resolved_optimizer.get('type')}")
+        elif o.params.get("amsgrad"):
+            f.problem(f"{zkey}: offload_optimizer steps DeepSpeed's CPU Adam, which has no amsgrad; drop amsgrad")
+        if args.precision.torch_autocast:
+            f.problem(f"{zkey}: offload_optimizer does not run with torch_autocast (which steps the fused AdamW on the "
+                      "GPU); set torch_autocast: false")
+        if args.parallel.pipe_parallel_size > 1:
+            f.problem(f"{zkey}: offload_optimizer is not supported with pipeline parallelism (pipe_parallel_size "
+                      f"{args.parallel.pipe_parallel_size})")
 
 
 def _lr(args: "NeoXArgs", f: Findings) -> None:

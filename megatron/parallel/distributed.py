@@ -6,8 +6,10 @@ one-process group on a free local port.
 """
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import sys
 import time
 from dataclasses import dataclass
 
@@ -117,3 +119,37 @@ def shutdown_distributed() -> None:
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+
+
+def end_process(code: int = 0) -> None:
+    """Leave the process group together, flush what was printed and logged, and exit without interpreter finalization.
+
+    DeepSpeed and megatron-core keep references to their gloo process groups after destroy_process_group,
+    so the groups' worker threads are torn down while the interpreter finalizes. A worker that then drops
+    a tensor needs the GIL, the finalizing interpreter ends that thread instead, and the C++ runtime aborts
+    ("terminate called without an active exception"): a finished run exits with SIGABRT (seen in CI after
+    the barrier above was added). Only a finished process calls this: its checkpoints are written and
+    fsynced and its loggers closed, so finalization has nothing left to do that matters.
+    """
+    shutdown_distributed()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of the default process group; (0, 1) without one."""
+    if torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def all_gather_objects(obj) -> list:
+    """Every rank's `obj`, in rank order, on every rank (collective; [obj] without a process group)."""
+    rank, world = rank_and_world()
+    if world == 1:
+        return [obj]
+    out = [None] * world
+    torch.distributed.all_gather_object(out, obj)
+    return out

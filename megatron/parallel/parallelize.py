@@ -81,7 +81,9 @@ class Parallel:
         # throughput itself. A config that sets `timers` keeps its own.
         config.setdefault("timers", {"throughput": {"enabled": False}})
         bf16 = config.get("bf16") or {}
-        if bf16.get("enabled") and (config.get("zero_optimization") or {}).get("stage", 0) == 1:
+        zero_cfg = config.get("zero_optimization") or {}
+        offloaded = str((zero_cfg.get("offload_optimizer") or {}).get("device", "none")).lower() != "none"
+        if bf16.get("enabled") and zero_cfg.get("stage", 0) == 1 and not offloaded:  # BF16_Optimizer cannot offload
             # fp32 gradient accumulation makes DeepSpeed run bf16 ZeRO-1 with its BF16_Optimizer
             # (fp32 master weights and gradients, states partitioned over data-parallel ranks)
             # instead of the generic ZeRO optimizer, whose per-parameter overflow checks, norms and

@@ -51,6 +51,7 @@ from typing import Optional
 
 import torch
 
+from megatron.checkpointing.integrity import file_records
 from megatron.parallel.layout import Layout, model_problems
 from megatron.parallel.pipeline import layer_of, model_name, pipe_name
 from megatron.parallel.tensor_parallel import shard, split_dim
@@ -596,7 +597,7 @@ def write_checkpoint(model: dict[str, torch.Tensor], state: dict, save_dir: Path
     for name, content in [*modules.items(), *(optimizer or {}).items()]:
         (tmp / name).write_bytes(_torch_bytes(content))
     (tmp / "config.yml").write_text(config_yaml)
-    files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())}
+    files = file_records(tmp, [p.name for p in sorted(tmp.iterdir())])
     # No per-rank RNG files: world_size null tells the loader not to expect them.
     manifest = {"iteration": state.get("global_steps"), "world_size": None, "files": files, "resharded": note}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))

@@ -20,7 +20,7 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
 
 
 def build_optimizer(model: torch.nn.Module, optimizer_cfg: dict, weight_decay: float,
-                    device: Optional[torch.device] = None) -> torch.optim.Optimizer:
+                    device: Optional[torch.device] = None, offload: bool = False) -> torch.optim.Optimizer:
     """`optimizer_cfg` is GPT-NeoX's {"type": "Adam", "params": {"lr": ..., "betas": ..., "eps": ...}}.
 
     GPT-NeoX's "Adam" applies decoupled weight decay (it maps to AdamW), so both names build AdamW;
@@ -28,7 +28,9 @@ def build_optimizer(model: torch.nn.Module, optimizer_cfg: dict, weight_decay: f
     `device` is where the parameters will train (default: where they are now). On CUDA the AdamW
     is the fused one: a model built on the CPU and moved by DeepSpeed afterwards would otherwise
     step with torch's default multi-tensor AdamW, 4.9 against 1.8 ms of GPU time per step for
-    Pythia-160M on an H100 (benchmarks/RESULTS.md).
+    Pythia-160M on an H100 (benchmarks/RESULTS.md). With `offload` (ZeRO-Offload: the optimizer
+    state lives in CPU memory) Adam is DeepSpeed's CPU Adam, which DeepSpeed steps on the host; its
+    C++ op compiles on first use (about a minute, then cached).
     """
     kind = str(optimizer_cfg.get("type", "Adam")).lower()
     params = dict(optimizer_cfg.get("params", {}))
@@ -38,5 +40,10 @@ def build_optimizer(model: torch.nn.Module, optimizer_cfg: dict, weight_decay: f
         return torch.optim.SGD(groups, lr=params.pop("lr", 1e-3), **params)
     if kind not in ("adam", "adamw"):  # validation refuses other types before anything is built
         raise ValueError(f"optimizer type {optimizer_cfg.get('type')!r} is not supported; use Adam, AdamW or SGD")
+    if offload:
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        params.pop("amsgrad", None)  # validation refuses amsgrad with offload
+        return DeepSpeedCPUAdam(groups, lr=params.pop("lr", 1e-4), adamw_mode=True, **params)
     on_cuda = device.type == "cuda" if device is not None else next(model.parameters()).is_cuda
     return torch.optim.AdamW(groups, lr=params.pop("lr", 1e-4), fused=on_cuda or None, **params)

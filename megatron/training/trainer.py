@@ -67,12 +67,20 @@ class Trainer:
         self.num_params_non_embedding = count_parameters(model, exclude_embeddings=True)
         # Tensor, sequence, pipeline and data parallelism are applied from outside the model.
         self.parallel = parallelize(model, a, env.world_size, env.rank)
-        optimizer = build_optimizer(self.parallel.module, a.optimizer.optimizer, a.optimizer.weight_decay, env.device)
+        optimizer = build_optimizer(self.parallel.module, a.optimizer.optimizer, a.optimizer.weight_decay, env.device,
+                                    offload=a.optimizer.offload_device == "cpu")
         self.scheduler = AnnealingLR(
             optimizer, max_lr=a.optimizer.lr, min_lr=a.lr.min_lr, warmup=a.lr.warmup,
             decay_iters=a.lr.decay_iters(a.training.train_iters), style=a.lr.lr_decay_style,
         )
         self.dp_size, self.dp_rank = self.parallel.dp_size, self.parallel.dp_rank
+        self._preloaded = None
+        if a.checkpoint.load and a.optimizer.zero_stage == 3:
+            from megatron.checkpointing.checkpoint import preload_module
+
+            # ZeRO-3 reads only its own files: a converted, resharded or stage 0-2 checkpoint loads here,
+            # into the whole module, before DeepSpeed partitions it.
+            self._preloaded = preload_module(self.parallel.module, a.checkpoint.load, iteration=a.checkpoint.iteration)
         self.engine = self.parallel.initialize(optimizer, self.scheduler, a.deepspeed_config(self.dp_size))
         if a.optimizer.zero_stage != self.engine.zero_optimization_stage():
             self._print(f"ZeRO stage {a.optimizer.zero_stage} runs as stage {self.engine.zero_optimization_stage()} "
@@ -103,11 +111,18 @@ class Trainer:
         c = self.args.checkpoint
         if not c.load:
             return
-        client = load_checkpoint(
-            self.engine, c.load, rank=self.env.rank, iteration=c.iteration,
-            load_optimizer=not c.no_load_optim, load_rng=not c.no_load_rng, finetune=c.finetune,
-            precision=self.args.precision.precision,
-        )
+        if self._preloaded is not None:
+            from megatron.checkpointing.checkpoint import load_preloaded
+
+            client = load_preloaded(self.engine, self._preloaded, rank=self.env.rank, load_optimizer=not c.no_load_optim,
+                                    load_rng=not c.no_load_rng, finetune=c.finetune)
+            self._preloaded = None
+        else:
+            client = load_checkpoint(
+                self.engine, c.load, rank=self.env.rank, iteration=c.iteration,
+                load_optimizer=not c.no_load_optim, load_rng=not c.no_load_rng, finetune=c.finetune,
+                precision=self.args.precision.precision, layout=(self.parallel.layout.tp, self.parallel.layout.pp),
+            )
         if client is None:
             self._print(f"no checkpoint found in {c.load}; starting from scratch")
             return
@@ -135,14 +150,17 @@ class Trainer:
 
     def _build_data(self) -> None:
         from megatron.data.gpt_dataset import build_train_valid_test_datasets
-        from megatron.data.loader import build_data_loader
 
         a = self.args
         d = a.data
         t = a.training
         eval_runs = (t.train_iters // t.eval_interval + 1) if t.eval_interval else 0
+        # A resumed run may evaluate more often than it did, or for more iterations: it needs what it
+        # consumed plus what it will still evaluate (the sample order is a prefix of a longer run's).
+        runs_left = ((max(t.train_iters - self.state.iteration, 0) // t.eval_interval + 1) if t.eval_interval else 0)
         train_samples = t.train_iters * self.global_batch
-        valid_samples = eval_runs * t.eval_iters * self.global_batch
+        valid_samples = max(eval_runs * t.eval_iters * self.global_batch,
+                            self.state.consumed_valid_samples + runs_left * t.eval_iters * self.global_batch)
         test_samples = t.eval_iters * self.global_batch
         self.train_ds, self.valid_ds, self.test_ds = build_train_valid_test_datasets(
             data_path=d.data_path, split=d.split, train_data_paths=d.train_data_paths,
@@ -155,18 +173,20 @@ class Trainer:
             rank=self.env.rank, barrier=barrier, cache_dir=d.data_cache_path,
         )
 
-        def loader(ds, consumed):
-            if ds is None:
-                return None
-            return build_data_loader(ds, micro_batch_size=self.micro_batch, dp_rank=self.dp_rank,
-                                     dp_size=self.dp_size, consumed_samples=consumed,
-                                     num_workers=d.num_workers, seed=t.seed)
-
-        self.train_loader = loader(self.train_ds, self.state.consumed_train_samples)
+        self.train_loader = self._data_loader(self.train_ds, self.state.consumed_train_samples)
         self._valid_consumed_at_start = self.state.consumed_valid_samples
-        self.valid_loader = loader(self.valid_ds, self.state.consumed_valid_samples)
+        self.valid_loader = self._data_loader(self.valid_ds, self.state.consumed_valid_samples)
         self.train_iter = iter(self.train_loader) if self.train_loader is not None else None
         self.valid_iter = iter(self.valid_loader) if self.valid_loader is not None else None
+
+    def _data_loader(self, ds, consumed: int, num_workers: Optional[int] = None):
+        from megatron.data.loader import build_data_loader
+
+        if ds is None:
+            return None
+        return build_data_loader(ds, micro_batch_size=self.micro_batch, dp_rank=self.dp_rank, dp_size=self.dp_size,
+                                 consumed_samples=consumed, seed=self.args.training.seed,
+                                 num_workers=self.args.data.num_workers if num_workers is None else num_workers)
 
     # ------------------------------------------------------------------ steps
     def _batch(self, data_iter: Iterator) -> dict:
@@ -217,19 +237,30 @@ class Trainer:
             out["grad_norm"] = grad_norm
         return out
 
-    @torch.no_grad()
     def evaluate(self) -> Optional[float]:
+        """Mean loss over eval_iters batches of the validation split (which advance through it run by run)."""
         if self.valid_iter is None:
             return None
+        loss = self._loss_over(self.valid_iter)
+        self.state.consumed_valid_samples += self.args.training.eval_iters * self.global_batch
+        return loss
+
+    def evaluate_test(self) -> Optional[float]:
+        """Mean loss over the first eval_iters batches of the test split (GPT-NeoX's end-of-training test)."""
+        if self.test_ds is None or self.args.training.eval_iters == 0:
+            return None
+        return self._loss_over(iter(self._data_loader(self.test_ds, 0, num_workers=0)))
+
+    @torch.no_grad()
+    def _loss_over(self, data_iter) -> float:
         self.engine.eval()
         losses = []
         for _ in range(self.args.training.eval_iters):
-            batches = [self._batch(self.valid_iter) for _ in range(self.grad_acc)]
+            batches = [self._batch(data_iter) for _ in range(self.grad_acc)]
             if self.parallel.pipelined:
                 losses.append(self.engine.eval_batch(self.parallel.pipe_batches(batches)).reshape(()))
             else:
                 losses.extend(self._forward(b) for b in batches)
-        self.state.consumed_valid_samples += self.args.training.eval_iters * self.global_batch
         loss = torch.stack(losses).mean()
         if not self.parallel.pipelined:  # eval_batch already averages over data-parallel ranks
             loss = self.parallel.mean_over_data_parallel(loss)
@@ -345,6 +376,10 @@ class Trainer:
             self.save()
         if not trained:
             logger.message(f"nothing to train: iteration {self.state.iteration} >= train_iters {t.train_iters}")
+        elif self.state.iteration >= t.train_iters:
+            test = self.evaluate_test()
+            if test is not None:
+                logger.log(self.state.iteration, {"loss": test, "ppl": math.exp(min(test, 50))}, prefix="test")
         logger.close()
         return history
 

@@ -33,16 +33,20 @@ class HFAutoTokenizer(Tokenizer):
         from transformers import AutoTokenizer
 
         path = require_file(vocab_file, "a tokenizer folder or .gguf file", self.name)
+        hint = "give a transformers tokenizer folder or a .gguf file (a single tokenizers JSON file is tokenizer_type HFTokenizer)"
         if os.path.isdir(path) and not any(os.path.isfile(os.path.join(path, n)) for n in _TOKENIZER_FILES):
             # transformers' own message for this case talks about slow-tokenizer conversion.
-            raise ValueError(f"{self.name}: cannot load a tokenizer from {path!r}: the folder holds none of {', '.join(_TOKENIZER_FILES)}; give a transformers "
-                             "tokenizer folder or a .gguf file (a single tokenizers JSON file is tokenizer_type HFTokenizer)")
+            raise ValueError(f"{self.name}: cannot load a tokenizer from {path!r}: the folder holds none of "
+                             f"{', '.join(_TOKENIZER_FILES)}; {hint}")
+        if not os.path.isdir(path) and not path.endswith(".gguf"):
+            # transformers would take the file's name for a Hub repository id, or parse it as a model config
+            raise ValueError(f"{self.name}: cannot load a tokenizer from the file {path!r}; {hint}")
         try:
             if path.endswith(".gguf"):
                 self._tok = AutoTokenizer.from_pretrained(os.path.dirname(os.path.abspath(path)), gguf_file=os.path.basename(path), local_files_only=True)
             else:
                 self._tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, TypeError) as e:  # TypeError: a folder whose config.json is not a model's
             raise ValueError(f"{self.name}: cannot load a tokenizer from {path!r}: {e}") from e
         if self._tok.eos_token_id is None:
             raise ValueError(f"{self.name}: the tokenizer in {path!r} defines no EOS token to use as end of document")

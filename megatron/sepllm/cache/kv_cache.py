@@ -34,6 +34,10 @@ from megatron.sepllm.cache.rotary import RotarySpec, rotate_by
 SHIFT_STRATEGIES = ("evict", "read")
 
 
+NOT_FED = ("the cache must see the token ids of every forward pass first: call megatron.sepllm.hf.apply_sepllm(model, "
+            "...) before using a SepCache (its forward hook feeds the cache), and keep it applied while the cache is in use")
+
+
 def check_ready(cache) -> None:
     """What a cache needs before its first forward pass (both caches; apply_sepllm fills these in)."""
     if cache.budget.policy == SEPLLM and not cache.separator_ids:
@@ -112,7 +116,7 @@ class SepKVCache:
         """Append this chunk's keys/values [B, H, q, D]; returns the old entries plus the chunk."""
         plan = self.plan
         if plan is None:
-            raise RuntimeError("SepKVCache.update before begin(): the cache must see the token ids of every forward pass first")
+            raise RuntimeError(f"SepKVCache.update before begin(): {NOT_FED}")
         if layer in self._updated:
             raise RuntimeError(f"layer {layer} was updated twice in one forward pass; call begin() before each forward")
         q = plan.new_positions.shape[1]

@@ -26,7 +26,7 @@ from typing import Optional, Sequence
 import torch
 
 from megatron.sepllm.cache.budget import CacheBudget
-from megatron.sepllm.cache.kv_cache import check_ready
+from megatron.sepllm.cache.kv_cache import NOT_FED, check_ready
 from megatron.sepllm.cache.planner import SlotLayout, compress_rows, separator_tensor
 from megatron.sepllm.cache.rotary import RotarySpec, rotate_by
 
@@ -147,7 +147,7 @@ class StaticSepKVCache:
     def update(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write this step's key/value [B, H, 1, D] into its slot; returns all S slots."""
         if self._plan is None:
-            raise RuntimeError("StaticSepKVCache.update before begin(): the cache must see the token ids of every forward pass first")
+            raise RuntimeError(f"StaticSepKVCache.update before begin(): {NOT_FED}")
         if layer in self._updated:
             raise RuntimeError(f"layer {layer} was updated twice in one forward pass; call begin() before each forward")
         if key.shape[2] != 1:

@@ -52,6 +52,19 @@ class _History:
         self.ids = torch.cat([self.ids, ids], 1)
         self.valid = torch.cat([self.valid, valid], 1)
 
+    def select(self, rows: torch.Tensor) -> None:
+        rows = rows.to(self.ids.device)
+        self.ids, self.valid = self.ids.index_select(0, rows), self.valid.index_select(0, rows)
+
+
+# The cache methods by which transformers moves batch rows (beam search reorders the beams after
+# every step): the mask-mode history must follow them, or a beam is masked by another's separators.
+_ROW_METHODS = {
+    "reorder_cache": lambda h, beam_idx: h.select(beam_idx),
+    "batch_select_indices": lambda h, indices: h.select(indices),
+    "batch_repeat_interleave": lambda h, repeats: h.select(torch.arange(h.ids.shape[0]).repeat_interleave(repeats)),
+}
+
 
 class SepLLMRuntime:
     """Applies SepLLM settings to one model; created by `apply_sepllm`."""
@@ -67,6 +80,8 @@ class SepLLMRuntime:
         self.num_layers = families.num_layers(model)
         self._rotary = None
         self._history: Optional[_History] = None
+        self._history_cache = None  # the cache object the history describes
+        self._positional: Optional[list[str]] = None  # the model forward's positional parameter names
         self._cache: Optional[SepCache] = None
         self._q = 0
         self._masks: dict = {}
@@ -101,8 +116,44 @@ class SepLLMRuntime:
         return self._rotary
 
     # ------------------------------------------------------------------------ per forward pass
+    def _by_name(self, module, args: tuple, kwargs: dict) -> dict:
+        """The forward's arguments as keywords (an attention mask or cache may come positionally)."""
+        if not args:
+            return kwargs
+        if self._positional is None:
+            import inspect
+
+            kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+            self._positional = [p.name for p in inspect.signature(module.forward).parameters.values() if p.kind in kinds]
+        if len(args) > len(self._positional):
+            raise TypeError(f"{type(module).__name__}.forward takes {len(self._positional)} positional arguments, got {len(args)}")
+        named = dict(zip(self._positional, args))
+        twice = sorted(set(named) & set(kwargs))
+        if twice:
+            raise TypeError(f"{type(module).__name__}.forward got multiple values for {', '.join(twice)}")
+        return {**named, **kwargs}
+
+    def _follow_rows(self, cache) -> None:
+        """Make the mask-mode history follow the row moves of `cache` (once per cache object)."""
+        if cache is None or getattr(cache, "_sepllm_follower", None) is self:
+            return
+        for name, move in _ROW_METHODS.items():
+            original = getattr(cache, name, None)
+            if original is None:
+                continue
+
+            def moved(*a, _original=original, _move=move, **k):
+                out = _original(*a, **k)
+                if self._history is not None and self._history_cache is cache:
+                    _move(self._history, *a, **k)
+                return out
+
+            setattr(cache, name, moved)
+        cache._sepllm_follower = self
+
     def _pre_forward(self, module, args: tuple, kwargs: dict):
-        ids = kwargs.get("input_ids", args[0] if args else None)
+        kwargs, args = self._by_name(module, args, kwargs), ()
+        ids = kwargs.get("input_ids")
         if ids is None:
             raise ValueError("SepLLM needs input_ids in every forward pass (inputs_embeds carry no token ids to find separators)")
         q = ids.shape[1]
@@ -132,10 +183,12 @@ class SepLLMRuntime:
         else:
             self._cache = None
             past = cache.get_seq_length() if cache is not None else 0
+            self._follow_rows(cache)
             if past == 0 or self._history is None:
                 if past != 0:
                     raise RuntimeError("SepLLM mask mode joined a cache it has not seen from the start; start generation with a fresh cache")
                 self._history = _History(ids, valid)
+                self._history_cache = cache
             elif self._history.ids.shape[1] != past:
                 raise RuntimeError(f"SepLLM mask mode tracked {self._history.ids.shape[1]} tokens but the cache holds {past}; use a fresh cache per generation")
             else:
@@ -145,10 +198,16 @@ class SepLLMRuntime:
     # ------------------------------------------------------------------------------ attention
     def attention(self, module, query, key, value, **kwargs):
         layer = module.layer_idx
+        # Models with sliding-window layers (Mistral v0.1, Qwen2, Gemma 2 ...) pass their window here.
+        sliding = kwargs.pop("sliding_window", None)
         if self._cache is not None:
+            if sliding is not None:
+                raise ValueError(f"layer {layer} attends within a sliding window of {sliding} tokens, which SepCache does "
+                                 "not model (it keeps initial and separator tokens from the whole stream); use SepLLM's "
+                                 "mask mode (no SepCache) with this model, which applies both")
             mask = self._cache.core.attention_mask()
         else:
-            mask = self._mask_mode_mask(layer)
+            mask = self._mask_mode_mask(layer, sliding)
         if mask.shape[-1] != key.shape[2]:
             raise RuntimeError(f"layer {layer}: SepLLM mask covers {mask.shape[-1]} keys but attention got {key.shape[2]}")
         self._count(layer, mask)
@@ -200,15 +259,17 @@ class SepLLMRuntime:
             kept = kept | (h.valid & (offsets >= 0) & (offsets % k == k - 1))
         return kept
 
-    def _mask_mode_mask(self, layer: int) -> torch.Tensor:
+    def _mask_mode_mask(self, layer: int, sliding: Optional[int] = None) -> torch.Tensor:
         h = self._history
         T, q = h.ids.shape[1], self._q
         decoding = q == 1 and T > 1
         window = self.window(layer, decoding)
         if window is not None and window >= T:
             window = None  # the window covers everything: plain causal attention
+        if sliding is not None and sliding >= T:
+            sliding = None
         interval = int(self.args.fixed_sep_intervals_list[layer]) if self.mode == FIXLLM else None
-        key = (window, interval)
+        key = (window, interval, sliding)
         if key not in self._masks:
             device = h.ids.device
             i = torch.arange(T - q, T, device=device)[:, None]
@@ -217,6 +278,8 @@ class SepLLMRuntime:
             if window is not None:
                 near = (i - j < window) if self.args.EXCLUDE_DIAGONAL else (i - j <= window)
                 mask = mask & (near[None] | self._kept(layer, h)[:, None, :])
+            if sliding is not None:  # the model's own window, as transformers' sliding-window masks draw it
+                mask = mask & (i - j < sliding)[None]
             self._masks[key] = mask[:, None]
         return self._masks[key]
 

@@ -69,8 +69,8 @@ class _SepCacheLayer(CacheLayerMixin):
 class SepCache(Cache):
     """Keeps initial (a), separator (s) and local (w) entries within capacity c (upstream names).
 
-    policy="streamingllm" keeps the initial tokens plus the last c - a tokens instead
-    (local_size then defaults to cache_size - init_cache_size). pos_shift=True gives keys their
+    local_size defaults to 256 (SepLLM). policy="streamingllm" keeps the initial tokens plus the
+    last c - a tokens instead (local_size then defaults to cache_size - init_cache_size). pos_shift=True gives keys their
     positions inside the cache (needed to stream far past the model's trained context).
     static=True keeps fixed shapes for token-by-token decoding under CUDA graphs (one token per
     forward pass, no prefill; see megatron.sepllm.cache.static_cache).
@@ -82,7 +82,7 @@ class SepCache(Cache):
         self,
         init_cache_size: int = 4,
         sep_cache_size: int = 64,
-        local_size: Optional[int] = 256,
+        local_size: Optional[int] = None,
         cache_size: int = 512,
         *,
         separator_token_ids: Optional[Sequence[int]] = None,
