@@ -78,6 +78,11 @@ def test_demo_is_ready_to_train_once_its_data_is_prepared(tmp_path, monkeypatch)
     for suffix in (".bin", ".idx"):
         (demo / f"demo_text_document{suffix}").write_bytes(b"")
     load("demo.yml").validate_for("train")
+    paths = {f"{k}_data_paths": ["data/demo/demo_text_document"] for k in ("train", "valid", "test")}
+    labeled = NeoXArgs.from_files([str(REPO / "configs" / "demo.yml")], overrides={
+        "data_path": None, **paths, "train_label_data_paths": ["data/demo/demo_text_label_document"]})
+    with pytest.raises(ConfigError, match="`train_label_data_paths` entry 'data/demo/demo_text_label_document': .*bin .*not found"):
+        labeled.validate_for("train")
     # a padded_vocab_size below the tokenizer's 50277 tokens is refused here, before any rank starts
     small = NeoXArgs.from_files([str(REPO / "configs" / "demo.yml")], overrides={"padded_vocab_size": 1000})
     with pytest.raises(ConfigError, match="`padded_vocab_size: 1000` is smaller than the tokenizer's 50277 tokens"):

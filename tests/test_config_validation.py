@@ -114,6 +114,10 @@ def test_data_paths_are_either_one_prefix_or_three_lists():
     assert "also need valid_data_paths, test_data_paths" in error(train_data_paths=["a"])
     assert "needs one weight per entry" in error(train_data_paths=["a", "b"], valid_data_paths=["b"], test_data_paths=["c"], train_data_weights=[1.0])
     assert "train,valid,test proportions" in error(split="90,x,5")
+    three = dict(train_data_paths=["a", "b"], valid_data_paths=["b"], test_data_paths=["c"])
+    assert "needs one label dataset per entry of train_data_paths (2), in the same order" in error(**three, train_label_data_paths=["la"])
+    assert "label datasets do not pair with data_path" in error(data_path="x", valid_label_data_paths=["lb"])
+    assert load(**three, train_label_data_paths=["la", "lb"], test_label_data_paths=["lc"]).data.train_label_data_paths == ["la", "lb"]
     assert load(split="949,50,1").data.split_fractions() == pytest.approx((0.949, 0.05, 0.001))
 
 

@@ -44,3 +44,19 @@ def test_eod_mask_loss_drops_positions_whose_input_is_eod():
     b = get_batch(TOKENS, eod_id=EOD, eod_mask_loss=True)
     assert b["loss_mask"][0].tolist() == [1, 1, 0, 1, 1, 1, 0, 1]
     assert bool((b["loss_mask"][1] == 1).all())
+
+
+def test_label_tokens_replace_the_targets_and_negative_labels_leave_the_loss():
+    labels = TOKENS.clone()
+    labels[0, :4] = -100  # a prompt: predicting its tokens 1..3 does not count, predicting token 4 does
+    b = get_batch(TOKENS, eod_id=EOD, label_tokens=labels, eod_mask_loss=True)
+    assert torch.equal(b["input_ids"], TOKENS[:, :-1])
+    assert b["loss_mask"][0].tolist() == [0, 0, 0, 1, 1, 1, 0, 1]  # and EOD inputs still drop out
+    assert b["labels"][0].tolist() == [0, 0, 0, 8, 9, 0, 4, 3] and torch.equal(b["labels"][1], TOKENS[1, 1:])
+    assert bool((b["labels"] >= 0).all())  # a valid class for cross-entropy everywhere
+    try:
+        get_batch(TOKENS, eod_id=EOD, label_tokens=labels[:, :-1])
+    except ValueError as e:
+        assert "label_tokens must have the shape of tokens" in str(e)
+    else:
+        raise AssertionError("a label window of another shape was accepted")

@@ -301,3 +301,36 @@ def test_documents_ending_in_another_end_token_are_reported(tmp_path, caplog):
             w.add_document([5 + d, 100 + d])
         w.finalize()
     assert document_end_mismatch(inspect_indexed_dataset(tmp_path / "plain"), EOD) is None
+
+
+def test_label_datasets_are_read_through_the_datas_sample_index(tmp_path):
+    docs = make_dataset(tmp_path / "d")
+    with IndexedDatasetWriter(tmp_path / "lab", np.int32) as w:  # each document's first half out of the loss
+        for doc in docs:
+            w.add_document([-100] * (len(doc) // 2) + doc[len(doc) // 2:])
+        w.finalize()
+    kw = dict(seq_length=16, seed=7, train_samples=30, valid_samples=0, test_samples=0, vocab_size=60010,
+              train_data_paths=[str(tmp_path / "d")], valid_data_paths=[str(tmp_path / "d")], test_data_paths=[str(tmp_path / "d")])
+    plain, _, _ = build_train_valid_test_datasets(**kw)
+    train, _, _ = build_train_valid_test_datasets(**kw, train_label_data_paths=[str(tmp_path / "lab")])
+    assert items(train) == items(plain)  # the labels do not change which samples are read
+    # token values are unique per (document, position) apart from EOD, which always keeps its label
+    label_of = {t: t if j >= len(doc) // 2 else -100 for doc in docs for j, t in enumerate(doc)}
+    label_of[EOD] = EOD
+    for i in range(len(train)):
+        text, label = train[i]["text"], train[i]["label"]
+        assert label.dtype == np.int64 and label.tolist() == [label_of[t] for t in text.tolist()]
+    assert sum(int((train[i]["label"] < 0).sum()) for i in range(len(train))) > 30 * 17 // 4
+    # blended: each dataset keeps its own labels
+    blended, _, _ = build_train_valid_test_datasets(**{**kw, "train_data_paths": [str(tmp_path / "d")] * 2},
+                                                    train_label_data_paths=[str(tmp_path / "lab"), str(tmp_path / "d")])
+    assert {bool((blended[i]["label"] < 0).any()) for i in range(len(blended))} == {True, False}
+
+    with IndexedDatasetWriter(tmp_path / "short", np.int32) as w:  # one label short in document 3
+        for k, doc in enumerate(docs):
+            w.add_document(doc[:-1] if k == 3 else doc)
+        w.finalize()
+    with pytest.raises(ValueError, match=r"short is not aligned with .*\(document 3 has \d+ tokens and \d+ labels\)"):
+        build_train_valid_test_datasets(**kw, train_label_data_paths=[str(tmp_path / "short")])
+    with pytest.raises(ValueError, match="one label dataset per entry of train_data_paths"):
+        build_train_valid_test_datasets(**kw, train_label_data_paths=[str(tmp_path / "lab")] * 2)

@@ -342,3 +342,33 @@ def test_cli_names_an_output_it_cannot_write(tmp_path):
         assert out.returncode == 1 and "error: Permission denied: " in out.stderr and "Traceback" not in out.stderr
     finally:
         ro.chmod(0o700)
+
+
+def test_prompt_key_writes_label_datasets_that_leave_the_prompt_out(tmp_path, tok):
+    from transformers import PreTrainedTokenizerFast
+
+    rows = [{"prompt": "Q: two and two?\nA:", "text": " four.", "id": 1},
+            {"prompt": "", "text": "No prompt here.", "id": 2},
+            {"prompt": "Empty answer:", "text": " ", "id": 3},  # skipped and counted, in both datasets
+            {"prompt": "Say hi:", "text": " hi", "id": 4}]
+    (tmp_path / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # A tokenizer that starts every document with a BOS (as Llama's do): the text continues the
+    # prompt's document, so it must not get a BOS of its own.
+    PreTrainedTokenizerFast(tokenizer_file=NEOX_JSON, eos_token="<|endoftext|>", bos_token="<|padding|>",
+                            pad_token="<|padding|>", add_bos_token=True).save_pretrained(tmp_path / "bos")
+    for name, t in (("neox", tok), ("bos", build_tokenizer("HFAutoTokenizer", str(tmp_path / "bos")))):
+        s = preprocess(inputs=str(tmp_path / "sft.jsonl"), output_prefix=str(tmp_path / name), tokenizer=t,
+                       prompt_key="prompt", append_eod=True, progress=False)
+        assert (s.documents, s.empty_skipped) == (3, 1)
+        assert s.outputs == [str(tmp_path / f"{name}_text_document"), str(tmp_path / f"{name}_text_label_document")]
+        docs, labels = _documents(tmp_path / f"{name}_text_document"), _documents(tmp_path / f"{name}_text_label_document")
+        assert inspect_indexed_dataset(tmp_path / f"{name}_text_label_document").dtype == np.int32
+        for doc, label, row in zip(docs, labels, [rows[0], rows[1], rows[3]]):
+            prompt = t.tokenize(row["prompt"])  # a BOS alone for an empty prompt
+            assert doc == list(prompt) + t.tokenize_plain(row["text"]) + [t.eod]
+            assert label == [-100] * len(prompt) + doc[len(prompt):]
+        if name == "bos":
+            assert t.tokenize("x")[0] == 1 and docs[0].count(1) == 1  # one BOS, at the start
+    with pytest.raises(ValueError, match="also one of the text keys"):
+        preprocess(inputs=str(tmp_path / "sft.jsonl"), output_prefix=str(tmp_path / "x"), tokenizer=tok,
+                   prompt_key="text", progress=False)

@@ -344,3 +344,29 @@ def test_a_checkpoint_of_another_model_parallel_layout_is_refused(tmp_path):
     (folder / "layer_00-model_00-model_states.pt").write_bytes(b"")
     assert _layout_problem(folder, 1, 2) is None
     assert "as pipeline stages" in _layout_problem(folder, 2, 1)
+
+
+def test_label_datasets_train_on_their_targets_only(tmp_path, corpus):
+    """train/valid/test_label_data_paths (GPT-NeoX's SFT data): labels equal to the tokens train exactly as without
+    them; labels that ask for one token (65) where they are not -100 are learnt far faster than the text."""
+    import numpy as np
+
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+    from megatron.data.indexed_format import IndexedDatasetWriter
+
+    docs = [d.astype(np.int64) for d in IndexedDataset(corpus)]
+    labels = {"same": lambda d: d, "one": lambda d: np.where(np.arange(len(d)) < len(d) // 4, -100, 65)}
+    for name, label in labels.items():
+        with IndexedDatasetWriter(tmp_path / name, np.int32) as w:
+            for d in docs:
+                w.add_document(label(d))
+            w.finalize()
+    paths = {f"{k}_data_paths": [corpus] for k in ("train", "valid", "test")}
+    common = dict(data_path=None, train_iters=4, eval_iters=1, **paths)
+    plain = run(tmp_path, make_config(tmp_path, corpus, "plain.yml", **common))["losses"]
+    same = run(tmp_path, make_config(tmp_path, corpus, "same.yml", **common,
+                                     **{f"{k}_label_data_paths": [str(tmp_path / "same")] for k in ("train", "valid", "test")}))
+    assert same["losses"] == plain
+    one = run(tmp_path, make_config(tmp_path, corpus, "one.yml", **common, train_label_data_paths=[str(tmp_path / "one")]))
+    assert one["losses"][0] == pytest.approx(plain[0], abs=0.1)  # every target is as unlikely at the start
+    assert max(one["losses"][-2:]) < plain[-1] - 0.5, (one["losses"], plain)

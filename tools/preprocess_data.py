@@ -28,6 +28,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     # nargs="+": an unquoted glob arrives as many arguments after the shell expands it.
     g.add_argument("--input", required=True, nargs="+", help="Input files, folders or glob patterns (.jsonl, .jsonl.zst, .txt), comma- or space-separated.")
     g.add_argument("--jsonl-keys", nargs="+", default=["text"], help="JSON keys to tokenize; each becomes its own dataset (default: text).")
+    g.add_argument("--prompt-key", default=None, help="JSON key of a prompt before each text (instruction data): documents are prompt + text, and PREFIX_<key>_label_document.bin/.idx beside them leaves the prompt out of the loss (train_label_data_paths).")
     g.add_argument("--txt-documents", choices=TXT_MODES, default="file", help="A .txt file is one document ('file', default) or one per blank-line-separated paragraph.")
     g.add_argument("--skip-bad-lines", action="store_true", help="Count and skip bad records (invalid JSON, missing key, undecodable bytes) instead of stopping at the first.")
     g = p.add_argument_group("tokenizer")
@@ -69,6 +70,7 @@ def main(argv=None) -> int:
             batch_chars=None if args.batch_mb is None else int(args.batch_mb * 1e6),
             progress=False if args.no_progress else None,
             overwrite=args.overwrite,
+            prompt_key=args.prompt_key,
         )
     except (BadRecord, ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)

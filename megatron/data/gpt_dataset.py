@@ -27,14 +27,17 @@ SPLIT_NAMES = ("train", "valid", "test")
 
 
 class GPTDataset(torch.utils.data.Dataset):
-    """Item i: {"text": int64 array of seq_length + 1 tokens}, in the order of a SampleIndex."""
+    """Item i: {"text": int64 array of seq_length + 1 tokens}, in the order of a SampleIndex; with a label
+    dataset (aligned with the data token for token) also {"label": the same window of labels}."""
 
-    def __init__(self, name: str, data: OpenedDataset, index: SampleIndex, seq_length: int, doc_range: tuple[int, int]):
+    def __init__(self, name: str, data: OpenedDataset, index: SampleIndex, seq_length: int, doc_range: tuple[int, int],
+                 labels: Optional[OpenedDataset] = None):
         self.name = name
         self.data = data
         self.index = index
         self.seq_length = seq_length
         self.doc_range = doc_range
+        self.labels = labels
 
     def __len__(self) -> int:
         return self.index.num_samples
@@ -43,8 +46,14 @@ class GPTDataset(torch.utils.data.Dataset):
         if not 0 <= i < len(self):
             raise IndexError(f"sample {i} out of range for {len(self)} samples of {self.name}")
         j = int(self.index.shuffle_idx[i])
+        item = {"text": self._window(self.data, j)}
+        if self.labels is not None:
+            item["label"] = self._window(self.labels, j)
+        return item
+
+    def _window(self, source: OpenedDataset, j: int) -> np.ndarray:
         (p0, o0), (p1, o1) = self.index.sample_idx[j], self.index.sample_idx[j + 1]
-        docs, read = self.index.doc_idx, self.data.reader.get
+        docs, read = self.index.doc_idx, source.reader.get
         if p0 == p1:
             tokens = read(int(docs[p0]), offset=int(o0), length=int(o1 - o0 + 1))
         else:
@@ -52,12 +61,13 @@ class GPTDataset(torch.utils.data.Dataset):
             parts += [read(int(docs[p])) for p in range(p0 + 1, p1)]
             parts.append(read(int(docs[p1]), offset=0, length=int(o1 + 1)))
             tokens = np.concatenate(parts)
-        return {"text": tokens.astype(np.int64)}
+        return tokens.astype(np.int64)
 
     def __repr__(self) -> str:
+        labels = f" with labels {self.labels.files.prefix}" if self.labels is not None else ""
         return (
             f"GPTDataset({self.name}: {len(self)} samples of {self.seq_length + 1} tokens from "
-            f"{self.data.files.prefix} documents [{self.doc_range[0]}, {self.doc_range[1]}), {self.index.num_epochs} epoch(s))"
+            f"{self.data.files.prefix} documents [{self.doc_range[0]}, {self.doc_range[1]}){labels}, {self.index.num_epochs} epoch(s))"
         )
 
 
@@ -93,6 +103,7 @@ class _Part:
     doc_range: tuple[int, int]
     num_samples: int
     split_id: int  # 0 train, 1 valid, 2 test
+    label_prefix: Optional[str] = None  # aligned with `prefix` token for token
 
 
 class _Builder:
@@ -141,7 +152,32 @@ class _Builder:
                 num_samples=part.num_samples, split_id=part.split_id,
             )
             write_cache(base, identity, index)
-        return GPTDataset(part.name, data, index, self.seq_length, (start, end))
+        labels = self._labels(part, data, may_build=may_build) if part.label_prefix is not None else None
+        return GPTDataset(part.name, data, index, self.seq_length, (start, end), labels)
+
+    def _labels(self, part: _Part, data: OpenedDataset, *, may_build: bool) -> OpenedDataset:
+        """The label dataset of `part`, checked to have `data`'s documents: the sample index of the data reads both."""
+        labels = self._opened.get(part.label_prefix)
+        if labels is None:
+            labels = open_indexed_dataset(part.label_prefix, cache_dir=self.cache_dir, write_cache=may_build)
+            if self.vocab_size is not None and labels.stats["max_token_id"] >= self.vocab_size:
+                raise ValueError(f"{part.label_prefix}.bin holds label {labels.stats['max_token_id']}, but the model's vocabulary "
+                                 f"has {self.vocab_size} entries: it was tokenized with another tokenizer than {part.prefix}")
+            self._opened[part.label_prefix] = labels
+        ours, theirs = data.files.sequence_lengths, labels.files.sequence_lengths
+        if len(ours) != len(theirs) or not np.array_equal(ours, theirs):
+            n = min(len(ours), len(theirs))
+            first = next((k for k in range(n) if ours[k] != theirs[k]), n)
+            where = (f"document {first} has {int(ours[first])} tokens and {int(theirs[first])} labels" if first < n
+                     else f"{len(ours)} documents against {len(theirs)}")
+            raise ValueError(f"label dataset {part.label_prefix} is not aligned with {part.prefix} ({where}): a label "
+                             "dataset needs one label per token of every document, in the same order (write both from "
+                             "the same preprocessing run)")
+        return labels
+
+
+def _as_list(paths) -> list[str]:
+    return [paths] if isinstance(paths, str) else list(paths)
 
 
 def _check_count(name: str, value) -> int:
@@ -160,6 +196,9 @@ def build_train_valid_test_datasets(
     train_data_weights: Optional[Sequence[float]] = None,
     valid_data_weights: Optional[Sequence[float]] = None,
     test_data_weights: Optional[Sequence[float]] = None,
+    train_label_data_paths: Optional[Sequence[str]] = None,
+    valid_label_data_paths: Optional[Sequence[str]] = None,
+    test_label_data_paths: Optional[Sequence[str]] = None,
     weight_by_num_documents: bool = False,
     weighted_sampler_alpha: float = 1.0,
     seq_length: int,
@@ -175,7 +214,8 @@ def build_train_valid_test_datasets(
 ) -> tuple[Optional[torch.utils.data.Dataset], ...]:
     """(train, valid, test) datasets; an entry is None when that split has no data or 0 samples.
 
-    Every item is {"text": int64 array of seq_length + 1}. `vocab_size` (the model's, padded)
+    Every item is {"text": int64 array of seq_length + 1}, and {"label": ...} of the same shape where
+    `*_label_data_paths` pair a label dataset with each of `*_data_paths`. `vocab_size` (the model's, padded)
     makes opening fail when the data holds a larger token id; `eod` (the tokenizer's) logs a warning when
     the documents all end in another token. Rank 0 builds the index caches;
     with `barrier` (e.g. torch.distributed.barrier) the other ranks wait for it and then only
@@ -185,8 +225,12 @@ def build_train_valid_test_datasets(
     wanted = [_check_count(f"{n}_samples", v) for n, v in zip(SPLIT_NAMES, (train_samples, valid_samples, test_samples))]
     builder = _Builder(seq_length=seq_length, seed=seed, vocab_size=vocab_size, eod=eod, cache_dir=cache_dir)
     path_lists = (train_data_paths, valid_data_paths, test_data_paths)
+    label_lists = (train_label_data_paths, valid_label_data_paths, test_label_data_paths)
     if data_path is not None and any(p for p in path_lists):
         raise ValueError("give either data_path (with split) or train/valid/test_data_paths, not both")
+    for name, paths, labels in zip(SPLIT_NAMES, path_lists, label_lists):
+        if labels is not None and (data_path is not None or paths is None or len(_as_list(labels)) != len(_as_list(paths))):
+            raise ValueError(f"{name}_label_data_paths needs one label dataset per entry of {name}_data_paths")
 
     plans: list[Optional[tuple[list[_Part], Optional[list[float]], Optional[tuple]]]] = []
     if data_path is not None:
@@ -209,26 +253,27 @@ def build_train_valid_test_datasets(
         if not train_data_paths:
             raise ValueError("no training data: set data_path, or train_data_paths (with valid/test_data_paths)")
         weight_lists = (train_data_weights, valid_data_weights, test_data_weights)
-        for s, (name, paths, weights, n) in enumerate(zip(SPLIT_NAMES, path_lists, weight_lists, wanted)):
+        for s, (name, paths, weights, labels, n) in enumerate(zip(SPLIT_NAMES, path_lists, weight_lists, label_lists, wanted)):
             if not paths or n == 0:
                 if n > 0:
                     log.warning("%s_samples=%d but no %s_data_paths: that dataset is None", name, n, name)
                 plans.append(None)
                 continue
-            paths = [paths] if isinstance(paths, str) else list(paths)
+            paths = _as_list(paths)
+            labels = _as_list(labels) if labels is not None else [None] * len(paths)
             files = [inspect_indexed_dataset(p) for p in paths]
             if weight_by_num_documents:
                 w = weights_by_num_documents([f.num_sequences for f in files], weighted_sampler_alpha)
             else:
                 w = normalized_weights(weights, len(paths), f"{name}_data_weights")
             if len(paths) == 1:
-                plans.append(([_Part(name, paths[0], (0, files[0].num_sequences), n, s)], None, None))
+                plans.append(([_Part(name, paths[0], (0, files[0].num_sequences), n, s, labels[0])], None, None))
                 continue
             indices = blending_indices(w, n)
             counts = np.bincount(indices[0], minlength=len(paths))
             parts = [
-                _Part(f"{name}{k}", p, (0, f.num_sequences), max(int(c), 1), s)
-                for k, (p, f, c) in enumerate(zip(paths, files, counts))
+                _Part(f"{name}{k}", p, (0, f.num_sequences), max(int(c), 1), s, label)
+                for k, (p, f, c, label) in enumerate(zip(paths, files, counts, labels))
             ]
             plans.append((parts, w, indices))
 

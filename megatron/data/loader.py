@@ -53,7 +53,8 @@ class PretrainingBatchSampler:
 
 
 def collate_tokens(items: list[dict]) -> dict:
-    return {"text": torch.from_numpy(np.stack([it["text"] for it in items]).astype(np.int64, copy=False))}
+    """Stack the items' "text" (and "label", from label datasets) windows into LongTensors."""
+    return {k: torch.from_numpy(np.stack([it[k] for it in items]).astype(np.int64, copy=False)) for k in items[0]}
 
 
 def build_data_loader(
@@ -66,7 +67,7 @@ def build_data_loader(
     num_workers: int = 0,
     seed: int,
 ) -> torch.utils.data.DataLoader:
-    """An iterable of {"text": LongTensor [micro_batch_size, seq_length + 1]} for this rank.
+    """An iterable of {"text": LongTensor [micro_batch_size, seq_length + 1]} (and "label") for this rank.
 
     `seed` seeds the worker processes' random generators (the order itself involves no
     randomness here), so anything random a dataset may do in a worker is reproducible.

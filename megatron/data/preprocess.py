@@ -16,6 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
+import numpy as np
+
 from megatron.data.document_reader import BadRecord, expand_inputs, read_records
 from megatron.data.indexed_format import IndexedDatasetWriter, token_dtype_for_vocab
 from megatron.data.tokenizers.base import Tokenizer
@@ -50,6 +52,14 @@ def output_prefixes(output_prefix: str, keys: Sequence[str]) -> list[str]:
     return [f"{output_prefix}_{k}_document" for k in keys]
 
 
+def label_prefixes(output_prefix: str, keys: Sequence[str]) -> list[str]:
+    """GPT-NeoX's naming of the label datasets beside them: PREFIX_<key>_label_document."""
+    return [f"{output_prefix}_{k}_label_document" for k in keys]
+
+
+IGNORED_LABEL = -100  # a label that takes its position out of the loss (GPT-NeoX, transformers)
+
+
 _END = object()
 IN_FLIGHT = 2  # tokenizer batches encoding at once
 
@@ -67,6 +77,7 @@ def preprocess(
     batch_chars: Optional[int] = None,
     progress: Optional[bool] = None,
     overwrite: bool = False,
+    prompt_key: Optional[str] = None,
     log=None,
 ) -> PreprocessSummary:
     """Tokenize `inputs` into PREFIX_<key>_document.bin/.idx; returns counts and timing.
@@ -78,11 +89,16 @@ def preprocess(
     characters per thread, between 16M and 32M). `progress`: None shows a bar when stderr is a terminal.
     An existing output is replaced only with `overwrite` (checked before any work); a run that
     would write a dataset without documents raises and writes nothing.
+    With `prompt_key` (JSON inputs), each document is the record's prompt followed by its text, and a
+    label dataset PREFIX_<key>_label_document beside it holds the same tokens with the prompt's
+    replaced by -100, so that training on it (train_label_data_paths) learns the text only.
     """
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     keys = list(keys)
     if not keys or len(set(keys)) != len(keys):
         raise ValueError(f"keys must be distinct and non-empty, got {keys}")
+    if prompt_key is not None and prompt_key in keys:
+        raise ValueError(f"the prompt key {prompt_key!r} is also one of the text keys {keys}; a text key holds what follows the prompt")
     files = expand_inputs(inputs)
     summary = PreprocessSummary(files=len(files))
     tokenizer.set_num_threads(workers)
@@ -93,8 +109,9 @@ def preprocess(
     eod = tokenizer.eod if append_eod else None
     dtype = token_dtype_for_vocab(tokenizer.vocab_size)
     prefixes = output_prefixes(output_prefix, keys)
+    labels = label_prefixes(output_prefix, keys) if prompt_key is not None else []
     if not overwrite:
-        existing = [f"{p}{ext}" for p in prefixes for ext in (".bin", ".idx") if os.path.exists(f"{p}{ext}")]
+        existing = [f"{p}{ext}" for p in prefixes + labels for ext in (".bin", ".idx") if os.path.exists(f"{p}{ext}")]
         if existing:
             raise FileExistsError(
                 f"{', '.join(existing)} already exist(s); pass --overwrite to replace them, or choose another --output-prefix"
@@ -115,19 +132,21 @@ def preprocess(
 
     def produce() -> None:
         try:
-            batch: list[tuple[int, str]] = []
+            batch: list[tuple[int, tuple[str, ...]]] = []  # (key index, texts of one document: [prompt,] text)
             size = 0
 
             def count_bytes(n: int) -> None:
                 read_bytes[0] += n
 
-            for rec in read_records(files, keys=keys, txt_mode=txt_mode, on_bad=on_bad, on_bytes=count_bytes):
-                for k, text in enumerate(rec.texts):
+            read_keys = keys if prompt_key is None else [prompt_key, *keys]
+            for rec in read_records(files, keys=read_keys, txt_mode=txt_mode, on_bad=on_bad, on_bytes=count_bytes):
+                texts, prompt = (rec.texts, ()) if prompt_key is None else (rec.texts[1:], (rec.texts[0],))
+                for k, text in enumerate(texts):
                     if not text or text.isspace():
                         summary.empty_skipped += 1
                         continue
-                    batch.append((k, text))
-                    size += len(text)
+                    batch.append((k, prompt + (text,)))
+                    size += len(text) + len(prompt[0] if prompt else "")
                 if size >= batch_chars:
                     if not _put(batches, batch, stop):
                         return
@@ -142,6 +161,7 @@ def preprocess(
     start = time.perf_counter()
     reader = threading.Thread(target=produce, name="preprocess-reader", daemon=True)
     writers = [IndexedDatasetWriter(p, dtype) for p in prefixes]
+    label_writers = [IndexedDatasetWriter(p, np.int32) for p in labels]  # signed, for -100
     pool = ThreadPoolExecutor(max_workers=IN_FLIGHT, thread_name_prefix="preprocess-tokenize")
     in_flight: collections.deque = collections.deque()
     empty_tokenized = 0
@@ -149,11 +169,20 @@ def preprocess(
     def write_oldest() -> None:
         nonlocal empty_tokenized
         batch, future = in_flight.popleft()
-        for (k, _), doc in zip(batch, future.result()):
-            if len(doc) == 0:
+        encoded = iter(future.result())
+        for k, texts in batch:
+            parts = [next(encoded) for _ in texts]
+            if len(parts[-1]) == 0:
                 empty_tokenized += 1  # counted apart: the reader thread updates empty_skipped
                 continue
-            writers[k].add_document(doc, end_token=eod)
+            if not label_writers:
+                writers[k].add_document(parts[0], end_token=eod)
+            else:
+                prompt, text = parts
+                writers[k].add_document(np.concatenate([np.asarray(prompt, dtype=np.int64), np.asarray(text, dtype=np.int64)]),
+                                        end_token=eod)
+                label = np.concatenate([np.full(len(prompt), IGNORED_LABEL, dtype=np.int64), np.asarray(text, dtype=np.int64)])
+                label_writers[k].add_document(label, end_token=eod)
         summary.documents = sum(w.num_documents for w in writers)
         summary.tokens = sum(w.num_tokens for w in writers)
         if bar is not None:
@@ -169,7 +198,7 @@ def preprocess(
                 break
             if isinstance(item, BaseException):
                 raise item
-            in_flight.append((item, pool.submit(tokenizer.tokenize_batch, [text for _, text in item])))
+            in_flight.append((item, pool.submit(_encode, tokenizer, item)))
             # The next batch encodes while the oldest is written, and the tail of one batch (its
             # longest documents) overlaps the start of the next, so all cores stay busy.
             if len(in_flight) >= IN_FLIGHT:
@@ -182,14 +211,14 @@ def preprocess(
                 f"no documents to write for key(s) {', '.join(map(repr, empty))}: every record was empty or skipped "
                 f"({summary.empty_skipped + empty_tokenized} empty, {summary.bad_skipped} bad); check --input and --jsonl-keys"
             )
-        for w in writers:  # every key's files written and synced before any of them is renamed into place
+        for w in writers + label_writers:  # every file written and synced before any of them is renamed into place
             w.prepare()
-        for w in writers:
+        for w in writers + label_writers:
             w.commit()
     finally:
         stop.set()
         pool.shutdown(wait=True, cancel_futures=True)
-        for w in writers:
+        for w in writers + label_writers:
             if not w.finished:
                 w.abort()
         if bar is not None:
@@ -197,8 +226,20 @@ def preprocess(
     summary.seconds = time.perf_counter() - start
     summary.empty_skipped += empty_tokenized
     summary.input_bytes = read_bytes[0]
-    summary.outputs = prefixes
+    summary.outputs = prefixes + labels
     return summary
+
+
+def _encode(tokenizer: Tokenizer, batch: list[tuple[int, tuple[str, ...]]]) -> list[Sequence[int]]:
+    """The ids of every text of `batch` in order; a text after a prompt continues the prompt's document,
+    so it is encoded without the special tokens (a BOS) that start one."""
+    if all(len(texts) == 1 for _, texts in batch):
+        return tokenizer.tokenize_batch([texts[0] for _, texts in batch])
+    prompts = tokenizer.tokenize_batch([texts[0] for _, texts in batch])
+    out: list[Sequence[int]] = []
+    for ids, (_, texts) in zip(prompts, batch):
+        out += [ids, tokenizer.tokenize_plain(texts[1])]
+    return out
 
 
 def _put(q: queue.Queue, item, stop: threading.Event) -> bool:

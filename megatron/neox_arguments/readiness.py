@@ -182,6 +182,7 @@ def _data_files(args: "NeoXArgs") -> list[str]:
     named = [("data_path", d.data_path)] if d.data_path is not None else []
     for kind in ("train", "valid", "test"):
         named += [(f"{kind}_data_paths", p) for p in getattr(d, f"{kind}_data_paths") or []]
+        named += [(f"{kind}_label_data_paths", p) for p in getattr(d, f"{kind}_label_data_paths") or []]
     problems = []
     for key, prefix in named:
         missing = [p for p in (f"{prefix}.bin", f"{prefix}.idx") if not os.path.isfile(p)]

@@ -322,6 +322,12 @@ def _data(args: "NeoXArgs", f: Findings) -> None:
         missing = [name for name in separate if name not in given]
         f.problem(f"{', '.join(f.key(n, show_value=False) for n in given)} also need {', '.join(missing)} (GPT-NeoX takes all three or data_path)")
     for kind in ("train", "valid", "test"):
+        paths, labels = getattr(d, f"{kind}_data_paths"), getattr(d, f"{kind}_label_data_paths")
+        if labels is not None and (paths is None or len(labels) != len(paths)):
+            f.problem(f"{f.key(f'{kind}_label_data_paths', labels)} needs one label dataset per entry of {kind}_data_paths "
+                      f"({len(paths or [])}), in the same order" + (" (label datasets do not pair with data_path: use "
+                      "train/valid/test_data_paths)" if d.data_path is not None else ""))
+    for kind in ("train", "valid", "test"):
         paths, weights = getattr(d, f"{kind}_data_paths"), getattr(d, f"{kind}_data_weights")
         if weights is None:
             continue

@@ -166,7 +166,9 @@ class Trainer:
             data_path=d.data_path, split=d.split, train_data_paths=d.train_data_paths,
             valid_data_paths=d.valid_data_paths, test_data_paths=d.test_data_paths,
             train_data_weights=d.train_data_weights, valid_data_weights=d.valid_data_weights,
-            test_data_weights=d.test_data_weights, weight_by_num_documents=d.weight_by_num_documents,
+            test_data_weights=d.test_data_weights, train_label_data_paths=d.train_label_data_paths,
+            valid_label_data_paths=d.valid_label_data_paths, test_label_data_paths=d.test_label_data_paths,
+            weight_by_num_documents=d.weight_by_num_documents,
             weighted_sampler_alpha=d.weighted_sampler_alpha, seq_length=a.model.seq_length, seed=t.seed,
             train_samples=train_samples, valid_samples=valid_samples, test_samples=test_samples,
             vocab_size=self.vocab_size, eod=self._eod() if self.env.rank == 0 else None,  # checked (and said) once
@@ -193,15 +195,17 @@ class Trainer:
         from megatron.data.batch import get_batch
 
         d = self.args.data
-        tokens = next(data_iter)["text"]
+        item = next(data_iter)
+        tokens, labels = (self._to_device(item[k]) if k in item else None for k in ("text", "label"))
+        return get_batch(tokens, eod_id=self.tokenizer.eod, reset_position_ids=d.reset_position_ids,
+                         reset_attention_mask=d.reset_attention_mask, eod_mask_loss=d.eod_mask_loss, label_tokens=labels)
+
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
         if self.env.device.type == "cuda":
             # A copy from pageable memory waits for the device to drain; from pinned memory it is
             # queued behind the running step.
-            tokens = tokens.pin_memory().to(self.env.device, non_blocking=True)
-        else:
-            tokens = tokens.to(self.env.device)
-        return get_batch(tokens, eod_id=self.tokenizer.eod, reset_position_ids=d.reset_position_ids,
-                         reset_attention_mask=d.reset_attention_mask, eod_mask_loss=d.eod_mask_loss)
+            return t.pin_memory().to(self.env.device, non_blocking=True)
+        return t.to(self.env.device)
 
     def _forward(self, batch: dict) -> torch.Tensor:
         self.parallel.begin_micro_batch()

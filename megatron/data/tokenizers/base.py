@@ -49,10 +49,11 @@ class Tokenizer(ABC):
         Text outside the vocabulary that encodes to the unknown token is None too: that id
         spells no particular text.
         """
-        ids = self._tokenize_plain(text)
+        ids = self.tokenize_plain(text)
         return int(ids[0]) if len(ids) == 1 and ids[0] != self._unknown_id() else None
 
-    def _tokenize_plain(self, text: str) -> list[int]:
+    def tokenize_plain(self, text: str) -> list[int]:
+        """Ids of `text` without the special tokens (a BOS) that `tokenize` may put at a document's start."""
         return self.tokenize(text)
 
     def _unknown_id(self) -> Optional[int]:

@@ -76,7 +76,7 @@ class HFAutoTokenizer(Tokenizer):
     def detokenize(self, token_ids: Sequence[int]) -> str:
         return self._tok.decode([int(t) for t in token_ids], skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
-    def _tokenize_plain(self, text: str) -> list[int]:
+    def tokenize_plain(self, text: str) -> list[int]:
         return self._tok(text, add_special_tokens=False)["input_ids"]
 
     def _unknown_id(self) -> Optional[int]:

@@ -49,7 +49,7 @@ class _RustTokenizer(Tokenizer):
         # Special tokens are kept so that detokenizing a dataset shows its EODs and round-trips.
         return self._tok.decode([int(t) for t in token_ids], skip_special_tokens=False)
 
-    def _tokenize_plain(self, text: str) -> list[int]:
+    def tokenize_plain(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids
 
     def _unknown_id(self) -> Optional[int]:
