@@ -151,6 +151,32 @@ def test_sepcache_above_capacity_equals_vanilla_generation(family):
     assert torch.equal(got, want)
 
 
+def test_sepcache_decoding_step_builds_one_mask_and_reads_nothing_back():
+    """Per decoding step the SepLLM mask is built once for all layers, and nothing is read back to the
+    host (no CUDA sync) while the cache cannot compress: the costs a GPU step pays per layer/per sync."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(func._schema.name.split("::")[-1])
+            return func(*args, **(kwargs or {}))
+
+    model = tiny_llama(layers=3)
+    apply_sepllm(model, separator_token_ids=SEPS)
+    cache = SepCache(2, 4, 8, 40)
+    with torch.no_grad():
+        nxt = model(_ids(2, 12), past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
+        for _ in range(20):  # 12 + 20 entries < c = 40: no compression
+            with Ops() as ops:
+                nxt = model(nxt, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
+            assert ops.names.count("masked_fill") == 1
+            assert not {"_local_scalar_dense", "nonzero", "masked_select"} & set(ops.names)
+
+
 @pytest.mark.parametrize("pos_shift", [False, True])
 @pytest.mark.parametrize("sample", [False, True])
 def test_sepcache_never_holds_more_than_capacity(pos_shift, sample):

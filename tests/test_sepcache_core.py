@@ -1,8 +1,10 @@
 """The SepLLM / StreamingLLM KV cache against a brute-force model of upstream's rules."""
+import collections
 import random
 
 import pytest
 import torch
+import torch.utils._python_dispatch
 
 from megatron.sepllm.cache import CacheBudget, RotarySpec, SepKVCache, rotate_by
 from megatron.sepllm.cache.planner import _simulate_events, _streaming_closed_form
@@ -205,3 +207,92 @@ def test_shift_strategies_attend_to_the_same_keys(policy):
     held = caches["evict"].layer_kv(0)[0][0]
     expect = _hf_rotate(raw[:, :, kept], torch.arange(len(kept))[None], spec)[0]
     torch.testing.assert_close(held, expect)
+
+
+def _plan_fields(plan):
+    layout = plan.next_layout
+    return {"visible": plan.visible, "new_positions": plan.new_positions, "union_pos": plan.union_pos,
+            "gather": plan.gather, "key_delta": plan.key_delta, "valid": layout.valid, "is_sep": layout.is_sep,
+            "is_init": layout.is_init, "orig": layout.orig, "key_pos": layout.key_pos, "seen": layout.seen,
+            "columns": layout.columns}
+
+
+@pytest.mark.parametrize("pos_shift", [False, True])
+@pytest.mark.parametrize("budget", [b for b in BUDGETS if b.policy == "sepllm"], ids=budget_id)
+def test_decoding_plan_equals_the_event_walk(budget, pos_shift):
+    """The one-token path (decoding) gives the same plan as the general event walk, padding
+    tokens, rows that compress at different steps and chunks between the tokens included."""
+    from megatron.sepllm.cache.planner import _plan_events, _plan_token, separator_tensor
+
+    rnd = random.Random(5)
+    torch.manual_seed(5)
+    B, L = 3, 120
+    ids = torch.tensor([[rnd.choice([0, 1, 2, 3, 4]) for _ in range(L)] for _ in range(B)])
+    valid = torch.rand(B, L) > 0.15
+    valid[1, :6] = False
+    seps = separator_tensor(SEPS, "cpu")
+    cache = SepKVCache(budget, SEPS, pos_shift=pos_shift, rotary=RotarySpec.from_base(4, 10000.0))
+    start, tokens, compressing = 0, 0, 0
+    chunks = [8] + [1 if rnd.random() < 0.8 else rnd.randint(2, 5) for _ in range(L)]
+    while sum(chunks) > L:
+        chunks.pop()
+    for size in chunks:
+        q_ids, q_valid = ids[:, start:start + size], valid[:, start:start + size]
+        if size == 1 and cache.layout is not None:
+            fast = _plan_fields(_plan_token(cache.layout, q_ids, q_valid, budget, seps, pos_shift=pos_shift))
+            slow = _plan_fields(_plan_events(cache.layout, q_ids, q_valid, budget, seps, pos_shift=pos_shift))
+            for name in slow:
+                a, b = fast[name], slow[name]
+                same = (a is None and b is None) if a is None or b is None else (
+                    torch.equal(a, b) and a.dtype == b.dtype if isinstance(a, torch.Tensor) else a == b)
+                assert same, f"{name} differs at column {start}"
+            tokens += 1
+            compressing += cache.layout.width + 1 > budget.capacity
+        run_chunks(cache, ids[:, start:start + size], [size], q_valid, layers=1)
+        start += size
+    assert tokens > 30 and compressing > 8
+
+
+class _HostReads(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the ATen operations that read a device value back to the host (a CUDA synchronisation)."""
+
+    SYNC = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique", "_unique2", "unique_consecutive",
+            "equal", "allclose", "is_nonzero"}
+
+    def __init__(self):
+        super().__init__()
+        self.reads, self.ops = 0, collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func._schema.name.split("::")[-1]
+        self.ops[name] += 1
+        bool_index = name in ("index", "index_put", "index_put_") and any(
+            isinstance(t, torch.Tensor) and t.dtype == torch.bool for t in (args[1] or []))
+        self.reads += name in self.SYNC or bool_index
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("strategy", [None, "evict", "read"])
+def test_decoding_reads_back_only_when_a_row_may_compress(strategy):
+    """A decoding step reads nothing back to the host (no CUDA sync) unless the cache may
+    compress in it, and then only the widest row's count (the new width)."""
+    budget = CacheBudget.sepllm(2, 3, 4, 12)
+    kw = {} if strategy is None else dict(pos_shift=True, shift_strategy=strategy, rotary=RotarySpec.from_base(4, 10000.0))
+    cache = SepKVCache(budget, SEPS, **kw)
+    rnd = random.Random(1)
+    B = 2
+    cache.begin(torch.tensor([[rnd.choice([0, 1, 3]) for _ in range(9)] for _ in range(B)]))
+    for layer in range(2):
+        cache.update(layer, torch.randn(B, 1, 9, 4), torch.randn(B, 1, 9, 4))
+    quiet = 0
+    for _ in range(60):
+        may_compress = cache.layout.width + 1 > budget.capacity
+        with _HostReads() as mode:
+            cache.begin(torch.tensor([[rnd.choice([0, 1, 3])] for _ in range(B)]))
+            for layer in range(2):
+                cache.update(layer, torch.randn(B, 1, 1, 4), torch.randn(B, 1, 1, 4))
+                cache.attention_mask()
+                cache.finish_layer(layer)
+        assert mode.reads <= (1 if may_compress else 0)
+        quiet += not may_compress
+    assert quiet > 20

@@ -84,6 +84,8 @@ class SepKVCache:
         self._sep_tensor: Optional[torch.Tensor] = None
         self._read_delta: Optional[torch.Tensor] = None
         self._evict_delta: Optional[torch.Tensor] = None
+        self._mask: Optional[torch.Tensor] = None
+        self._stored_moved = False  # shift_strategy="read": an eviction has moved the stored keys off their positions
 
     def begin(self, input_ids: torch.Tensor, valid: Optional[torch.Tensor] = None) -> ChunkPlan:
         """Plan the forward pass over `input_ids` [B, q]; `valid` [B, q] marks real (non-padding) tokens."""
@@ -97,16 +99,19 @@ class SepKVCache:
             self._sep_tensor = separator_tensor(self.separator_ids or [], input_ids.device)
         before = self.layout
         plan = plan_chunk(before, input_ids, valid, self.budget, self._sep_tensor, pos_shift=self.pos_shift)
-        # Rotations are computed once per chunk (and skipped when nothing moved), not once per layer.
+        # Rotations are computed once per chunk, not once per layer, and skipped without reading the
+        # positions back to the host: until an eviction the stored keys sit at their positions (the
+        # delta is zero); after one, rotating an unmoved key by 0 leaves it unchanged.
         self._read_delta = self._evict_delta = None
         if self.pos_shift and self.shift_strategy == "read":
             stored = self._stored_pos if self._stored_pos is not None else before.key_pos
             self._stored_union = torch.cat([stored, plan.new_positions], 1)
-            delta = plan.union_pos - self._stored_union
-            self._read_delta = delta if bool(delta.any()) else None
-        if self.pos_shift and self.shift_strategy == "evict" and plan.key_delta is not None and bool(plan.key_delta.any()):
+            if self._stored_moved:
+                self._read_delta = plan.union_pos - self._stored_union
+        if self.pos_shift and self.shift_strategy == "evict" and plan.key_delta is not None:
             self._evict_delta = plan.key_delta
         self.plan = plan
+        self._mask = plan.visible[:, None]  # one mask object for every layer of this forward
         self.layout = plan.next_layout
         self._updated = set()
         return plan
@@ -143,7 +148,7 @@ class SepKVCache:
         """[B, 1, q, N + q] bool (True = attend) for the current chunk, the same in every layer."""
         if self.plan is None:
             raise RuntimeError("attention_mask before begin()")
-        return self.plan.visible[:, None]
+        return self._mask
 
     def finish_layer(self, layer: int) -> None:
         """Apply the current chunk's evictions to `layer` (after its attention)."""
@@ -168,7 +173,9 @@ class SepKVCache:
         if self.plan is not None and self.pos_shift and self.shift_strategy == "read":
             g = self.plan.gather
             self._stored_pos = self._stored_union if g is None else self._stored_union.gather(1, g)
+            self._stored_moved = self._stored_moved or g is not None
         self.plan = None
+        self._mask = None
 
     # --------------------------------------------------------------------------------- batch
     def select_rows(self, index: torch.Tensor) -> None:

@@ -12,7 +12,9 @@ the whole chunk runs in one forward pass, each query's visible set is returned a
 the union of the old slots and the chunk; the compression is applied once after the forward.
 Compression events are simulated on boolean "alive" flags, one loop iteration per event (a
 SepLLM cache compresses every >= c - a - s - w tokens); StreamingLLM, which evicts on every
-token, has a closed form.
+token, has a closed form. A one-token chunk (decoding) takes a shorter path to the same plan
+(`_plan_token`); neither path reads a value back to the host unless some row may compress
+(N + q > c), since that is when the layout's width depends on the data.
 """
 from __future__ import annotations
 
@@ -117,6 +119,16 @@ def plan_chunk(
     if B != layout.batch:
         raise ValueError(f"batch size changed from {layout.batch} to {B} within one cache; reset the cache or start a new one")
     valid = torch.ones(B, q, dtype=torch.bool, device=device) if valid is None else valid.to(device=device, dtype=torch.bool)
+    if q == 1 and budget.policy != STREAMINGLLM:
+        return _plan_token(layout, ids, valid, budget, separator_ids, pos_shift=pos_shift)
+    return _plan_events(layout, ids, valid, budget, separator_ids, pos_shift=pos_shift)
+
+
+def _plan_events(layout: SlotLayout, ids: torch.Tensor, valid: torch.Tensor, budget: CacheBudget,
+                 separator_ids: torch.Tensor, *, pos_shift: bool) -> ChunkPlan:
+    """plan_chunk for any chunk: the event walk (SepLLM) or the closed form (StreamingLLM)."""
+    B, q = ids.shape
+    device = ids.device
     N = layout.width
     U = N + q
     rank, new_sep, new_init = _new_slot_flags(layout, ids, valid, budget, separator_ids)
@@ -140,8 +152,47 @@ def plan_chunk(
     union_pos = torch.cat([layout.key_pos, new_pos], 1)
     orig_u = torch.cat([layout.orig, rank], 1)
     seen = layout.seen + valid.long().sum(1)
-    columns = layout.columns + q
+    return _finish_plan(layout, q, budget, visible, alive, sep_u, init_u, orig_u, new_pos, union_pos, seen, pos_shift)
 
+
+def _plan_token(layout: SlotLayout, ids: torch.Tensor, valid: torch.Tensor, budget: CacheBudget,
+                separator_ids: torch.Tensor, *, pos_shift: bool) -> ChunkPlan:
+    """plan_chunk for one token per row (decoding) under the SepLLM policy: the same tensors with a
+    third of the operations, and no host synchronisation unless the cache may compress (N + 1 > c).
+
+    With q = 1 the event walk has one step: the token sees every entry held plus itself, and the
+    rows holding more than c entries after it are compressed (`compress_rows`)."""
+    live = valid.long()  # [B, 1]; cumsum over one column is the column itself
+    rank = layout.seen[:, None] + live - 1
+    new_sep = valid & torch.isin(ids, separator_ids) if separator_ids.numel() else torch.zeros_like(valid)
+    new_init = valid & (rank < budget.init_size)
+    sep_u = torch.cat([layout.is_sep, new_sep], 1)
+    init_u = torch.cat([layout.is_init, new_init], 1)
+    present = torch.cat([layout.valid, valid], 1)
+    # A real token sees the held entries and itself; a padding one only itself.
+    visible = torch.cat([layout.valid & valid, torch.ones_like(valid)], 1)[:, None, :]
+    if layout.width + 1 <= budget.capacity:
+        alive = present  # no row can hold more than c entries
+    else:
+        over = present.long().sum(1, keepdim=True) > budget.capacity
+        alive = torch.where(over, compress_rows(present, sep_u, init_u, budget), present)
+    if pos_shift:
+        new_pos = layout.valid.long().sum(1)[:, None] + live - 1
+    else:
+        new_pos = rank
+    new_pos = torch.where(valid, new_pos, 0)
+    union_pos = torch.cat([layout.key_pos, new_pos], 1)
+    orig_u = torch.cat([layout.orig, rank], 1)
+    seen = layout.seen + live[:, 0]
+    return _finish_plan(layout, 1, budget, visible, alive, sep_u, init_u, orig_u, new_pos, union_pos, seen, pos_shift)
+
+
+def _finish_plan(layout: SlotLayout, q: int, budget: CacheBudget, visible, alive, sep_u, init_u, orig_u, new_pos,
+                 union_pos, seen, pos_shift: bool) -> ChunkPlan:
+    """The layout after the chunk: every union column, or (when some row may have compressed) the
+    surviving columns right-aligned, which needs the widest row's count on the host."""
+    B, U = alive.shape
+    columns = layout.columns + q
     if U <= budget.capacity:
         # Nothing can have been evicted (no row holds more than c entries): keep every column.
         nxt = SlotLayout(alive, sep_u, init_u, orig_u, union_pos, seen, columns)
@@ -196,12 +247,15 @@ def _simulate_events(old_valid, new_valid, sep_u, init_u, budget: CacheBudget):
     cum_new = new_valid.long().cumsum(1)
     t0 = 0
     while t0 < q:
-        before = cum_new[:, t0 - 1:t0] if t0 > 0 else torch.zeros(B, 1, dtype=torch.long, device=device)
-        count = alive.long().sum(1, keepdim=True) + (cum_new[:, t0:] - before)  # after appending t0..t
-        over = count > budget.capacity  # [B, q - t0]
-        any_over = over.any(1)
-        first = torch.where(any_over, over.int().argmax(1), torch.full_like(any_over, q - t0, dtype=torch.long))
-        step = int(first.min())
+        if U <= budget.capacity:
+            step = q - t0  # no row can hold more than c entries: no event, and no host synchronisation
+        else:
+            before = cum_new[:, t0 - 1:t0] if t0 > 0 else torch.zeros(B, 1, dtype=torch.long, device=device)
+            count = alive.long().sum(1, keepdim=True) + (cum_new[:, t0:] - before)  # after appending t0..t
+            over = count > budget.capacity  # [B, q - t0]
+            any_over = over.any(1)
+            first = torch.where(any_over, over.int().argmax(1), torch.full_like(any_over, q - t0, dtype=torch.long))
+            step = int(first.min())
         t_ev = t0 + step  # the earliest compression in the batch (q if none)
         t1 = min(t_ev, q - 1)
         ts = torch.arange(t0, t1 + 1, device=device)

@@ -85,6 +85,7 @@ class StaticSepKVCache:
         self._slot = torch.zeros(batch, 1, dtype=torch.long, device=device)
         self._plan = StaticStepPlan(torch.zeros(batch, 1, dtype=torch.long, device=device),
                                     torch.zeros(batch, 1, S, dtype=torch.bool, device=device))
+        self._mask = self._plan.visible[:, None]  # one mask object for every layer and step
 
     # ------------------------------------------------------------------------ per forward pass
     def begin(self, input_ids: torch.Tensor, valid: Optional[torch.Tensor] = None) -> StaticStepPlan:
@@ -168,7 +169,7 @@ class StaticSepKVCache:
         """[B, 1, 1, S] bool (True = attend)."""
         if self._plan is None:
             raise RuntimeError("attention_mask before begin()")
-        return self._plan.visible[:, None]
+        return self._mask
 
     def finish_layer(self, layer: int) -> None:
         """Move layer `layer`'s survivors to the front (and re-rotate them), after its attention."""

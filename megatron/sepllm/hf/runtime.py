@@ -213,10 +213,13 @@ class SepLLMRuntime:
         self._count(layer, mask)
         kwargs.pop("is_causal", None)
         # An additive float mask: PyTorch's CPU SDPA is several times slower with broadcast bool masks.
-        fkey = (id(mask), query.dtype)
+        # Built once per forward for each mask object (the cache hands every layer the same one); the
+        # entry holds the mask itself so that its id cannot be reused by another tensor.
+        fkey = (id(mask), query.dtype, query.device)
         if fkey not in self._masks:
-            self._masks[fkey] = torch.zeros(mask.shape, dtype=query.dtype, device=query.device).masked_fill(~mask, torch.finfo(query.dtype).min)
-        fmask = self._masks[fkey]
+            fmask = torch.zeros(mask.shape, dtype=query.dtype, device=query.device).masked_fill(~mask, torch.finfo(query.dtype).min)
+            self._masks[fkey] = (mask, fmask)
+        fmask = self._masks[fkey][1]
         if self.base == "eager":
             out = self._eager_fn(module)(module, query, key, value, fmask, **kwargs)
         else:
