@@ -370,3 +370,15 @@ def test_label_datasets_train_on_their_targets_only(tmp_path, corpus):
     one = run(tmp_path, make_config(tmp_path, corpus, "one.yml", **common, train_label_data_paths=[str(tmp_path / "one")]))
     assert one["losses"][0] == pytest.approx(plain[0], abs=0.1)  # every target is as unlikely at the start
     assert max(one["losses"][-2:]) < plain[-1] - 0.5, (one["losses"], plain)
+
+
+@pytest.mark.parametrize("stage", [0, 1])
+def test_no_load_optim_continues_from_the_loaded_weights(tmp_path, corpus, stage):
+    """A fresh optimizer must start from the checkpoint's weights: under bf16, DeepSpeed's optimizer keeps fp32
+    master weights that it does not rebuild from the loaded module by itself at stage 0."""
+    common = dict(precision="bfloat16", zero_optimization={"stage": stage}, save=str(tmp_path / "ck"), load=str(tmp_path / "ck"))
+    first = run(tmp_path, make_config(tmp_path, corpus, "a.yml", train_iters=6, **common))["losses"]
+    again = run(tmp_path, make_config(tmp_path, corpus, "b.yml", train_iters=8, no_load_optim=True, **common))
+    assert again["start"] == 6
+    # the step after the fresh optimizer's first one is still near where the first run ended, far from the start
+    assert again["losses"][1] < first[-1] + 0.2 and again["losses"][1] < first[0] - 0.4, (first, again["losses"])

@@ -329,8 +329,8 @@ def load_checkpoint(engine, load_dir: str, *, rank: int, iteration: Optional[int
             f"optimizer state does not carry over between precisions. Keep precision: {saved_precision}, or start a "
             f"new optimizer from its weights with no_load_optim: true (or finetune: true, which also resets the step)"
         )
-    # no_load_optim keeps the LR schedule and step counters (DeepSpeed rebuilds ZeRO's fp32 master
-    # weights from the loaded module); finetune takes the weights alone.
+    # no_load_optim keeps the LR schedule and step counters with a fresh optimizer over the loaded
+    # weights; finetune takes the weights alone.
     try:
         path, client_state = engine.load_checkpoint(
             load_dir, tag=tag, load_optimizer_states=load_optimizer and not finetune,
@@ -352,6 +352,12 @@ def load_checkpoint(engine, load_dir: str, *, rank: int, iteration: Optional[int
         raise _model_mismatch(folder, exc) from exc
     if path is None:
         raise CheckpointError(f"DeepSpeed could not load checkpoint {folder}")
+    refresh = getattr(engine.optimizer, "refresh_fp32_params", None)
+    if not load_optimizer and not finetune and refresh is not None:
+        # A bf16/fp16 optimizer outside ZeRO keeps the fp32 master weights of its initialisation: its
+        # first step would write them back over the loaded weights (finetune's module-only load and
+        # ZeRO's loads rebuild them; this one does not).
+        refresh()
     rng_file = folder / f"rng_state_rank{rank}.pt"
     if load_rng and not finetune:
         if rng_file.exists():
