@@ -22,6 +22,7 @@ def main(argv: list[str]) -> None:
         sys.exit(f"config error: {e}")
     prepare_accelerator_env()
     from megatron.checkpointing.checkpoint import CheckpointError
+    from megatron.data.indexed_format import IndexedDatasetError
     from megatron.parallel.distributed import end_process
     from megatron.training.trainer import pretrain
 
@@ -29,6 +30,8 @@ def main(argv: list[str]) -> None:
         pretrain(args)
     except CheckpointError as e:  # a damaged or mismatched checkpoint: the message says which and why
         sys.exit(f"checkpoint error: {e}")
+    except IndexedDatasetError as e:  # a damaged, mismatched or misaligned dataset, named with the fix
+        sys.exit(f"data error: {e}")
     end_process(0)
 
 

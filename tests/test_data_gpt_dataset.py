@@ -332,5 +332,11 @@ def test_label_datasets_are_read_through_the_datas_sample_index(tmp_path):
         w.finalize()
     with pytest.raises(ValueError, match=r"short is not aligned with .*\(document 3 has \d+ tokens and \d+ labels\)"):
         build_train_valid_test_datasets(**kw, train_label_data_paths=[str(tmp_path / "short")])
+    with IndexedDatasetWriter(tmp_path / "u16", np.uint16) as w:  # cannot hold -100
+        for doc in docs:
+            w.add_document(np.array([-100] * (len(doc) // 2) + doc[len(doc) // 2:]).astype(np.uint16))
+        w.finalize()
+    with pytest.raises(IndexedDatasetError, match="holds label 65436, .* stored as uint16, where the -100 .* wraps around to 65436"):
+        build_train_valid_test_datasets(**kw, train_label_data_paths=[str(tmp_path / "u16")])
     with pytest.raises(ValueError, match="one label dataset per entry of train_data_paths"):
         build_train_valid_test_datasets(**kw, train_label_data_paths=[str(tmp_path / "lab")] * 2)

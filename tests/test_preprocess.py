@@ -356,19 +356,31 @@ def test_prompt_key_writes_label_datasets_that_leave_the_prompt_out(tmp_path, to
     # prompt's document, so it must not get a BOS of its own.
     PreTrainedTokenizerFast(tokenizer_file=NEOX_JSON, eos_token="<|endoftext|>", bos_token="<|padding|>",
                             pad_token="<|padding|>", add_bos_token=True).save_pretrained(tmp_path / "bos")
-    for name, t in (("neox", tok), ("bos", build_tokenizer("HFAutoTokenizer", str(tmp_path / "bos")))):
+    # and one whose template also ends every document with an EOS: it must not fall between prompt and text
+    from tokenizers import Tokenizer
+    from tokenizers.processors import TemplateProcessing
+
+    both = Tokenizer.from_file(NEOX_JSON)
+    both.post_processor = TemplateProcessing(single="<|padding|> $A <|endoftext|>", special_tokens=[("<|padding|>", 1), ("<|endoftext|>", 0)])
+    PreTrainedTokenizerFast(tokenizer_object=both, eos_token="<|endoftext|>", bos_token="<|padding|>").save_pretrained(tmp_path / "eos")
+    tokenizers = (("neox", tok), ("bos", build_tokenizer("HFAutoTokenizer", str(tmp_path / "bos"))),
+                  ("eos", build_tokenizer("HFAutoTokenizer", str(tmp_path / "eos"))))
+    for name, t in tokenizers:
         s = preprocess(inputs=str(tmp_path / "sft.jsonl"), output_prefix=str(tmp_path / name), tokenizer=t,
                        prompt_key="prompt", append_eod=True, progress=False)
         assert (s.documents, s.empty_skipped) == (3, 1)
         assert s.outputs == [str(tmp_path / f"{name}_text_document"), str(tmp_path / f"{name}_text_label_document")]
         docs, labels = _documents(tmp_path / f"{name}_text_document"), _documents(tmp_path / f"{name}_text_label_document")
         assert inspect_indexed_dataset(tmp_path / f"{name}_text_label_document").dtype == np.int32
+        lead, trail = {"neox": ([], []), "bos": ([1], []), "eos": ([1], [0])}[name]
         for doc, label, row in zip(docs, labels, [rows[0], rows[1], rows[3]]):
-            prompt = t.tokenize(row["prompt"])  # a BOS alone for an empty prompt
-            assert doc == list(prompt) + t.tokenize_plain(row["text"]) + [t.eod]
+            prompt = lead + t.tokenize_plain(row["prompt"])  # a BOS alone for an empty prompt
+            assert doc == prompt + t.tokenize_plain(row["text"]) + trail + [t.eod]
             assert label == [-100] * len(prompt) + doc[len(prompt):]
-        if name == "bos":
-            assert t.tokenize("x")[0] == 1 and docs[0].count(1) == 1  # one BOS, at the start
+            assert doc.count(1) == len(lead) and doc[:-1].count(0) == len(trail)  # specials only at the ends
     with pytest.raises(ValueError, match="also one of the text keys"):
         preprocess(inputs=str(tmp_path / "sft.jsonl"), output_prefix=str(tmp_path / "x"), tokenizer=tok,
                    prompt_key="text", progress=False)
+    (tmp_path / "a.txt").write_text("plain text")
+    with pytest.raises(ValueError, match="--prompt-key prompt reads prompts from JSON records, but .*a.txt is a plain-text file"):
+        preprocess(inputs=str(tmp_path / "a.txt"), output_prefix=str(tmp_path / "x"), tokenizer=tok, prompt_key="prompt", progress=False)

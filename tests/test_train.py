@@ -370,6 +370,15 @@ def test_label_datasets_train_on_their_targets_only(tmp_path, corpus):
     one = run(tmp_path, make_config(tmp_path, corpus, "one.yml", **common, train_label_data_paths=[str(tmp_path / "one")]))
     assert one["losses"][0] == pytest.approx(plain[0], abs=0.1)  # every target is as unlikely at the start
     assert max(one["losses"][-2:]) < plain[-1] - 0.5, (one["losses"], plain)
+    # a split without a single target reports nan, not a loss of 0 that would read as perfect
+    with IndexedDatasetWriter(tmp_path / "none", np.int32) as w:
+        for d in docs:
+            w.add_document(np.full(len(d), -100))
+        w.finalize()
+    none = run(tmp_path, make_config(tmp_path, corpus, "none.yml", **{**common, "train_iters": 2}, eval_interval=1,
+                                     valid_label_data_paths=[str(tmp_path / "none")]), check=False)
+    assert none.returncode == 0, none.stderr[-3000:]
+    assert re.search(r"\[valid\] iter 1 \| loss nan", none.stdout) and re.search(r"\[test\] iter 2 \| loss [\d.]+", none.stdout), none.stdout[-2000:]
 
 
 @pytest.mark.parametrize("stage", [0, 1])

@@ -19,7 +19,7 @@ import torch
 
 from megatron.data.blending import BlendedDataset, blending_indices, normalized_weights, weights_by_num_documents
 from megatron.data.indexed_dataset import OpenedDataset, cache_prefix, open_indexed_dataset
-from megatron.data.indexed_format import inspect_indexed_dataset
+from megatron.data.indexed_format import IndexedDatasetError, inspect_indexed_dataset
 from megatron.data.sample_index import FORMAT_VERSION, SampleIndex, build_sample_index, cache_base, read_cache, write_cache
 
 log = logging.getLogger(__name__)
@@ -161,8 +161,13 @@ class _Builder:
         if labels is None:
             labels = open_indexed_dataset(part.label_prefix, cache_dir=self.cache_dir, write_cache=may_build)
             if self.vocab_size is not None and labels.stats["max_token_id"] >= self.vocab_size:
-                raise ValueError(f"{part.label_prefix}.bin holds label {labels.stats['max_token_id']}, but the model's vocabulary "
-                                 f"has {self.vocab_size} entries: it was tokenized with another tokenizer than {part.prefix}")
+                top, dtype = labels.stats["max_token_id"], np.dtype(labels.files.dtype)
+                cause = (f"it is stored as {dtype}, where the -100 of a position outside the loss wraps around to "
+                         f"{int(np.array(-100).astype(dtype))}: write label datasets with a signed dtype (int32, as "
+                         f"GPT-NeoX and tools/preprocess_data.py --prompt-key do)") if dtype.kind == "u" else (
+                         f"it was tokenized with another tokenizer than {part.prefix}")
+                raise IndexedDatasetError(f"{part.label_prefix}.bin holds label {top}, but the model's vocabulary has "
+                                          f"{self.vocab_size} entries: {cause}")
             self._opened[part.label_prefix] = labels
         ours, theirs = data.files.sequence_lengths, labels.files.sequence_lengths
         if len(ours) != len(theirs) or not np.array_equal(ours, theirs):
@@ -170,7 +175,7 @@ class _Builder:
             first = next((k for k in range(n) if ours[k] != theirs[k]), n)
             where = (f"document {first} has {int(ours[first])} tokens and {int(theirs[first])} labels" if first < n
                      else f"{len(ours)} documents against {len(theirs)}")
-            raise ValueError(f"label dataset {part.label_prefix} is not aligned with {part.prefix} ({where}): a label "
+            raise IndexedDatasetError(f"label dataset {part.label_prefix} is not aligned with {part.prefix} ({where}): a label "
                              "dataset needs one label per token of every document, in the same order (write both from "
                              "the same preprocessing run)")
         return labels

@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from megatron.data.document_reader import BadRecord, expand_inputs, read_records
+from megatron.data.document_reader import BadRecord, expand_inputs, input_kind, read_records
 from megatron.data.indexed_format import IndexedDatasetWriter, token_dtype_for_vocab
 from megatron.data.tokenizers.base import Tokenizer
 
@@ -100,6 +100,10 @@ def preprocess(
     if prompt_key is not None and prompt_key in keys:
         raise ValueError(f"the prompt key {prompt_key!r} is also one of the text keys {keys}; a text key holds what follows the prompt")
     files = expand_inputs(inputs)
+    plain_text = [f for f in files if input_kind(f) == "txt"] if prompt_key is not None else []
+    if plain_text:
+        raise ValueError(f"--prompt-key {prompt_key} reads prompts from JSON records, but {plain_text[0]} is a plain-text "
+                         "file; give .jsonl or .jsonl.zst inputs")
     summary = PreprocessSummary(files=len(files))
     tokenizer.set_num_threads(workers)
     if batch_chars is None:
@@ -231,15 +235,27 @@ def preprocess(
 
 
 def _encode(tokenizer: Tokenizer, batch: list[tuple[int, tuple[str, ...]]]) -> list[Sequence[int]]:
-    """The ids of every text of `batch` in order; a text after a prompt continues the prompt's document,
-    so it is encoded without the special tokens (a BOS) that start one."""
+    """The ids of every text of `batch` in order. A prompted document ([prompt, text]) comes back as two
+    parts, the document's leading special tokens (a BOS) and the prompt, then the text and the trailing
+    ones (an EOS of the tokenizer's template): no special token falls between prompt and text."""
     if all(len(texts) == 1 for _, texts in batch):
         return tokenizer.tokenize_batch([texts[0] for _, texts in batch])
-    prompts = tokenizer.tokenize_batch([texts[0] for _, texts in batch])
+    lead, trail = _template_specials(tokenizer)
     out: list[Sequence[int]] = []
-    for ids, (_, texts) in zip(prompts, batch):
-        out += [ids, tokenizer.tokenize_plain(texts[1])]
+    for _, (prompt, text) in batch:
+        out += [lead + list(tokenizer.tokenize_plain(prompt)), list(tokenizer.tokenize_plain(text)) + trail]
     return out
+
+
+def _template_specials(tokenizer: Tokenizer) -> tuple[list[int], list[int]]:
+    """The special tokens `tokenize` puts before and after a document's own ids (e.g. ([BOS], []) for Llama,
+    ([], []) for GPT-NeoX's tokenizer), found by encoding a probe both ways."""
+    full, plain = list(tokenizer.tokenize("a")), list(tokenizer.tokenize_plain("a"))
+    for start in range(len(full) - len(plain) + 1):
+        if full[start:start + len(plain)] == plain:
+            return full[:start], full[start + len(plain):]
+    raise ValueError(f"{tokenizer!r}: cannot tell its special tokens from a document's ids ({full} against {plain}), "
+                     "so --prompt-key cannot join prompt and text")
 
 
 def _put(q: queue.Queue, item, stop: threading.Event) -> bool:

@@ -223,14 +223,15 @@ class Trainer:
             loss = self.engine.train_batch(self.parallel.pipe_batches(batches))  # mean over micro-batches and dp
             batch = batches[-1]
         else:
-            losses = []
+            losses, targets = [], []
             for _ in range(self.grad_acc):
                 batch = self._batch(self.train_iter)
                 loss = self._forward(batch)
                 self.engine.backward(loss)
                 grad_norm = self.parallel.step(self.engine)  # the norm on the last micro-batch, without ZeRO
                 losses.append(loss.detach())
-            loss = self.parallel.mean_over_data_parallel(torch.stack(losses).mean())
+                targets.append(batch["loss_mask"].sum())
+            loss = self._per_target(losses, targets)
         self.last_batch = batch
         self.state.iteration += 1
         self.state.consumed_train_samples += self.global_batch
@@ -258,17 +259,24 @@ class Trainer:
     @torch.no_grad()
     def _loss_over(self, data_iter) -> float:
         self.engine.eval()
-        losses = []
+        losses, targets = [], []
         for _ in range(self.args.training.eval_iters):
             batches = [self._batch(data_iter) for _ in range(self.grad_acc)]
-            if self.parallel.pipelined:
+            if self.parallel.pipelined:  # eval_batch averages over micro-batches and data-parallel ranks
                 losses.append(self.engine.eval_batch(self.parallel.pipe_batches(batches)).reshape(()))
             else:
                 losses.extend(self._forward(b) for b in batches)
-        loss = torch.stack(losses).mean()
-        if not self.parallel.pipelined:  # eval_batch already averages over data-parallel ranks
-            loss = self.parallel.mean_over_data_parallel(loss)
-        return float(loss)
+                targets.extend(b["loss_mask"].sum() for b in batches)
+        return float(self._per_target(losses, targets) if targets else torch.stack(losses).mean())
+
+    def _per_target(self, losses: list[torch.Tensor], targets: list[torch.Tensor]) -> torch.Tensor:
+        """The loss per target over micro-batches and data-parallel ranks: each micro-batch's mean weighted by
+        its number of targets, which label datasets make uneven (a micro-batch of prompts alone has none and
+        adds nothing); NaN when no micro-batch has a target. A device scalar: nothing is read back here."""
+        counts = torch.stack(targets).float()
+        both = torch.stack([(torch.stack(losses).float() * counts).sum(), counts.sum()])
+        both = self.parallel.mean_over_data_parallel(both)
+        return both[0] / both[1]
 
     def save(self) -> None:
         from megatron.checkpointing.checkpoint import save_checkpoint
