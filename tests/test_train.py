@@ -346,9 +346,9 @@ def test_a_checkpoint_of_another_model_parallel_layout_is_refused(tmp_path):
     assert "as pipeline stages" in _layout_problem(folder, 2, 1)
 
 
-def test_label_datasets_train_on_their_targets_only(tmp_path, corpus):
-    """train/valid/test_label_data_paths (GPT-NeoX's SFT data): labels equal to the tokens train exactly as without
-    them; labels that ask for one token (65) where they are not -100 are learnt far faster than the text."""
+def write_label_datasets(folder: Path, corpus: str) -> list:
+    """Label datasets for `corpus`: "same" (its own tokens) and "one" (65 everywhere, -100 on each document's
+    first quarter); returns the corpus documents."""
     import numpy as np
 
     from megatron.core.datasets.indexed_dataset import IndexedDataset
@@ -357,10 +357,32 @@ def test_label_datasets_train_on_their_targets_only(tmp_path, corpus):
     docs = [d.astype(np.int64) for d in IndexedDataset(corpus)]
     labels = {"same": lambda d: d, "one": lambda d: np.where(np.arange(len(d)) < len(d) // 4, -100, 65)}
     for name, label in labels.items():
-        with IndexedDatasetWriter(tmp_path / name, np.int32) as w:
+        with IndexedDatasetWriter(folder / name, np.int32) as w:
             for d in docs:
                 w.add_document(label(d))
             w.finalize()
+    return docs
+
+
+def test_label_datasets_reach_the_last_pipeline_stage(tmp_path, corpus):
+    write_label_datasets(tmp_path, corpus)
+    common = dict(data_path=None, train_iters=3, pipe_parallel_size=2, gradient_accumulation_steps=2,
+                  zero_optimization={"stage": 1}, **{f"{k}_data_paths": [corpus] for k in ("train", "valid", "test")})
+    plain = run(tmp_path, make_config(tmp_path, corpus, "plain.yml", **common), nproc=2)["losses"]
+    same = run(tmp_path, make_config(tmp_path, corpus, "same.yml", **common, train_label_data_paths=[str(tmp_path / "same")]), nproc=2)
+    one = run(tmp_path, make_config(tmp_path, corpus, "one.yml", **common, train_label_data_paths=[str(tmp_path / "one")]), nproc=2)
+    assert same["losses"] == plain
+    assert one["losses"][-1] < plain[-1] - 0.5, (one["losses"], plain)
+
+
+def test_label_datasets_train_on_their_targets_only(tmp_path, corpus):
+    """train/valid/test_label_data_paths (GPT-NeoX's SFT data): labels equal to the tokens train exactly as without
+    them; labels that ask for one token (65) where they are not -100 are learnt far faster than the text."""
+    import numpy as np
+
+    from megatron.data.indexed_format import IndexedDatasetWriter
+
+    docs = write_label_datasets(tmp_path, corpus)
     paths = {f"{k}_data_paths": [corpus] for k in ("train", "valid", "test")}
     common = dict(data_path=None, train_iters=4, eval_iters=1, **paths)
     plain = run(tmp_path, make_config(tmp_path, corpus, "plain.yml", **common))["losses"]
