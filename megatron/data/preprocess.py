@@ -114,6 +114,7 @@ def preprocess(
     dtype = token_dtype_for_vocab(tokenizer.vocab_size)
     prefixes = output_prefixes(output_prefix, keys)
     labels = label_prefixes(output_prefix, keys) if prompt_key is not None else []
+    specials = _template_specials(tokenizer) if prompt_key is not None else None
     if not overwrite:
         existing = [f"{p}{ext}" for p in prefixes + labels for ext in (".bin", ".idx") if os.path.exists(f"{p}{ext}")]
         if existing:
@@ -202,7 +203,7 @@ def preprocess(
                 break
             if isinstance(item, BaseException):
                 raise item
-            in_flight.append((item, pool.submit(_encode, tokenizer, item)))
+            in_flight.append((item, pool.submit(_encode, tokenizer, item, specials)))
             # The next batch encodes while the oldest is written, and the tail of one batch (its
             # longest documents) overlaps the start of the next, so all cores stay busy.
             if len(in_flight) >= IN_FLIGHT:
@@ -234,13 +235,15 @@ def preprocess(
     return summary
 
 
-def _encode(tokenizer: Tokenizer, batch: list[tuple[int, tuple[str, ...]]]) -> list[Sequence[int]]:
-    """The ids of every text of `batch` in order. A prompted document ([prompt, text]) comes back as two
-    parts, the document's leading special tokens (a BOS) and the prompt, then the text and the trailing
-    ones (an EOS of the tokenizer's template): no special token falls between prompt and text."""
-    if all(len(texts) == 1 for _, texts in batch):
+def _encode(tokenizer: Tokenizer, batch: list[tuple[int, tuple[str, ...]]], specials: Optional[tuple[list[int], list[int]]]
+            ) -> list[Sequence[int]]:
+    """The ids of every text of `batch` in order. With `specials` (_template_specials), a prompted document
+    ([prompt, text]) comes back as two parts, the document's leading special tokens (a BOS) and the prompt,
+    then the text and the trailing ones (an EOS of the tokenizer's template): no special token falls
+    between prompt and text."""
+    if specials is None:
         return tokenizer.tokenize_batch([texts[0] for _, texts in batch])
-    lead, trail = _template_specials(tokenizer)
+    lead, trail = specials
     out: list[Sequence[int]] = []
     for _, (prompt, text) in batch:
         out += [lead + list(tokenizer.tokenize_plain(prompt)), list(tokenizer.tokenize_plain(text)) + trail]

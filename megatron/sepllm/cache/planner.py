@@ -127,22 +127,25 @@ def plan_chunk(
 def _plan_events(layout: SlotLayout, ids: torch.Tensor, valid: torch.Tensor, budget: CacheBudget,
                  separator_ids: torch.Tensor, *, pos_shift: bool) -> ChunkPlan:
     """plan_chunk for any chunk: the event walk (SepLLM) or the closed form (StreamingLLM)."""
-    B, q = ids.shape
-    device = ids.device
-    N = layout.width
-    U = N + q
+    return _plan(layout, ids, valid, budget, separator_ids, pos_shift, _walk_events)
+
+
+def _plan_token(layout: SlotLayout, ids: torch.Tensor, valid: torch.Tensor, budget: CacheBudget,
+                separator_ids: torch.Tensor, *, pos_shift: bool) -> ChunkPlan:
+    """plan_chunk for one token per row (decoding) under the SepLLM policy: the same plan with a third of
+    the operations, and no host synchronisation unless the cache may compress (N + 1 > c)."""
+    return _plan(layout, ids, valid, budget, separator_ids, pos_shift, _one_token)
+
+
+def _plan(layout: SlotLayout, ids: torch.Tensor, valid: torch.Tensor, budget: CacheBudget, separator_ids: torch.Tensor,
+          pos_shift: bool, visibility) -> ChunkPlan:
+    """The chunk's plan; `visibility(layout, valid, sep_u, init_u, budget)` gives what each query sees
+    [B, q, N + q] and which union columns survive the chunk [B, N + q]."""
+    q = ids.shape[1]
     rank, new_sep, new_init = _new_slot_flags(layout, ids, valid, budget, separator_ids)
     sep_u = torch.cat([layout.is_sep, new_sep], 1)
     init_u = torch.cat([layout.is_init, new_init], 1)
-    if budget.policy == STREAMINGLLM:
-        visible, alive = _streaming_closed_form(layout.valid, valid, init_u, budget)
-    else:
-        visible, alive = _simulate_events(layout.valid, valid, sep_u, init_u, budget)
-    # A padding query sees only itself, so that its softmax stays finite.
-    eye = torch.zeros(B, q, U, dtype=torch.bool, device=device)
-    eye[:, torch.arange(q, device=device), N + torch.arange(q, device=device)] = True
-    visible = torch.where(valid[:, :, None], visible, eye)
-
+    visible, alive = visibility(layout, valid, sep_u, init_u, budget)
     if pos_shift:
         # Position inside the cache: the old entries sit at 0..n-1 and the chunk follows them.
         new_pos = layout.valid.long().sum(1)[:, None] + valid.long().cumsum(1) - 1
@@ -155,36 +158,28 @@ def _plan_events(layout: SlotLayout, ids: torch.Tensor, valid: torch.Tensor, bud
     return _finish_plan(layout, q, budget, visible, alive, sep_u, init_u, orig_u, new_pos, union_pos, seen, pos_shift)
 
 
-def _plan_token(layout: SlotLayout, ids: torch.Tensor, valid: torch.Tensor, budget: CacheBudget,
-                separator_ids: torch.Tensor, *, pos_shift: bool) -> ChunkPlan:
-    """plan_chunk for one token per row (decoding) under the SepLLM policy: the same tensors with a
-    third of the operations, and no host synchronisation unless the cache may compress (N + 1 > c).
+def _walk_events(layout: SlotLayout, valid: torch.Tensor, sep_u, init_u, budget: CacheBudget):
+    B, q = valid.shape
+    N, device = layout.width, valid.device
+    if budget.policy == STREAMINGLLM:
+        visible, alive = _streaming_closed_form(layout.valid, valid, init_u, budget)
+    else:
+        visible, alive = _simulate_events(layout.valid, valid, sep_u, init_u, budget)
+    # A padding query sees only itself, so that its softmax stays finite.
+    eye = torch.zeros(B, q, N + q, dtype=torch.bool, device=device)
+    eye[:, torch.arange(q, device=device), N + torch.arange(q, device=device)] = True
+    return torch.where(valid[:, :, None], visible, eye), alive
 
-    With q = 1 the event walk has one step: the token sees every entry held plus itself, and the
-    rows holding more than c entries after it are compressed (`compress_rows`)."""
-    live = valid.long()  # [B, 1]; cumsum over one column is the column itself
-    rank = layout.seen[:, None] + live - 1
-    new_sep = valid & torch.isin(ids, separator_ids) if separator_ids.numel() else torch.zeros_like(valid)
-    new_init = valid & (rank < budget.init_size)
-    sep_u = torch.cat([layout.is_sep, new_sep], 1)
-    init_u = torch.cat([layout.is_init, new_init], 1)
+
+def _one_token(layout: SlotLayout, valid: torch.Tensor, sep_u, init_u, budget: CacheBudget):
+    """The event walk's one step for q = 1: a real token sees every entry held and itself (a padding one
+    only itself), and the rows then holding more than c entries are compressed (`compress_rows`)."""
     present = torch.cat([layout.valid, valid], 1)
-    # A real token sees the held entries and itself; a padding one only itself.
     visible = torch.cat([layout.valid & valid, torch.ones_like(valid)], 1)[:, None, :]
     if layout.width + 1 <= budget.capacity:
-        alive = present  # no row can hold more than c entries
-    else:
-        over = present.long().sum(1, keepdim=True) > budget.capacity
-        alive = torch.where(over, compress_rows(present, sep_u, init_u, budget), present)
-    if pos_shift:
-        new_pos = layout.valid.long().sum(1)[:, None] + live - 1
-    else:
-        new_pos = rank
-    new_pos = torch.where(valid, new_pos, 0)
-    union_pos = torch.cat([layout.key_pos, new_pos], 1)
-    orig_u = torch.cat([layout.orig, rank], 1)
-    seen = layout.seen + live[:, 0]
-    return _finish_plan(layout, 1, budget, visible, alive, sep_u, init_u, orig_u, new_pos, union_pos, seen, pos_shift)
+        return visible, present  # no row can hold more than c entries
+    over = present.long().sum(1, keepdim=True) > budget.capacity
+    return visible, torch.where(over, compress_rows(present, sep_u, init_u, budget), present)
 
 
 def _finish_plan(layout: SlotLayout, q: int, budget: CacheBudget, visible, alive, sep_u, init_u, orig_u, new_pos,
